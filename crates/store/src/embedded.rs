@@ -1,0 +1,97 @@
+//! The default, embedded engine: fjall (a log-structured merge tree, pure
+//! Rust) in one data directory, one fjall keyspace per [`Table`]. Batches
+//! are atomic across keyspaces; `sync` fsyncs the journal, after which a
+//! crash (even `kill -9` or power loss) loses nothing applied before it.
+
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use pigeon_core::StoreError;
+
+use crate::engine::{Engine, Op, Table};
+
+/// fjall behind the [`Engine`] interface.
+pub struct FjallEngine {
+    db: Database,
+    keyspaces: Vec<Keyspace>,
+}
+
+impl std::fmt::Debug for FjallEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FjallEngine")
+    }
+}
+
+fn io(e: fjall::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+impl FjallEngine {
+    /// Opens (creating if needed) the database in `dir` and recovers it.
+    pub fn open(dir: &Path) -> Result<FjallEngine, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
+        // We persist explicitly after every group commit, so fjall must not
+        // decide on its own when the journal reaches the OS.
+        let db = Database::builder(dir.join("db")).manual_journal_persist(true).open().map_err(io)?;
+        let keyspaces = Table::ALL
+            .iter()
+            .map(|t| db.keyspace(t.name(), KeyspaceCreateOptions::default).map_err(io))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(FjallEngine { db, keyspaces })
+    }
+
+    fn ks(&self, t: Table) -> &Keyspace {
+        &self.keyspaces[t.index()]
+    }
+}
+
+impl Engine for FjallEngine {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.ks(table).get(key).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let iter = self.ks(table).range(start..end);
+        let mut out = Vec::new();
+        let mut push = |g: fjall::Guard| -> Result<(), StoreError> {
+            let (k, v) = g.into_inner().map_err(io)?;
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        };
+        if reverse {
+            for g in iter.rev().take(limit) {
+                push(g)?;
+            }
+        } else {
+            for g in iter.take(limit) {
+                push(g)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        for op in ops {
+            match op {
+                Op::Put(t, k, v) => batch.insert(self.ks(t), k, v),
+                Op::Delete(t, k) => batch.remove(self.ks(t), k),
+            }
+        }
+        batch.commit().map_err(io)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.persist(PersistMode::SyncAll).map_err(io)
+    }
+}

@@ -1,0 +1,88 @@
+//! The key-value interface [`crate::LogStore`] runs on. Two operations
+//! matter for correctness: [`Engine::apply`] makes a set of writes visible
+//! atomically, and [`Engine::sync`] makes everything applied so far durable.
+
+use pigeon_core::StoreError;
+
+/// The record families; each is an ordered key space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// username -> user record
+    Users,
+    /// user id -> username
+    UserIds,
+    /// token hash -> session record
+    Sessions,
+    /// (sender, client message id) -> send outcome, for idempotent sends
+    Dedup,
+    /// (conversation, conv seq) -> message
+    Timeline,
+    /// (user, seq) -> event: the sync logs
+    Log,
+    /// (user, conversation) -> conversation summary
+    ConvState,
+    /// counters, high-water marks, trim points, secrets
+    Meta,
+}
+
+impl Table {
+    /// Every table, in a fixed order.
+    pub const ALL: [Table; 8] = [
+        Table::Users,
+        Table::UserIds,
+        Table::Sessions,
+        Table::Dedup,
+        Table::Timeline,
+        Table::Log,
+        Table::ConvState,
+        Table::Meta,
+    ];
+
+    /// The table's name on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Users => "users",
+            Table::UserIds => "user_ids",
+            Table::Sessions => "sessions",
+            Table::Dedup => "dedup",
+            Table::Timeline => "timeline",
+            Table::Log => "log",
+            Table::ConvState => "conv_state",
+            Table::Meta => "meta",
+        }
+    }
+
+    /// The table's position in [`Table::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One write.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Set a key.
+    Put(Table, Vec<u8>, Vec<u8>),
+    /// Remove a key.
+    Delete(Table, Vec<u8>),
+}
+
+/// An ordered key-value engine.
+pub trait Engine: Send + Sync + 'static {
+    /// The value of `key`.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Entries with `start <= key < end`, ascending (or descending if
+    /// `reverse`), at most `limit`.
+    fn scan(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// Applies the writes atomically; they are visible but not yet durable.
+    fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError>;
+    /// Makes every applied write durable (fsync).
+    fn sync(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,95 @@
+//! Key layouts. Integers are big-endian so byte order is numeric order;
+//! conversation ids never contain a 0 byte, which ends them in composite keys.
+
+use pigeon_core::UserId;
+
+/// `user` as a key.
+pub fn user_id(user: UserId) -> Vec<u8> {
+    user.to_be_bytes().to_vec()
+}
+
+/// A sync-log entry: `user ++ seq`.
+pub fn log(user: UserId, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&user.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The seq part of a log key.
+pub fn log_seq(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[8..16].try_into().expect("log keys are 16 bytes"))
+}
+
+/// A timeline entry: `conversation ++ 0 ++ conv_seq`.
+pub fn timeline(conv: &str, conv_seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(conv.len() + 9);
+    k.extend_from_slice(conv.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&conv_seq.to_be_bytes());
+    k
+}
+
+/// The per-user conversation summary: `user ++ conversation`.
+pub fn conv_state(user: UserId, conv: &str) -> Vec<u8> {
+    let mut k = user.to_be_bytes().to_vec();
+    k.extend_from_slice(conv.as_bytes());
+    k
+}
+
+/// The idempotency record of a send: `sender ++ client_msg_id`.
+pub fn dedup(sender: UserId, client_msg_id: &str) -> Vec<u8> {
+    let mut k = sender.to_be_bytes().to_vec();
+    k.extend_from_slice(client_msg_id.as_bytes());
+    k
+}
+
+/// Meta key of the next user id.
+pub const NEXT_USER_ID: &[u8] = b"next_user_id";
+
+/// Meta key of a user's sync-log seq high-water mark.
+pub fn hw_user(user: UserId) -> Vec<u8> {
+    format!("hw/u/{user}").into_bytes()
+}
+
+/// Meta key of a conversation's seq high-water mark.
+pub fn hw_conv(conv: &str) -> Vec<u8> {
+    format!("hw/c/{conv}").into_bytes()
+}
+
+/// Meta key of the highest trimmed seq of a user's log.
+pub fn trimmed(user: UserId) -> Vec<u8> {
+    format!("trim/{user}").into_bytes()
+}
+
+/// Meta key of a user's device counter.
+pub fn devices(user: UserId) -> Vec<u8> {
+    format!("dev/{user}").into_bytes()
+}
+
+/// Meta key of a named secret.
+pub fn secret(name: &str) -> Vec<u8> {
+    format!("secret/{name}").into_bytes()
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+/// A u64 stored as 8 big-endian bytes.
+pub fn u64_value(v: u64) -> Vec<u8> {
+    v.to_be_bytes().to_vec()
+}
+
+/// Reads a value written by [`u64_value`].
+pub fn read_u64(v: &[u8]) -> Option<u64> {
+    v.try_into().ok().map(u64::from_be_bytes)
+}
