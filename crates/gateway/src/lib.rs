@@ -1,1 +1,141 @@
+//! The access layer: sockets in, `Service` calls, frames out.
+//!
+//! Layout:
+//! - [`config`]: [`GatewayConfig`], every connection limit.
+//! - [`registry`]: [`Registry`], the online devices by user; it implements
+//!   `pigeon_core::Notifier`, turning committed events into pushes.
+//! - [`connection`]: one connection's life: handshake, auth, dispatch,
+//!   heartbeats and idle timeout, pushes, bounded outbound queue, drain.
+//! - [`transport`]: frame readers and writers for TCP (length-prefixed) and
+//!   WebSocket (one binary message per frame).
+//! - [`Gateway`] (here): accept loops, the connection cap and shutdown.
+//!
+//! Boundary: the gateway knows framing and sockets and nothing about
+//! storage; it reaches state only through `pigeon_core::Service`.
 
+pub mod config;
+pub mod connection;
+pub mod registry;
+pub mod transport;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::response::{IntoResponse, Response};
+use pigeon_core::Service;
+use pigeon_proto::{ErrorCode, Frame};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+pub use config::GatewayConfig;
+pub use registry::Registry;
+
+/// Shared by every connection of one server.
+pub struct Gateway {
+    service: Arc<Service>,
+    registry: Arc<Registry>,
+    config: GatewayConfig,
+    connections: Arc<Semaphore>,
+    shutdown_tx: watch::Sender<bool>,
+    shutdown_rx: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A gateway over `service`, pushing through `registry` (which must be
+    /// the notifier the service was built with).
+    pub fn new(service: Arc<Service>, registry: Arc<Registry>, config: GatewayConfig) -> Arc<Gateway> {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        Arc::new(Gateway {
+            connections: Arc::new(Semaphore::new(config.connections_max)),
+            service,
+            registry,
+            config,
+            shutdown_tx,
+            shutdown_rx,
+        })
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// Connections currently open.
+    pub fn open_connections(&self) -> usize {
+        self.config.connections_max - self.connections.available_permits()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown_rx.borrow()
+    }
+
+    /// Accepts TCP connections until shutdown.
+    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
+        let mut shutdown = self.shutdown_rx.clone();
+        loop {
+            let accepted = tokio::select! {
+                _ = stopped(&mut shutdown) => return,
+                a = listener.accept() => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let gw = self.clone();
+            tokio::spawn(async move {
+                let (reader, writer) = transport::tcp(stream, gw.config.frame_bytes_max);
+                match gw.connections.clone().try_acquire_owned() {
+                    Ok(permit) => connection::run(gw, reader, writer, peer.to_string(), permit).await,
+                    Err(_) => connection::refuse(writer, Frame::goodbye(ErrorCode::Busy, "server is at its connection limit")).await,
+                }
+            });
+        }
+    }
+
+    /// Upgrades an HTTP request on `/ws` to a protocol connection.
+    pub fn upgrade_websocket(self: Arc<Self>, ws: WebSocketUpgrade, peer: String) -> Response {
+        if self.is_shutting_down() {
+            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+        }
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
+        };
+        let max = self.config.frame_bytes_max;
+        ws.max_message_size(max)
+            .max_frame_size(max)
+            .max_write_buffer_size(max.saturating_mul(4))
+            .on_upgrade(move |socket| async move {
+                let (reader, writer) = transport::websocket(socket);
+                connection::run(self, reader, writer, peer, permit).await;
+            })
+    }
+
+    /// Begins shutdown: stop accepting, tell every connection to finish its
+    /// in-flight requests and say goodbye. Resolves when all connections
+    /// have closed or `grace` has passed.
+    pub async fn shutdown(&self, grace: Duration) {
+        let _ = self.shutdown_tx.send(true);
+        let all = self.config.connections_max as u32;
+        let _ = tokio::time::timeout(grace, self.connections.acquire_many(all)).await;
+    }
+}
+
+/// Resolves once shutdown has begun.
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it here.
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}

@@ -1,0 +1,472 @@
+//! One connection's life, the same for TCP and WebSocket.
+//!
+//! Three tasks per connection: a reader (frames in, through a small bounded
+//! channel, so a fast sender is slowed by TCP, not buffered), a writer
+//! (frames out of the bounded outbound queue), and this loop, which owns the
+//! connection state. Requests that touch the device's sync position (sync,
+//! login, logout) and pushes are handled here in order; the others run as
+//! tasks, at most `inflight_requests_max` at a time, so a pipelining client
+//! gets its sends into one group commit.
+//!
+//! Only this loop puts frames on the outbound queue, and it never waits for
+//! room: a full queue means the peer does not read, and the connection is
+//! closed (`SLOW_CONSUMER`) rather than allowed to grow memory or stall.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pigeon_core::{CoreError, PushBatch, Session};
+use pigeon_proto::v1::{self, Limits, Pong, SyncNotice, Welcome};
+use pigeon_proto::Body;
+use pigeon_proto::version::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, negotiate};
+use pigeon_proto::{ErrorCode, Frame, limits};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::{Instant, sleep_until, timeout};
+
+use crate::Gateway;
+use crate::registry::{ConnFlags, Registration};
+use crate::transport::{FrameReader, FrameWriter, Inbound};
+
+/// Frames read ahead of the connection loop.
+const INBOUND_QUEUE_FRAMES_MAX: usize = 8;
+/// Longest wait for in-flight requests when the server drains.
+const DRAIN_WAIT_MAX: Duration = Duration::from_secs(5);
+
+const SERVER_NAME: &str = concat!("pigeon/", env!("CARGO_PKG_VERSION"));
+
+/// Why the loop ends.
+enum Close {
+    /// Say goodbye with this frame, then close.
+    Goodbye(Frame),
+    /// Close without a word (the peer left, or cannot be written to).
+    Silent,
+}
+
+/// Tells a peer we cannot serve it, then closes.
+pub(crate) async fn refuse(mut writer: Box<dyn FrameWriter>, goodbye: Frame) {
+    let _ = timeout(Duration::from_secs(2), writer.write(&goodbye)).await;
+    writer.close().await;
+}
+
+/// Serves one connection until it ends. `_permit` holds its place under the
+/// connection cap.
+pub(crate) async fn run(
+    gw: Arc<Gateway>,
+    mut reader: Box<dyn FrameReader>,
+    writer: Box<dyn FrameWriter>,
+    peer: String,
+    _permit: OwnedSemaphorePermit,
+) {
+    let (in_tx, mut in_rx) = mpsc::channel(INBOUND_QUEUE_FRAMES_MAX);
+    let reader_task = tokio::spawn(async move {
+        loop {
+            let item = reader.next().await;
+            let last = matches!(item, Inbound::Closed | Inbound::Violation(..));
+            if in_tx.send(item).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    let (out_tx, out_rx) = mpsc::channel(gw.config.outbound_queue_frames_max.max(1));
+    let mut writer_task = tokio::spawn(write_loop(writer, out_rx, gw.config.write_timeout));
+
+    let mut conn = Conn {
+        inflight: Arc::new(Semaphore::new(gw.config.inflight_requests_max)),
+        done: mpsc::channel(gw.config.inflight_requests_max.max(1)),
+        gw,
+        out: out_tx,
+        session: None,
+        registration: None,
+        cursor: None,
+        notice_pending: false,
+    };
+    let close = tokio::select! {
+        close = conn.serve(&mut in_rx) => close,
+        _ = &mut writer_task => Close::Silent,
+    };
+    if let Close::Goodbye(frame) = close {
+        tracing::debug!(%peer, ?frame, "closing connection");
+        // The queue may be full (slow consumer): then the goodbye is lost,
+        // which is fine, the socket closes anyway.
+        let _ = conn.out.try_send(frame);
+    }
+    reader_task.abort();
+    drop(conn);
+    let _ = timeout(Duration::from_secs(2), writer_task).await;
+}
+
+async fn write_loop(mut writer: Box<dyn FrameWriter>, mut rx: mpsc::Receiver<Frame>, write_timeout: Duration) {
+    while let Some(frame) = rx.recv().await {
+        let last = matches!(frame.body, Some(Body::Goodbye(_)));
+        match timeout(write_timeout, writer.write(&frame)).await {
+            Ok(Ok(())) if !last => {}
+            _ => break,
+        }
+    }
+    writer.close().await;
+}
+
+struct Conn {
+    gw: Arc<Gateway>,
+    out: mpsc::Sender<Frame>,
+    session: Option<Session>,
+    registration: Option<Registration>,
+    /// The seq this device is at, as far as this connection told it (by a
+    /// sync answer or a push). `None` until its first sync here.
+    cursor: Option<u64>,
+    /// A sync notice went out and no sync has come since.
+    notice_pending: bool,
+    inflight: Arc<Semaphore>,
+    /// Answers of requests running as tasks.
+    done: (mpsc::Sender<Frame>, mpsc::Receiver<Frame>),
+}
+
+/// The outcome of queueing a frame: a full queue ends the connection.
+type Sent = Result<(), Close>;
+
+impl Conn {
+    fn send(&self, frame: Frame) -> Sent {
+        match self.out.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::info!("closing a connection whose reader is too slow");
+                Err(Close::Silent)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Close::Silent),
+        }
+    }
+
+    async fn serve(&mut self, in_rx: &mut mpsc::Receiver<Inbound>) -> Close {
+        match self.handshake(in_rx).await {
+            Ok(()) => {}
+            Err(close) => return close,
+        }
+        let mut shutdown = self.gw.shutdown_rx.clone();
+        let mut deadline = Instant::now() + self.gw.config.idle_timeout;
+        loop {
+            let flags = self.registration.as_ref().map(|r| r.flags.clone());
+            let step = tokio::select! {
+                _ = crate::stopped(&mut shutdown) => return self.drain().await,
+                Some(frame) = self.done.1.recv() => self.send(frame),
+                inbound = in_rx.recv() => {
+                    deadline = Instant::now() + self.gw.config.idle_timeout;
+                    match inbound {
+                        Some(Inbound::Frame(frame)) => self.on_frame(frame).await,
+                        Some(Inbound::Activity) => Ok(()),
+                        Some(Inbound::Violation(code, reason)) => Err(Close::Goodbye(Frame::goodbye(code, reason))),
+                        Some(Inbound::Closed) | None => Err(Close::Silent),
+                    }
+                }
+                Some(batch) = recv_push(&mut self.registration) => self.on_push(&batch),
+                _ = wake(flags.as_deref()) => self.on_flags(),
+                _ = sleep_until(deadline) => Err(Close::Goodbye(Frame::goodbye(
+                    ErrorCode::IdleTimeout,
+                    format!("nothing received for {} ms", self.gw.config.idle_timeout.as_millis()),
+                ))),
+            };
+            if let Err(close) = step {
+                return close;
+            }
+        }
+    }
+
+    async fn handshake(&mut self, in_rx: &mut mpsc::Receiver<Inbound>) -> Sent {
+        let first = match timeout(self.gw.config.handshake_timeout, in_rx.recv()).await {
+            Err(_) => {
+                return Err(Close::Goodbye(Frame::goodbye(ErrorCode::HandshakeTimeout, "no Hello in time")));
+            }
+            Ok(first) => first,
+        };
+        let (id, hello) = match first {
+            Some(Inbound::Frame(Frame { request_id, body: Some(Body::Hello(h)) })) => (request_id, h),
+            Some(Inbound::Frame(_)) | Some(Inbound::Activity) => {
+                return Err(Close::Goodbye(Frame::goodbye(
+                    ErrorCode::HandshakeRequired,
+                    "the first frame must be a Hello",
+                )));
+            }
+            Some(Inbound::Violation(code, reason)) => return Err(Close::Goodbye(Frame::goodbye(code, reason))),
+            Some(Inbound::Closed) | None => return Err(Close::Silent),
+        };
+        let Some(version) =
+            negotiate(hello.min_version, hello.max_version, PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX)
+        else {
+            return Err(Close::Goodbye(Frame::goodbye(
+                ErrorCode::UpgradeRequired,
+                format!(
+                    "this server speaks protocol versions {PROTOCOL_VERSION_MIN} to {PROTOCOL_VERSION_MAX}; the client speaks {} to {}",
+                    hello.min_version, hello.max_version
+                ),
+            )));
+        };
+        if !hello.token.is_empty() {
+            match self.gw.service.authenticate(&hello.token).await {
+                Ok(session) => self.authenticated(session),
+                Err(e) => return Err(Close::Goodbye(error_frame(0, &e).into_goodbye())),
+            }
+        }
+        let config = &self.gw.config;
+        let core = self.gw.service.config();
+        let welcome = Welcome {
+            version,
+            server_min_version: PROTOCOL_VERSION_MIN,
+            server_max_version: PROTOCOL_VERSION_MAX,
+            user_id: self.session.as_ref().map_or(0, |s| s.user_id),
+            username: self.session.as_ref().map_or_else(String::new, |s| s.username.clone()),
+            device_id: self.session.as_ref().map_or(0, |s| s.device_id),
+            heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u32,
+            idle_timeout_ms: config.idle_timeout.as_millis() as u32,
+            limits: Some(Limits {
+                frame_bytes_max: config.frame_bytes_max as u32,
+                message_bytes_max: core.message_bytes_max as u32,
+                sync_batch_events_max: core.sync_batch_events_max,
+                history_page_max: core.history_page_max,
+                inflight_requests_max: config.inflight_requests_max as u32,
+                client_msg_id_bytes_max: limits::CLIENT_MSG_ID_BYTES_MAX as u32,
+            }),
+            server_name: SERVER_NAME.to_string(),
+        };
+        self.send(Frame::new(id, Body::Welcome(welcome)))
+    }
+
+    fn authenticated(&mut self, session: Session) {
+        let reg = self.gw.registry.register(
+            session.user_id,
+            &session.token_hash,
+            self.gw.config.push_queue_batches_max,
+        );
+        self.registration = Some(reg);
+        self.session = Some(session);
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Sent {
+        let id = frame.request_id;
+        let Some(body) = frame.body else {
+            return self.send(Frame::error(id, ErrorCode::UnknownRequest, "unknown request type"));
+        };
+        if let Body::Hello(_) = body {
+            return self.send(Frame::error(id, ErrorCode::HandshakeRequired, "the handshake is already done"));
+        }
+        if id == 0 {
+            return Err(Close::Goodbye(Frame::goodbye(
+                ErrorCode::BadRequestId,
+                "requests must carry a non-zero request_id",
+            )));
+        }
+        let service = self.gw.service.clone();
+        match body {
+            Body::Ping(p) => self.send(Frame::new(
+                id,
+                Body::Pong(Pong { nonce: p.nonce, server_time_ms: now_ms() }),
+            )),
+            Body::RegisterRequest(r) => self.spawn(id, async move {
+                service.register(&r.username, &r.password).await.map(Body::RegisterResponse)
+            }),
+            Body::LoginRequest(r) => {
+                if self.session.is_some() {
+                    return self.send(Frame::error(
+                        id,
+                        ErrorCode::AlreadyAuthenticated,
+                        "this connection is logged in already; open another for another account",
+                    ));
+                }
+                match service.login(&r.username, &r.password, &r.device_name).await {
+                    Ok((response, session)) => {
+                        self.authenticated(session);
+                        self.send(Frame::new(id, Body::LoginResponse(response)))
+                    }
+                    Err(e) => self.send(error_frame(id, &e)),
+                }
+            }
+            body if !is_request(&body) => {
+                self.send(Frame::error(id, ErrorCode::UnknownRequest, "not a request a client may send"))
+            }
+            body => {
+                let Some(session) = self.session.clone() else {
+                    return self.send(Frame::error(id, ErrorCode::Unauthenticated, "log in first"));
+                };
+                self.on_authed_request(id, body, session).await
+            }
+        }
+    }
+
+    async fn on_authed_request(&mut self, id: u64, body: Body, session: Session) -> Sent {
+        let service = self.gw.service.clone();
+        match body {
+            Body::LogoutRequest(_) => match service.logout(&session).await {
+                Ok(()) => {
+                    self.send(Frame::new(id, Body::LogoutResponse(v1::LogoutResponse {})))?;
+                    self.gw.registry.revoke(session.user_id, &session.token_hash);
+                    Err(Close::Goodbye(Frame::goodbye(ErrorCode::TokenRevoked, "logged out")))
+                }
+                Err(e) => self.send(error_frame(id, &e)),
+            },
+            Body::SyncRequest(r) => match service.sync(&session, &r.key, r.limit).await {
+                Ok(outcome) => {
+                    self.cursor = Some(outcome.cursor);
+                    self.notice_pending = false;
+                    self.send(Frame::new(id, Body::SyncResponse(outcome.response)))
+                }
+                Err(e) => self.send(error_frame(id, &e)),
+            },
+            Body::SendRequest(r) => {
+                self.spawn(id, async move { service.send(&session, r).await.map(Body::SendResponse) })
+            }
+            Body::HistoryRequest(r) => self.spawn(id, async move {
+                service
+                    .history(&session, r.target.as_ref(), r.before, r.limit)
+                    .await
+                    .map(Body::HistoryResponse)
+            }),
+            Body::ListConversationsRequest(r) => self.spawn(id, async move {
+                service
+                    .list_conversations(&session, r.limit)
+                    .await
+                    .map(|conversations| Body::ListConversationsResponse(v1::ListConversationsResponse { conversations }))
+            }),
+            Body::MarkReadRequest(r) => self.spawn(id, async move {
+                service
+                    .mark_read(&session, &r.conversation_id, r.read_up_to)
+                    .await
+                    .map(Body::MarkReadResponse)
+            }),
+            _ => self.send(Frame::error(id, ErrorCode::UnknownRequest, "unknown request type")),
+        }
+    }
+
+    /// Runs a request as a task under the in-flight limit.
+    fn spawn(
+        &self,
+        id: u64,
+        work: impl Future<Output = Result<Body, CoreError>> + Send + 'static,
+    ) -> Sent {
+        let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+            return self.send(Frame::error(
+                id,
+                ErrorCode::TooManyRequests,
+                format!("more than {} requests in flight", self.gw.config.inflight_requests_max),
+            ));
+        };
+        let done = self.done.0.clone();
+        tokio::spawn(async move {
+            let frame = match work.await {
+                Ok(body) => Frame::new(id, body),
+                Err(e) => error_frame(id, &e),
+            };
+            // Capacity equals the in-flight limit, and we hold a permit.
+            let _ = done.try_send(frame);
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    fn on_push(&mut self, batch: &PushBatch) -> Sent {
+        match self.cursor {
+            Some(c) if c >= batch.last_seq => Ok(()),
+            Some(c) if c == batch.prev_seq => {
+                self.cursor = Some(batch.last_seq);
+                self.send(Frame::push(Body::EventsPush(batch.push.clone())))
+            }
+            _ => self.notice(),
+        }
+    }
+
+    fn notice(&mut self) -> Sent {
+        if self.notice_pending {
+            return Ok(());
+        }
+        self.notice_pending = true;
+        self.send(Frame::push(Body::SyncNotice(SyncNotice {})))
+    }
+
+    fn on_flags(&mut self) -> Sent {
+        let Some(flags) = self.registration.as_ref().map(|r| r.flags.clone()) else {
+            return Ok(());
+        };
+        if flags.revoked.load(Ordering::SeqCst) {
+            return Err(Close::Goodbye(Frame::goodbye(ErrorCode::TokenRevoked, "the session was revoked")));
+        }
+        if flags.lagged.swap(false, Ordering::SeqCst) {
+            return self.notice();
+        }
+        Ok(())
+    }
+
+    /// Stops taking requests, lets the running ones finish (bounded), and
+    /// says goodbye.
+    async fn drain(&mut self) -> Close {
+        let max = self.gw.config.inflight_requests_max as u32;
+        let deadline = Instant::now() + DRAIN_WAIT_MAX;
+        while self.inflight.available_permits() < max as usize || !self.done.1.is_empty() {
+            match timeout(deadline.saturating_duration_since(Instant::now()), self.done.1.recv()).await {
+                Ok(Some(frame)) => {
+                    if self.send(frame).is_err() {
+                        return Close::Silent;
+                    }
+                }
+                _ => break,
+            }
+        }
+        Close::Goodbye(Frame::goodbye(ErrorCode::ShuttingDown, "server is shutting down; reconnect"))
+    }
+}
+
+async fn recv_push(reg: &mut Option<Registration>) -> Option<Arc<PushBatch>> {
+    match reg {
+        Some(r) => r.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wake(flags: Option<&ConnFlags>) {
+    match flags {
+        Some(f) => f.wake.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a client may send this body as a request.
+fn is_request(body: &Body) -> bool {
+    matches!(
+        body,
+        Body::LogoutRequest(_)
+            | Body::SendRequest(_)
+            | Body::SyncRequest(_)
+            | Body::HistoryRequest(_)
+            | Body::ListConversationsRequest(_)
+            | Body::MarkReadRequest(_)
+    )
+}
+
+/// The one place a domain error becomes a wire error.
+fn error_frame(id: u64, e: &CoreError) -> Frame {
+    let code = e.code();
+    let message = if code == ErrorCode::Internal {
+        tracing::error!(error = %e, "request failed");
+        "internal server error".to_string()
+    } else {
+        e.to_string()
+    };
+    Frame::error(id, code, message)
+}
+
+trait IntoGoodbye {
+    fn into_goodbye(self) -> Frame;
+}
+
+impl IntoGoodbye for Frame {
+    /// Turns an error answer into a goodbye with the same code and reason.
+    fn into_goodbye(self) -> Frame {
+        match self.body {
+            Some(Body::Error(e)) => Frame::push(Body::Goodbye(v1::Goodbye { code: e.code, message: e.message })),
+            _ => self,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,161 @@
+//! Frame readers and writers over the two transports. TCP frames carry a
+//! 4-byte big-endian length prefix; a WebSocket binary message is one frame.
+//! Readers turn every malformed input into an [`Inbound::Violation`] with the
+//! wire code to close with; nothing here panics on input.
+
+use std::io;
+
+use async_trait::async_trait;
+use axum::extract::ws::{Message as WsMessage, WebSocket};
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::{SplitSink, SplitStream};
+use pigeon_proto::{ErrorCode, Frame, FrameError, decode_frame, encode_frame, encode_frame_prefixed, try_decode_prefixed};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// What a reader produced.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A decoded frame.
+    Frame(Frame),
+    /// Transport-level liveness (a WebSocket ping or pong).
+    Activity,
+    /// The peer broke the framing; close with this code and reason.
+    Violation(ErrorCode, String),
+    /// The peer closed, or the transport failed.
+    Closed,
+}
+
+/// The receiving half of a connection.
+#[async_trait]
+pub trait FrameReader: Send + 'static {
+    /// The next thing the peer sent.
+    async fn next(&mut self) -> Inbound;
+}
+
+/// The sending half of a connection.
+#[async_trait]
+pub trait FrameWriter: Send + 'static {
+    /// Writes one frame and flushes it.
+    async fn write(&mut self, frame: &Frame) -> io::Result<()>;
+    /// Closes the transport.
+    async fn close(&mut self);
+}
+
+fn violation(e: FrameError) -> Inbound {
+    match e {
+        FrameError::TooLarge { .. } => Inbound::Violation(ErrorCode::FrameTooLarge, e.to_string()),
+        FrameError::Malformed(_) => Inbound::Violation(ErrorCode::BadFrame, e.to_string()),
+    }
+}
+
+/// Bytes read from a TCP socket per read call, at most.
+const TCP_READ_CHUNK_BYTES: usize = 64 * 1024;
+
+struct TcpReader {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+    max: usize,
+}
+
+struct TcpWriter {
+    half: OwnedWriteHalf,
+}
+
+/// Splits a TCP stream into a frame reader and writer.
+pub fn tcp(stream: TcpStream, frame_bytes_max: usize) -> (Box<dyn FrameReader>, Box<dyn FrameWriter>) {
+    let (r, w) = stream.into_split();
+    let reader = TcpReader { half: r, buf: BytesMut::with_capacity(8 * 1024), max: frame_bytes_max };
+    (Box::new(reader), Box::new(TcpWriter { half: w }))
+}
+
+#[async_trait]
+impl FrameReader for TcpReader {
+    async fn next(&mut self) -> Inbound {
+        loop {
+            match try_decode_prefixed(&mut self.buf, self.max) {
+                Ok(Some(frame)) => return Inbound::Frame(frame),
+                Ok(None) => {}
+                Err(e) => return violation(e),
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(TCP_READ_CHUNK_BYTES);
+            }
+            match self.half.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return Inbound::Closed,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl FrameWriter for TcpWriter {
+    async fn write(&mut self, frame: &Frame) -> io::Result<()> {
+        self.half.write_all(&encode_frame_prefixed(frame)).await
+    }
+
+    async fn close(&mut self) {
+        let _ = self.half.shutdown().await;
+    }
+}
+
+struct WsReader {
+    stream: SplitStream<WebSocket>,
+}
+
+struct WsWriter {
+    sink: SplitSink<WebSocket, WsMessage>,
+}
+
+/// Splits an upgraded WebSocket into a frame reader and writer. The
+/// message-size limit was set at upgrade time, so the reader only decodes.
+pub fn websocket(socket: WebSocket) -> (Box<dyn FrameReader>, Box<dyn FrameWriter>) {
+    let (sink, stream) = socket.split();
+    (Box::new(WsReader { stream }), Box::new(WsWriter { sink }))
+}
+
+#[async_trait]
+impl FrameReader for WsReader {
+    async fn next(&mut self) -> Inbound {
+        match self.stream.next().await {
+            None => Inbound::Closed,
+            Some(Ok(WsMessage::Binary(bytes))) => match decode_frame(&bytes, usize::MAX) {
+                Ok(frame) => Inbound::Frame(frame),
+                Err(e) => violation(e),
+            },
+            Some(Ok(WsMessage::Text(_))) => Inbound::Violation(
+                ErrorCode::BadFrame,
+                "text messages are not part of the protocol; send frames as binary messages".into(),
+            ),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => Inbound::Activity,
+            Some(Ok(WsMessage::Close(_))) => Inbound::Closed,
+            Some(Err(e)) => {
+                // The WebSocket layer reports an oversized message as an
+                // error; everything else it reports means a broken stream.
+                let text = e.to_string();
+                if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+                    Inbound::Violation(ErrorCode::FrameTooLarge, format!("message exceeds the frame limit: {text}"))
+                } else {
+                    Inbound::Closed
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl FrameWriter for WsWriter {
+    async fn write(&mut self, frame: &Frame) -> io::Result<()> {
+        self.sink
+            .send(WsMessage::Binary(encode_frame(frame).into()))
+            .await
+            .map_err(io::Error::other)
+    }
+
+    async fn close(&mut self) {
+        let _ = self.sink.close().await;
+    }
+}
