@@ -297,7 +297,10 @@ impl Service {
         let max = self.config.history_page_max.min(HISTORY_PAGE_CEILING);
         let limit = if limit == 0 { max } else { limit.min(max) };
         let conversation_id = conv.to_string();
-        let (messages, has_more) = self.store.history(&conversation_id, before, limit as usize).await?;
+        let (messages, has_more) = self
+            .store
+            .history(&conversation_id, before, limit as usize, self.config.sync_batch_bytes_max)
+            .await?;
         Ok(HistoryResponse { conversation_id, messages, has_more })
     }
 
@@ -305,7 +308,18 @@ impl Service {
     pub async fn list_conversations(&self, session: &Session, limit: u32) -> Result<Vec<ConversationSummary>, CoreError> {
         let max = self.config.conversations_list_max;
         let limit = if limit == 0 { max } else { limit.min(max) };
-        Ok(self.store.list_conversations(session.user_id, limit as usize).await?)
+        let mut list = self.store.list_conversations(session.user_id, limit as usize).await?;
+        // Keep the answer well inside one frame: the most recent first.
+        let mut bytes = 0;
+        let keep = list
+            .iter()
+            .take_while(|c| {
+                bytes += prost::Message::encoded_len(*c);
+                bytes <= self.config.sync_batch_bytes_max
+            })
+            .count();
+        list.truncate(keep.max(1).min(list.len()));
+        Ok(list)
     }
 
     /// Moves the read position of a conversation and tells the user's devices.

@@ -175,9 +175,16 @@ pub trait Store: Send + Sync + 'static {
     /// The seq of the newest committed event of `user` (0: none).
     async fn log_head(&self, user: UserId) -> Result<u64, StoreError>;
     /// Committed messages of a conversation with conv_seq < `before`
-    /// (0: from the newest), newest first, at most `limit`; and whether
+    /// (0: from the newest), newest first, at most `limit` and about
+    /// `bytes_max` encoded bytes (always at least one if any); and whether
     /// older ones exist.
-    async fn history(&self, conversation_id: &str, before: u64, limit: usize) -> Result<(Vec<Message>, bool), StoreError>;
+    async fn history(
+        &self,
+        conversation_id: &str,
+        before: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<(Vec<Message>, bool), StoreError>;
     /// The user's conversations, most recently active first.
     async fn list_conversations(&self, user: UserId, limit: usize) -> Result<Vec<ConversationSummary>, StoreError>;
     /// One conversation's summary for a user, if the user has it.

@@ -12,6 +12,7 @@
 //! room: a full queue means the peer does not read, and the connection is
 //! closed (`SLOW_CONSUMER`) rather than allowed to grow memory or stall.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -74,6 +75,7 @@ pub(crate) async fn run(
     let mut conn = Conn {
         inflight: Arc::new(Semaphore::new(gw.config.inflight_requests_max)),
         done: mpsc::channel(gw.config.inflight_requests_max.max(1)),
+        inflight_ids: HashSet::new(),
         gw,
         out: out_tx,
         session: None,
@@ -118,6 +120,8 @@ struct Conn {
     /// A sync notice went out and no sync has come since.
     notice_pending: bool,
     inflight: Arc<Semaphore>,
+    /// Request ids of the requests running as tasks.
+    inflight_ids: HashSet<u64>,
     /// Answers of requests running as tasks.
     done: (mpsc::Sender<Frame>, mpsc::Receiver<Frame>),
 }
@@ -148,7 +152,10 @@ impl Conn {
             let flags = self.registration.as_ref().map(|r| r.flags.clone());
             let step = tokio::select! {
                 _ = crate::stopped(&mut shutdown) => return self.drain().await,
-                Some(frame) = self.done.1.recv() => self.send(frame),
+                Some(frame) = self.done.1.recv() => {
+                    self.inflight_ids.remove(&frame.request_id);
+                    self.send(frame)
+                }
                 inbound = in_rx.recv() => {
                     deadline = Instant::now() + self.gw.config.idle_timeout;
                     match inbound {
@@ -243,6 +250,12 @@ impl Conn {
     async fn on_frame(&mut self, frame: Frame) -> Sent {
         let id = frame.request_id;
         let Some(body) = frame.body else {
+            // A body this version does not know. With an id it is a request
+            // we must answer; without one, a newer client's notification we
+            // may ignore.
+            if id == 0 {
+                return Ok(());
+            }
             return self.send(Frame::error(id, ErrorCode::UnknownRequest, "unknown request type"));
         };
         if let Body::Hello(_) = body {
@@ -252,6 +265,12 @@ impl Conn {
             return Err(Close::Goodbye(Frame::goodbye(
                 ErrorCode::BadRequestId,
                 "requests must carry a non-zero request_id",
+            )));
+        }
+        if self.inflight_ids.contains(&id) {
+            return Err(Close::Goodbye(Frame::goodbye(
+                ErrorCode::BadRequestId,
+                format!("request_id {id} is already in flight"),
             )));
         }
         let service = self.gw.service.clone();
@@ -337,7 +356,7 @@ impl Conn {
 
     /// Runs a request as a task under the in-flight limit.
     fn spawn(
-        &self,
+        &mut self,
         id: u64,
         work: impl Future<Output = Result<Body, CoreError>> + Send + 'static,
     ) -> Sent {
@@ -348,6 +367,7 @@ impl Conn {
                 format!("more than {} requests in flight", self.gw.config.inflight_requests_max),
             ));
         };
+        self.inflight_ids.insert(id);
         let done = self.done.0.clone();
         tokio::spawn(async move {
             let frame = match work.await {

@@ -337,7 +337,13 @@ impl Store for LogStore {
         Ok(self.shared.log_mark_of(user)?.head)
     }
 
-    async fn history(&self, conv: &str, before: u64, limit: usize) -> Result<(Vec<Message>, bool), StoreError> {
+    async fn history(
+        &self,
+        conv: &str,
+        before: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<(Vec<Message>, bool), StoreError> {
         let head = self.shared.conv_head_of(conv)?;
         let upper = if before == 0 { head } else { head.min(before - 1) };
         if upper == 0 || limit == 0 {
@@ -350,13 +356,16 @@ impl Store for LogStore {
             true,
             limit + 1,
         )?;
-        let has_more = rows.len() > limit;
-        let messages = rows
-            .iter()
-            .take(limit)
-            .map(|(_, v)| decode_proto::<Message>("message", v))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((messages, has_more))
+        let mut messages = Vec::with_capacity(rows.len().min(limit));
+        let mut bytes = 0;
+        for (i, (_, v)) in rows.iter().enumerate() {
+            if i == limit || (!messages.is_empty() && bytes + v.len() > bytes_max) {
+                return Ok((messages, true));
+            }
+            bytes += v.len();
+            messages.push(decode_proto::<Message>("message", v)?);
+        }
+        Ok((messages, false))
     }
 
     async fn list_conversations(&self, user: UserId, limit: usize) -> Result<Vec<ConversationSummary>, StoreError> {

@@ -137,14 +137,14 @@ async fn messages_reach_both_logs_and_the_timeline(make: fn(StoreConfig) -> Back
         assert_eq!(tail.events.len(), 3);
     }
     let conv = &acks[0].conversation_id;
-    let (page, more) = b.store.history(conv, 0, 2).await.unwrap();
+    let (page, more) = b.store.history(conv, 0, 2, 1 << 20).await.unwrap();
     assert_eq!(page.iter().map(|m| m.content.as_ref().unwrap().text.as_str()).collect::<Vec<_>>(), vec!["hi 4", "hi 3"]);
     assert!(more);
-    let (page, more) = b.store.history(conv, page[1].conv_seq, 10).await.unwrap();
+    let (page, more) = b.store.history(conv, page[1].conv_seq, 10, 1 << 20).await.unwrap();
     assert_eq!(page.len(), 3);
     assert_eq!(page[2].content.as_ref().unwrap().text, "hi 0");
     assert!(!more);
-    assert_eq!(b.store.history("d:8:9", 0, 10).await.unwrap().0.len(), 0);
+    assert_eq!(b.store.history("d:8:9", 0, 10, 1 << 20).await.unwrap().0.len(), 0);
 }
 
 /// Checks a repeated client message id returns the first outcome, flagged,
@@ -228,7 +228,7 @@ async fn conversations_track_last_message_and_unread(make: fn(StoreConfig) -> Ba
     assert_eq!(sender_view.unread_count, 0, "own messages are not unread");
 
     let conv = list[1].conversation_id.clone();
-    let seqs: Vec<u64> = b.store.history(&conv, 0, 10).await.unwrap().0.iter().rev().map(|m| m.conv_seq).collect();
+    let seqs: Vec<u64> = b.store.history(&conv, 0, 10, 1 << 20).await.unwrap().0.iter().rev().map(|m| m.conv_seq).collect();
     let out = b.store.mark_read(c.id, &conv, seqs[1], 30).await.unwrap();
     assert_eq!((out.read_up_to, out.unread_count), (seqs[1], 1));
     assert!(matches!(&out.appended.as_ref().unwrap().events[0].kind, Some(event::Kind::ReadMarker(m)) if m.read_up_to == seqs[1]));
@@ -276,6 +276,11 @@ async fn reads_are_bounded_by_count_and_bytes(make: fn(StoreConfig) -> Backend) 
     assert_eq!(r.events.len(), 1, "at least one event even if larger than the byte bound");
     let r = b.store.read_log(c.id, 0, 10, 1 << 20).await.unwrap();
     assert_eq!((r.events.len(), r.has_more), (10, false));
+    let conv = format!("d:{}:{}", a.id.min(c.id), a.id.max(c.id));
+    let (page, more) = b.store.history(&conv, 0, 100, 3500).await.unwrap();
+    assert_eq!((page.len(), more), (3, true));
+    let (page, more) = b.store.history(&conv, 0, 100, 1).await.unwrap();
+    assert_eq!((page.len(), more), (1, true), "at least one message");
 }
 
 /// Checks a named secret is created once and then returned unchanged.
