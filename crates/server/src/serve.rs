@@ -1,0 +1,112 @@
+//! `pigeon serve`: opens the store, wires core, gateway and the HTTP side,
+//! and shuts down in order on SIGTERM or SIGINT: stop accepting, let
+//! connections finish their in-flight requests and say goodbye, commit what
+//! is queued, exit 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use pigeon_core::{Service, SystemClock};
+use pigeon_gateway::{Gateway, Registry};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+/// Runs the server until a signal.
+pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
+    init_logging(&config);
+    let store = Arc::new(
+        pigeon_store::open_embedded(&config.data, config.store())
+            .with_context(|| format!("opening the data directory {}", config.data.display()))?,
+    );
+    let registry = Arc::new(Registry::default());
+    let service = Arc::new(
+        Service::new(store.clone(), registry.clone(), Arc::new(SystemClock), config.core())
+            .await
+            .context("starting the service")?,
+    );
+    let gateway = Gateway::new(service, registry, config.gateway());
+
+    let tcp = TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let http = TcpListener::bind(&config.http).await.with_context(|| format!("binding {}", config.http))?;
+    tracing::info!(
+        tcp = %tcp.local_addr()?,
+        http = %http.local_addr()?,
+        data = %config.data.display(),
+        "pigeon listening"
+    );
+
+    let tcp_task = tokio::spawn(gateway.clone().serve_tcp(tcp));
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let app = router(gateway.clone());
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|s| *s).await.map(|_| ());
+            })
+            .await
+    });
+
+    signal().await;
+    tracing::info!(open = gateway.open_connections(), "shutting down: draining connections");
+    gateway.shutdown(Duration::from_secs(config.shutdown_grace_secs)).await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+    tcp_task.abort();
+    store.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/ws", get(websocket))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(gateway)
+}
+
+async fn websocket(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    gw.upgrade_websocket(ws, peer.to_string())
+}
+
+async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
+    if gw.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+async fn signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}

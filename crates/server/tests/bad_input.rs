@@ -1,0 +1,306 @@
+//! Bad input gets its documented error code, and the server keeps serving
+//! everyone else. These tests speak raw frames where the SDK would refuse
+//! to send such input.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use pigeon_client::v1::{self, ErrorCode, Frame, Hello, frame::Body};
+use pigeon_client::{text as content, to_user};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A raw TCP peer.
+struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    async fn connect(addr: &str) -> Raw {
+        Raw { stream: TcpStream::connect(addr).await.unwrap(), buf: BytesMut::new() }
+    }
+
+    async fn bytes(&mut self, b: &[u8]) {
+        self.stream.write_all(b).await.unwrap();
+    }
+
+    async fn frame(&mut self, f: &Frame) {
+        self.bytes(&pigeon_proto::encode_frame_prefixed(f)).await;
+    }
+
+    async fn hello(&mut self, token: &str) -> Frame {
+        let hello = Hello { min_version: 1, max_version: 1, token: token.into(), client_name: "raw".into() };
+        self.frame(&Frame { request_id: 1, body: Some(Body::Hello(hello)) }).await;
+        self.recv().await.expect("an answer to Hello")
+    }
+
+    /// The next frame, or None once the server closed the connection.
+    async fn recv(&mut self) -> Option<Frame> {
+        within(async {
+            loop {
+                if let Some(f) = pigeon_proto::try_decode_prefixed(&mut self.buf, 1 << 24).unwrap() {
+                    return Some(f);
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+    }
+
+    /// Expects a Goodbye with `code`, then the connection closing.
+    async fn expect_goodbye(&mut self, code: ErrorCode) {
+        let f = self.recv().await;
+        match f.and_then(|f| f.body) {
+            Some(Body::Goodbye(g)) => assert_eq!(g.code, code as i32, "{}", g.message),
+            other => panic!("expected Goodbye({code:?}), got {other:?}"),
+        }
+        assert!(self.recv().await.is_none(), "connection closed after goodbye");
+    }
+
+    async fn expect_error(&mut self, id: u64, code: ErrorCode) -> String {
+        let f = self.recv().await.expect("an answer");
+        assert_eq!(f.request_id, id);
+        match f.body {
+            Some(Body::Error(e)) => {
+                assert_eq!(e.code, code as i32, "{}", e.message);
+                assert!(!e.message.is_empty(), "errors carry a readable reason");
+                e.message
+            }
+            other => panic!("expected Error({code:?}), got {other:?}"),
+        }
+    }
+}
+
+/// Runs a full exchange on a fresh client to show the server still serves.
+async fn still_serving(server: &Server) {
+    let url = server.tcp_url();
+    let c = connect(&url, &login(&url, "alice", "check").await).await;
+    c.send(&pigeon_client::new_client_msg_id(), to_user("bob"), content("still here")).await.unwrap();
+}
+
+/// Every framing and handshake violation is answered with its code and a
+/// closed connection, and the server keeps serving others throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framing_and_handshake_violations() {
+    let server = Server::start("handshake_timeout_ms = 500");
+    register_and_login(&server.tcp_url(), "alice").await;
+    register_and_login(&server.tcp_url(), "bob").await;
+
+    // A length prefix above the frame limit.
+    let mut r = Raw::connect(&server.tcp).await;
+    r.bytes(&(2u32 << 20).to_be_bytes()).await;
+    r.expect_goodbye(ErrorCode::FrameTooLarge).await;
+
+    // Garbage that is not a protobuf frame.
+    let mut r = Raw::connect(&server.tcp).await;
+    r.bytes(&[0, 0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).await;
+    r.expect_goodbye(ErrorCode::BadFrame).await;
+
+    // Random bytes in bulk.
+    let mut r = Raw::connect(&server.tcp).await;
+    let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    r.bytes(&noise).await;
+    assert!(matches!(r.recv().await.and_then(|f| f.body), Some(Body::Goodbye(_))));
+
+    // A first frame that is not a Hello.
+    let mut r = Raw::connect(&server.tcp).await;
+    r.frame(&Frame { request_id: 1, body: Some(Body::Ping(v1::Ping { nonce: 1 })) }).await;
+    r.expect_goodbye(ErrorCode::HandshakeRequired).await;
+
+    // No common protocol version.
+    let mut r = Raw::connect(&server.tcp).await;
+    let hello = Hello { min_version: 7, max_version: 9, ..Default::default() };
+    r.frame(&Frame { request_id: 1, body: Some(Body::Hello(hello)) }).await;
+    r.expect_goodbye(ErrorCode::UpgradeRequired).await;
+
+    // Silence after connecting.
+    let mut r = Raw::connect(&server.tcp).await;
+    r.expect_goodbye(ErrorCode::HandshakeTimeout).await;
+
+    // A token that was never issued.
+    let mut r = Raw::connect(&server.tcp).await;
+    let bye = r.hello("not-a-token").await;
+    assert!(matches!(bye.body, Some(Body::Goodbye(g)) if g.code == ErrorCode::InvalidToken as i32));
+    let mut r = Raw::connect(&server.tcp).await;
+    let bye = r.hello(&"ab".repeat(32)).await;
+    assert!(matches!(bye.body, Some(Body::Goodbye(g)) if g.code == ErrorCode::InvalidToken as i32));
+
+    // WebSocket: a text message is not a frame.
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::Text("hello?".into())).await.unwrap();
+    let msg = within(ws.next()).await.unwrap().unwrap();
+    let frame = Frame::decode(msg.into_data()).unwrap();
+    assert!(matches!(frame.body, Some(Body::Goodbye(g)) if g.code == ErrorCode::BadFrame as i32));
+
+    still_serving(&server).await;
+}
+
+/// Request-level mistakes get an Error with the request's id and leave the
+/// connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_errors_keep_the_connection() {
+    let server = Server::start("message_bytes_max = 1000");
+    let url = server.tcp_url();
+    let token = register_and_login(&url, "alice").await;
+    register_and_login(&url, "bob").await;
+    let bob_key = {
+        let bob = connect(&url, &login(&url, "bob", "k").await).await;
+        sync_all(&bob, &[]).await;
+        bob.send("b1", to_user("alice"), content("x")).await.unwrap();
+        sync_all(&bob, &[]).await.1
+    };
+
+    // Anonymous connections may not send.
+    let mut anon = Raw::connect(&server.tcp).await;
+    assert!(matches!(anon.hello("").await.body, Some(Body::Welcome(_))));
+    let send = v1::SendRequest { client_msg_id: "x".into(), target: Some(to_user("bob")), content: Some(content("hi")) };
+    anon.frame(&Frame { request_id: 3, body: Some(Body::SendRequest(send.clone())) }).await;
+    anon.expect_error(3, ErrorCode::Unauthenticated).await;
+
+    let mut r = Raw::connect(&server.tcp).await;
+    assert!(matches!(r.hello(&token).await.body, Some(Body::Welcome(w)) if w.username == "alice"));
+
+    // An unknown message type (a field this server does not know).
+    let mut unknown = vec![0xBA, 0x3E, 0x02, 0x08, 0x01];
+    Frame { request_id: 5, body: None }.encode(&mut unknown).unwrap();
+    let mut prefixed = (unknown.len() as u32).to_be_bytes().to_vec();
+    prefixed.extend(&unknown);
+    r.bytes(&prefixed).await;
+    r.expect_error(5, ErrorCode::UnknownRequest).await;
+
+    // A body only a server sends.
+    r.frame(&Frame { request_id: 6, body: Some(Body::SyncNotice(v1::SyncNotice {})) }).await;
+    r.expect_error(6, ErrorCode::UnknownRequest).await;
+
+    // Sending to nobody.
+    let mut s = send.clone();
+    s.target = Some(to_user("nobody"));
+    r.frame(&Frame { request_id: 7, body: Some(Body::SendRequest(s)) }).await;
+    r.expect_error(7, ErrorCode::UserNotFound).await;
+
+    // A conversation alice is not in.
+    let mut s = send.clone();
+    s.target = Some(pigeon_client::to_conversation("d:100:200"));
+    r.frame(&Frame { request_id: 8, body: Some(Body::SendRequest(s)) }).await;
+    r.expect_error(8, ErrorCode::ConversationNotFound).await;
+
+    // Too large, empty, bad client id.
+    let mut s = send.clone();
+    s.content = Some(content(&"x".repeat(1001)));
+    r.frame(&Frame { request_id: 9, body: Some(Body::SendRequest(s)) }).await;
+    r.expect_error(9, ErrorCode::MessageTooLarge).await;
+    let mut s = send.clone();
+    s.content = Some(v1::Content::default());
+    r.frame(&Frame { request_id: 10, body: Some(Body::SendRequest(s)) }).await;
+    r.expect_error(10, ErrorCode::InvalidArgument).await;
+    let mut s = send.clone();
+    s.client_msg_id = "x".repeat(65);
+    r.frame(&Frame { request_id: 11, body: Some(Body::SendRequest(s)) }).await;
+    r.expect_error(11, ErrorCode::InvalidArgument).await;
+
+    // Forged, foreign and garbage sync keys.
+    let mut forged = bob_key.clone();
+    *forged.last_mut().unwrap() ^= 0x55;
+    for (id, key) in [(12, forged), (13, bob_key.clone()), (14, b"garbage".to_vec())] {
+        r.frame(&Frame { request_id: id, body: Some(Body::SyncRequest(v1::SyncRequest { key, limit: 0 })) }).await;
+        r.expect_error(id, ErrorCode::InvalidSyncKey).await;
+    }
+
+    // A second Hello.
+    r.frame(&Frame { request_id: 15, body: Some(Body::Hello(Hello::default())) }).await;
+    r.expect_error(15, ErrorCode::HandshakeRequired).await;
+
+    // Still open: a ping gets its pong.
+    r.frame(&Frame { request_id: 16, body: Some(Body::Ping(v1::Ping { nonce: 42 })) }).await;
+    let pong = r.recv().await.unwrap();
+    assert!(matches!(pong.body, Some(Body::Pong(p)) if p.nonce == 42));
+
+    // Request id 0 on a request is a protocol violation.
+    r.frame(&Frame { request_id: 0, body: Some(Body::Ping(v1::Ping { nonce: 1 })) }).await;
+    r.expect_goodbye(ErrorCode::BadRequestId).await;
+}
+
+/// Account errors: duplicate and malformed names, short passwords, wrong
+/// passwords, closed registration, expired tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_errors() {
+    let server = Server::start("session_ttl_secs = 1");
+    let url = server.tcp_url();
+    let c = anon(&url).await;
+    c.register("alice", PASSWORD).await.unwrap();
+    fn code<T>(r: Result<T, pigeon_client::ClientError>) -> Option<ErrorCode> {
+        r.err().and_then(|e| e.code())
+    }
+    assert_eq!(code(c.register("alice", PASSWORD).await), Some(ErrorCode::UsernameTaken));
+    assert_eq!(code(c.register("Bad Name", PASSWORD).await), Some(ErrorCode::InvalidUsername));
+    assert_eq!(code(c.register("shorty", "short").await), Some(ErrorCode::InvalidPassword));
+    assert_eq!(code(c.login("alice", "wrong password", "d").await), Some(ErrorCode::InvalidCredentials));
+    assert_eq!(code(c.login("nobody", PASSWORD, "d").await), Some(ErrorCode::InvalidCredentials));
+    let token = c.login("alice", PASSWORD, "d").await.unwrap().token;
+    assert_eq!(code(c.login("alice", PASSWORD, "d").await), Some(ErrorCode::AlreadyAuthenticated));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let err = pigeon_client::Connection::connect(&pigeon_client::ConnectOptions::new(&url).with_token(&token))
+        .await
+        .err()
+        .expect("expired token refused");
+    assert_eq!(err.code(), Some(ErrorCode::TokenExpired));
+
+    let closed = Server::start("open_registration = false");
+    let c = anon(&closed.tcp_url()).await;
+    assert_eq!(code(c.register("alice", PASSWORD).await), Some(ErrorCode::RegistrationClosed));
+}
+
+/// A connection that sends nothing after its handshake is closed with
+/// IDLE_TIMEOUT; one that pings stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed() {
+    let server = Server::start("heartbeat_interval_ms = 100\nidle_timeout_ms = 400");
+    let mut quiet = Raw::connect(&server.tcp).await;
+    assert!(matches!(quiet.hello("").await.body, Some(Body::Welcome(w)) if w.idle_timeout_ms == 400));
+    let mut chatty = Raw::connect(&server.tcp).await;
+    chatty.hello("").await;
+    for i in 1..=8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        chatty.frame(&Frame { request_id: i, body: Some(Body::Ping(v1::Ping { nonce: i })) }).await;
+        assert!(matches!(chatty.recv().await.unwrap().body, Some(Body::Pong(_))));
+    }
+    quiet.expect_goodbye(ErrorCode::IdleTimeout).await;
+}
+
+/// A device that stops reading while messages pour in is disconnected once
+/// its bounded queue fills; the sender and other devices are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_is_disconnected() {
+    let server = Server::start("outbound_queue_frames_max = 4\nmessage_bytes_max = 60000");
+    let url = server.tcp_url();
+    let alice = connect(&url, &register_and_login(&url, "alice").await).await;
+    let bob_token = register_and_login(&url, "bob").await;
+    let mut stuck = Raw::connect(&server.tcp).await;
+    stuck.hello(&bob_token).await;
+    stuck.frame(&Frame { request_id: 2, body: Some(Body::SyncRequest(v1::SyncRequest::default())) }).await;
+    let healthy = connect(&url, &bob_token).await;
+    sync_all(&healthy, &[]).await;
+    let big = "x".repeat(60_000);
+    for i in 0..400 {
+        alice.send(&format!("big{i}"), to_user("bob"), content(&big)).await.unwrap();
+    }
+    // The stuck reader's socket is closed by the server: reading everything
+    // buffered ends in EOF rather than in more data forever.
+    let mut frames = 0;
+    while stuck.recv().await.is_some() {
+        frames += 1;
+        assert!(frames < 400, "the slow reader was never cut off");
+    }
+    let (events, _) = sync_all(&healthy, &[]).await;
+    assert_eq!(events.len(), 400);
+    assert!(server.log().contains("too slow"), "the server logs why");
+}
