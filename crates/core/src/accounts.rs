@@ -21,7 +21,10 @@ pub fn validate_username(name: &str) -> Result<(), CoreError> {
     let chars_ok = name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
-    let first_ok = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let first_ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if len_ok && chars_ok && first_ok {
         Ok(())
     } else {
@@ -56,7 +59,9 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
     let Ok(parsed) = argon2::password_hash::phc::PasswordHash::new(phc) else {
         return false;
     };
-    Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
+    Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
 }
 
 /// A new random session token, as hex.
@@ -82,7 +87,16 @@ mod tests {
         for ok in ["bob", "alice_1", "a.b-c", "0day", "x".repeat(32).as_str()] {
             assert!(validate_username(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "ab", "Bob", "_bob", "bo b", "bøb", "x".repeat(33).as_str(), "-ab"] {
+        for bad in [
+            "",
+            "ab",
+            "Bob",
+            "_bob",
+            "bo b",
+            "bøb",
+            "x".repeat(33).as_str(),
+            "-ab",
+        ] {
             assert!(validate_username(bad).is_err(), "{bad}");
         }
     }

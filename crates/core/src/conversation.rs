@@ -18,7 +18,10 @@ pub enum ConversationId {
 impl ConversationId {
     /// The direct conversation between `a` and `b`.
     pub fn direct(a: UserId, b: UserId) -> Self {
-        ConversationId::Direct { low: a.min(b), high: a.max(b) }
+        ConversationId::Direct {
+            low: a.min(b),
+            high: a.max(b),
+        }
     }
 
     /// Parses an id as produced by [`ConversationId::to_string`].
@@ -62,7 +65,8 @@ impl ConversationId {
 /// Canonical decimal only: no sign, no leading zeros, so one conversation
 /// has exactly one id string.
 fn parse_id(s: &str) -> Option<UserId> {
-    if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     s.parse().ok().filter(|&id| id > 0)
@@ -90,7 +94,9 @@ mod tests {
         assert_eq!(c.peer_of(3), 7);
         assert_eq!(c.participants(), vec![3, 7]);
         assert_eq!(ConversationId::direct(5, 5).participants(), vec![5]);
-        for bad in ["d:7:3", "d:03:7", "d:3:+7", "d:0:1", "g:1", "d:3", "", "d:3:7:9", "d:-1:2"] {
+        for bad in [
+            "d:7:3", "d:03:7", "d:3:+7", "d:0:1", "g:1", "d:3", "", "d:3:7:9", "d:-1:2",
+        ] {
             assert_eq!(ConversationId::parse(bad), None, "{bad}");
         }
     }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use pigeon_proto::limits::{CLIENT_MSG_ID_BYTES_MAX, DEVICE_NAME_BYTES_MAX, SYNC_KEY_BYTES_MAX};
 use pigeon_proto::v1::{
-    ConversationSummary, EventsPush, HistoryResponse, LoginResponse, MarkReadResponse, RegisterResponse,
-    SendRequest, SendResponse, SyncResponse, Target, target,
+    ConversationSummary, EventsPush, HistoryResponse, LoginResponse, MarkReadResponse,
+    RegisterResponse, SendRequest, SendResponse, SyncResponse, Target, target,
 };
 use tokio::sync::Semaphore;
 
@@ -16,7 +16,9 @@ use crate::config::{CoreConfig, HISTORY_PAGE_CEILING, SYNC_BATCH_EVENTS_CEILING}
 use crate::conversation::ConversationId;
 use crate::error::CoreError;
 use crate::notify::{Notifier, PushBatch};
-use crate::store::{AppendMessage, Appended, LogReadError, NewSession, Store, UserRecord, content_bytes};
+use crate::store::{
+    AppendMessage, Appended, LogReadError, NewSession, Store, UserRecord, content_bytes,
+};
 use crate::sync_key::SyncKeys;
 use crate::{Clock, DeviceId, UserId};
 
@@ -59,7 +61,9 @@ pub struct Service {
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Service")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,7 +102,11 @@ impl Service {
     }
 
     /// Creates an account.
-    pub async fn register(&self, username: &str, password: &str) -> Result<RegisterResponse, CoreError> {
+    pub async fn register(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<RegisterResponse, CoreError> {
         if !self.config.open_registration {
             return Err(CoreError::RegistrationClosed);
         }
@@ -108,12 +116,22 @@ impl Service {
             return Err(CoreError::UsernameTaken);
         }
         let hash = {
-            let _permit = self.hashing.acquire().await.expect("semaphore is never closed");
+            let _permit = self
+                .hashing
+                .acquire()
+                .await
+                .expect("semaphore is never closed");
             let password = password.to_string();
             blocking(move || accounts::hash_password(&password)).await?
         };
-        let user = self.store.create_user(username, &hash, self.clock.now_ms()).await?;
-        Ok(RegisterResponse { user_id: user.id, username: user.username })
+        let user = self
+            .store
+            .create_user(username, &hash, self.clock.now_ms())
+            .await?;
+        Ok(RegisterResponse {
+            user_id: user.id,
+            username: user.username,
+        })
     }
 
     /// Checks a password and opens a session on a new device.
@@ -132,9 +150,15 @@ impl Service {
             Ok(()) => self.store.user_by_name(username).await?,
             Err(_) => None,
         };
-        let phc = user.as_ref().map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
+        let phc = user
+            .as_ref()
+            .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
         let ok = {
-            let _permit = self.hashing.acquire().await.expect("semaphore is never closed");
+            let _permit = self
+                .hashing
+                .acquire()
+                .await
+                .expect("semaphore is never closed");
             let password = password.to_string();
             blocking(move || Ok(accounts::verify_password(&password, &phc))).await?
         };
@@ -173,18 +197,27 @@ impl Service {
 
     /// Resolves a token to its session.
     pub async fn authenticate(&self, token: &str) -> Result<Session, CoreError> {
-        if token.len() != 2 * accounts::TOKEN_BYTES || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if token.len() != 2 * accounts::TOKEN_BYTES || !token.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return Err(CoreError::InvalidToken);
         }
         let hash = accounts::token_hash(token);
-        let record = self.store.session(&hash).await?.ok_or(CoreError::InvalidToken)?;
+        let record = self
+            .store
+            .session(&hash)
+            .await?
+            .ok_or(CoreError::InvalidToken)?;
         if record.revoked {
             return Err(CoreError::TokenRevoked);
         }
         if record.expires_at_ms <= self.clock.now_ms() {
             return Err(CoreError::TokenExpired);
         }
-        let user = self.store.user_by_id(record.user_id).await?.ok_or(CoreError::InvalidToken)?;
+        let user = self
+            .store
+            .user_by_id(record.user_id)
+            .await?
+            .ok_or(CoreError::InvalidToken)?;
         Ok(Session {
             user_id: user.id,
             username: user.username,
@@ -196,7 +229,11 @@ impl Service {
 
     /// Checks that a session is still valid (not revoked, not expired).
     pub async fn recheck(&self, session: &Session) -> Result<(), CoreError> {
-        let record = self.store.session(&session.token_hash).await?.ok_or(CoreError::InvalidToken)?;
+        let record = self
+            .store
+            .session(&session.token_hash)
+            .await?
+            .ok_or(CoreError::InvalidToken)?;
         if record.revoked {
             return Err(CoreError::TokenRevoked);
         }
@@ -213,7 +250,11 @@ impl Service {
     }
 
     /// Stores a message durably (idempotently) and notifies online devices.
-    pub async fn send(&self, session: &Session, req: SendRequest) -> Result<SendResponse, CoreError> {
+    pub async fn send(
+        &self,
+        session: &Session,
+        req: SendRequest,
+    ) -> Result<SendResponse, CoreError> {
         if req.client_msg_id.is_empty() || req.client_msg_id.len() > CLIENT_MSG_ID_BYTES_MAX {
             return Err(CoreError::InvalidArgument(format!(
                 "client_msg_id must be 1 to {CLIENT_MSG_ID_BYTES_MAX} bytes"
@@ -221,11 +262,16 @@ impl Service {
         }
         let content = req.content.unwrap_or_default();
         if content.text.is_empty() && content.payload.is_empty() {
-            return Err(CoreError::InvalidArgument("content has neither text nor payload".into()));
+            return Err(CoreError::InvalidArgument(
+                "content has neither text nor payload".into(),
+            ));
         }
         let len = content_bytes(&content);
         if len > self.config.message_bytes_max {
-            return Err(CoreError::MessageTooLarge { len, max: self.config.message_bytes_max });
+            return Err(CoreError::MessageTooLarge {
+                len,
+                max: self.config.message_bytes_max,
+            });
         }
         let (conv, peer) = self.resolve_target(session, req.target.as_ref()).await?;
         let mut participants = vec![(session.user_id, session.username.clone())];
@@ -255,25 +301,46 @@ impl Service {
     }
 
     /// The events after the device's key.
-    pub async fn sync(&self, session: &Session, key: &[u8], limit: u32) -> Result<SyncOutcome, CoreError> {
+    pub async fn sync(
+        &self,
+        session: &Session,
+        key: &[u8],
+        limit: u32,
+    ) -> Result<SyncOutcome, CoreError> {
         if key.len() > SYNC_KEY_BYTES_MAX {
             return Err(CoreError::InvalidSyncKey("key is too long"));
         }
         let after = self.keys.decode(session.user_id, key)?;
-        let max = self.config.sync_batch_events_max.min(SYNC_BATCH_EVENTS_CEILING);
+        let max = self
+            .config
+            .sync_batch_events_max
+            .min(SYNC_BATCH_EVENTS_CEILING);
         let limit = if limit == 0 { max } else { limit.min(max) };
         let read = self
             .store
-            .read_log(session.user_id, after, limit as usize, self.config.sync_batch_bytes_max)
+            .read_log(
+                session.user_id,
+                after,
+                limit as usize,
+                self.config.sync_batch_bytes_max,
+            )
             .await
             .map_err(|e| match e {
                 LogReadError::Trimmed { .. } => CoreError::ResyncRequired,
                 LogReadError::Store(s) => CoreError::Store(s),
             })?;
         let cursor = read.events.last().map_or(after, |e| e.seq);
-        let key = if cursor == after { key.to_vec() } else { self.keys.encode(session.user_id, cursor) };
+        let key = if cursor == after {
+            key.to_vec()
+        } else {
+            self.keys.encode(session.user_id, cursor)
+        };
         Ok(SyncOutcome {
-            response: SyncResponse { events: read.events, key, has_more: read.has_more },
+            response: SyncResponse {
+                events: read.events,
+                key,
+                has_more: read.has_more,
+            },
             cursor,
         })
     }
@@ -299,16 +366,32 @@ impl Service {
         let conversation_id = conv.to_string();
         let (messages, has_more) = self
             .store
-            .history(&conversation_id, before, limit as usize, self.config.sync_batch_bytes_max)
+            .history(
+                &conversation_id,
+                before,
+                limit as usize,
+                self.config.sync_batch_bytes_max,
+            )
             .await?;
-        Ok(HistoryResponse { conversation_id, messages, has_more })
+        Ok(HistoryResponse {
+            conversation_id,
+            messages,
+            has_more,
+        })
     }
 
     /// The user's conversations, most recently active first.
-    pub async fn list_conversations(&self, session: &Session, limit: u32) -> Result<Vec<ConversationSummary>, CoreError> {
+    pub async fn list_conversations(
+        &self,
+        session: &Session,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, CoreError> {
         let max = self.config.conversations_list_max;
         let limit = if limit == 0 { max } else { limit.min(max) };
-        let mut list = self.store.list_conversations(session.user_id, limit as usize).await?;
+        let mut list = self
+            .store
+            .list_conversations(session.user_id, limit as usize)
+            .await?;
         // Keep the answer well inside one frame: the most recent first.
         let mut bytes = 0;
         let keep = list
@@ -333,7 +416,12 @@ impl Service {
             .filter(|c| c.includes(session.user_id))
             .ok_or_else(|| CoreError::ConversationNotFound(conversation_id.to_string()))?;
         let canonical = conv.to_string();
-        if self.store.conversation(session.user_id, &canonical).await?.is_none() {
+        if self
+            .store
+            .conversation(session.user_id, &canonical)
+            .await?
+            .is_none()
+        {
             return Err(CoreError::ConversationNotFound(conversation_id.to_string()));
         }
         let outcome = self
@@ -341,24 +429,38 @@ impl Service {
             .mark_read(session.user_id, &canonical, read_up_to, self.clock.now_ms())
             .await?;
         self.publish(outcome.appended.into_iter().collect());
-        Ok(MarkReadResponse { read_up_to: outcome.read_up_to, unread_count: outcome.unread_count })
+        Ok(MarkReadResponse {
+            read_up_to: outcome.read_up_to,
+            unread_count: outcome.unread_count,
+        })
     }
 
     /// The key a device holds after `seq` (the empty key for 0).
     fn key_for(&self, user: UserId, seq: u64) -> Vec<u8> {
-        if seq == 0 { Vec::new() } else { self.keys.encode(user, seq) }
+        if seq == 0 {
+            Vec::new()
+        } else {
+            self.keys.encode(user, seq)
+        }
     }
 
     fn publish(&self, appended: Vec<Appended>) {
         for a in appended {
-            let Some(last) = a.events.last() else { continue };
+            let Some(last) = a.events.last() else {
+                continue;
+            };
             let last_seq = last.seq;
             let push = EventsPush {
                 prev_key: self.key_for(a.user_id, a.prev_seq),
                 key: self.key_for(a.user_id, last_seq),
                 events: a.events,
             };
-            self.notifier.notify(Arc::new(PushBatch { user_id: a.user_id, prev_seq: a.prev_seq, last_seq, push }));
+            self.notifier.notify(Arc::new(PushBatch {
+                user_id: a.user_id,
+                prev_seq: a.prev_seq,
+                last_seq,
+                push,
+            }));
         }
     }
 
@@ -395,9 +497,10 @@ impl Service {
 }
 
 /// Runs CPU-heavy work on tokio's blocking pool.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, CoreError> + Send + 'static) -> Result<T, CoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| CoreError::Store(crate::StoreError::Io(format!("blocking task failed: {e}"))))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CoreError> + Send + 'static,
+) -> Result<T, CoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        CoreError::Store(crate::StoreError::Io(format!("blocking task failed: {e}")))
+    })?
 }
-

@@ -4,7 +4,7 @@
 //! events become readable strictly in seq order.
 
 use async_trait::async_trait;
-use pigeon_proto::v1::{ConversationSummary, Content, Event, Message};
+use pigeon_proto::v1::{Content, ConversationSummary, Event, Message};
 use serde::{Deserialize, Serialize};
 
 use crate::{DeviceId, UserId};
@@ -152,7 +152,12 @@ pub struct MarkReadOutcome {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates an account; fails with [`StoreError::UsernameTaken`].
-    async fn create_user(&self, username: &str, password_hash: &str, now_ms: i64) -> Result<UserRecord, StoreError>;
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now_ms: i64,
+    ) -> Result<UserRecord, StoreError>;
     /// Looks up an account by username.
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
     /// Looks up an account by id.
@@ -171,7 +176,13 @@ pub trait Store: Send + Sync + 'static {
     /// about `bytes_max` encoded bytes (always at least one if any).
     /// Fails with [`LogReadError::Trimmed`] if events after `after` were
     /// trimmed away.
-    async fn read_log(&self, user: UserId, after: u64, limit: usize, bytes_max: usize) -> Result<LogRead, LogReadError>;
+    async fn read_log(
+        &self,
+        user: UserId,
+        after: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<LogRead, LogReadError>;
     /// The seq of the newest committed event of `user` (0: none).
     async fn log_head(&self, user: UserId) -> Result<u64, StoreError>;
     /// Committed messages of a conversation with conv_seq < `before`
@@ -186,12 +197,26 @@ pub trait Store: Send + Sync + 'static {
         bytes_max: usize,
     ) -> Result<(Vec<Message>, bool), StoreError>;
     /// The user's conversations, most recently active first.
-    async fn list_conversations(&self, user: UserId, limit: usize) -> Result<Vec<ConversationSummary>, StoreError>;
+    async fn list_conversations(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>, StoreError>;
     /// One conversation's summary for a user, if the user has it.
-    async fn conversation(&self, user: UserId, conversation_id: &str) -> Result<Option<ConversationSummary>, StoreError>;
+    async fn conversation(
+        &self,
+        user: UserId,
+        conversation_id: &str,
+    ) -> Result<Option<ConversationSummary>, StoreError>;
     /// Moves the user's read position (never backwards, never past the last
     /// message) and appends a ReadMarker event to their log if it moved.
-    async fn mark_read(&self, user: UserId, conversation_id: &str, read_up_to: u64, now_ms: i64) -> Result<MarkReadOutcome, StoreError>;
+    async fn mark_read(
+        &self,
+        user: UserId,
+        conversation_id: &str,
+        read_up_to: u64,
+        now_ms: i64,
+    ) -> Result<MarkReadOutcome, StoreError>;
     /// A random secret of 32 bytes stored under `name`, created on first use.
     async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError>;
 }
@@ -216,7 +241,11 @@ pub fn content_bytes(c: &Content) -> usize {
 }
 
 /// A conversation summary starts unread-free with no message.
-pub fn empty_summary(conversation_id: &str, peer_user_id: UserId, peer_username: &str) -> ConversationSummary {
+pub fn empty_summary(
+    conversation_id: &str,
+    peer_user_id: UserId,
+    peer_username: &str,
+) -> ConversationSummary {
     ConversationSummary {
         conversation_id: conversation_id.to_string(),
         peer_user_id,

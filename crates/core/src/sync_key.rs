@@ -36,7 +36,8 @@ impl SyncKeys {
     }
 
     fn mac(&self, body: &[u8]) -> [u8; MAC_BYTES] {
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret)
+            .expect("HMAC takes any key length");
         m.update(body);
         let full = m.finalize().into_bytes();
         let mut out = [0u8; MAC_BYTES];
@@ -69,10 +70,13 @@ impl SyncKeys {
         }
         let (body, mac) = key.split_at(1 + 8 + 8);
         // Compare MACs in constant time through the hmac crate.
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret)
+            .expect("HMAC takes any key length");
         m.update(body);
         if m.verify_truncated_left(mac).is_err() {
-            return Err(CoreError::InvalidSyncKey("key was not issued by this server"));
+            return Err(CoreError::InvalidSyncKey(
+                "key was not issued by this server",
+            ));
         }
         let key_user = u64::from_be_bytes(body[1..9].try_into().expect("8 bytes"));
         if key_user != user {
@@ -97,9 +101,15 @@ mod tests {
         let mut tampered = k.clone();
         tampered[16] ^= 1;
         assert!(keys.decode(42, &tampered).is_err(), "tampered seq");
-        assert!(SyncKeys::new([8; 32]).decode(42, &k).is_err(), "other server");
+        assert!(
+            SyncKeys::new([8; 32]).decode(42, &k).is_err(),
+            "other server"
+        );
         assert!(keys.decode(42, &k[..10]).is_err(), "truncated");
-        assert!(keys.decode(42, b"garbage-garbage-garbage!!").is_err(), "garbage");
+        assert!(
+            keys.decode(42, b"garbage-garbage-garbage!!").is_err(),
+            "garbage"
+        );
         assert!(keys.decode(42, &[9]).is_err(), "unknown version");
     }
 }

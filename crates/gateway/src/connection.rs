@@ -18,8 +18,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use pigeon_core::{CoreError, PushBatch, Session};
-use pigeon_proto::v1::{self, Limits, Pong, SyncNotice, Welcome};
 use pigeon_proto::Body;
+use pigeon_proto::v1::{self, Limits, Pong, SyncNotice, Welcome};
 use pigeon_proto::version::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, negotiate};
 use pigeon_proto::{ErrorCode, Frame, limits};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -38,10 +38,15 @@ const SERVER_NAME: &str = concat!("pigeon/", env!("CARGO_PKG_VERSION"));
 
 /// Why the loop ends.
 enum Close {
-    /// Say goodbye with this frame, then close.
-    Goodbye(Frame),
+    /// Say goodbye with this code and reason, then close.
+    Goodbye(ErrorCode, String),
     /// Close without a word (the peer left, or cannot be written to).
     Silent,
+}
+
+/// A goodbye with `code` and a reason for people.
+fn bye(code: ErrorCode, reason: impl Into<String>) -> Close {
+    Close::Goodbye(code, reason.into())
 }
 
 /// Tells a peer we cannot serve it, then closes.
@@ -87,8 +92,9 @@ pub(crate) async fn run(
         close = conn.serve(&mut in_rx) => close,
         _ = &mut writer_task => Close::Silent,
     };
-    if let Close::Goodbye(frame) = close {
-        tracing::debug!(%peer, ?frame, "closing connection");
+    if let Close::Goodbye(code, reason) = close {
+        tracing::debug!(%peer, ?code, %reason, "closing connection");
+        let frame = Frame::goodbye(code, reason);
         // The queue may be full (slow consumer): then the goodbye is lost,
         // which is fine, the socket closes anyway.
         let _ = conn.out.try_send(frame);
@@ -98,7 +104,11 @@ pub(crate) async fn run(
     let _ = timeout(Duration::from_secs(2), writer_task).await;
 }
 
-async fn write_loop(mut writer: Box<dyn FrameWriter>, mut rx: mpsc::Receiver<Frame>, write_timeout: Duration) {
+async fn write_loop(
+    mut writer: Box<dyn FrameWriter>,
+    mut rx: mpsc::Receiver<Frame>,
+    write_timeout: Duration,
+) {
     while let Some(frame) = rx.recv().await {
         let last = matches!(frame.body, Some(Body::Goodbye(_)));
         match timeout(write_timeout, writer.write(&frame)).await {
@@ -161,16 +171,16 @@ impl Conn {
                     match inbound {
                         Some(Inbound::Frame(frame)) => self.on_frame(frame).await,
                         Some(Inbound::Activity) => Ok(()),
-                        Some(Inbound::Violation(code, reason)) => Err(Close::Goodbye(Frame::goodbye(code, reason))),
+                        Some(Inbound::Violation(code, reason)) => Err(bye(code, reason)),
                         Some(Inbound::Closed) | None => Err(Close::Silent),
                     }
                 }
                 Some(batch) = recv_push(&mut self.registration) => self.on_push(&batch),
                 _ = wake(flags.as_deref()) => self.on_flags(),
-                _ = sleep_until(deadline) => Err(Close::Goodbye(Frame::goodbye(
+                _ = sleep_until(deadline) => Err(bye(
                     ErrorCode::IdleTimeout,
                     format!("nothing received for {} ms", self.gw.config.idle_timeout.as_millis()),
-                ))),
+                )),
             };
             if let Err(close) = step {
                 return close;
@@ -181,36 +191,44 @@ impl Conn {
     async fn handshake(&mut self, in_rx: &mut mpsc::Receiver<Inbound>) -> Sent {
         let first = match timeout(self.gw.config.handshake_timeout, in_rx.recv()).await {
             Err(_) => {
-                return Err(Close::Goodbye(Frame::goodbye(ErrorCode::HandshakeTimeout, "no Hello in time")));
+                return Err(bye(ErrorCode::HandshakeTimeout, "no Hello in time"));
             }
             Ok(first) => first,
         };
         let (id, hello) = match first {
-            Some(Inbound::Frame(Frame { request_id, body: Some(Body::Hello(h)) })) => (request_id, h),
+            Some(Inbound::Frame(Frame {
+                request_id,
+                body: Some(Body::Hello(h)),
+            })) => (request_id, h),
             Some(Inbound::Frame(_)) | Some(Inbound::Activity) => {
-                return Err(Close::Goodbye(Frame::goodbye(
+                return Err(bye(
                     ErrorCode::HandshakeRequired,
                     "the first frame must be a Hello",
-                )));
+                ));
             }
-            Some(Inbound::Violation(code, reason)) => return Err(Close::Goodbye(Frame::goodbye(code, reason))),
+            Some(Inbound::Violation(code, reason)) => {
+                return Err(bye(code, reason));
+            }
             Some(Inbound::Closed) | None => return Err(Close::Silent),
         };
-        let Some(version) =
-            negotiate(hello.min_version, hello.max_version, PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX)
-        else {
-            return Err(Close::Goodbye(Frame::goodbye(
+        let Some(version) = negotiate(
+            hello.min_version,
+            hello.max_version,
+            PROTOCOL_VERSION_MIN,
+            PROTOCOL_VERSION_MAX,
+        ) else {
+            return Err(bye(
                 ErrorCode::UpgradeRequired,
                 format!(
                     "this server speaks protocol versions {PROTOCOL_VERSION_MIN} to {PROTOCOL_VERSION_MAX}; the client speaks {} to {}",
                     hello.min_version, hello.max_version
                 ),
-            )));
+            ));
         };
         if !hello.token.is_empty() {
             match self.gw.service.authenticate(&hello.token).await {
                 Ok(session) => self.authenticated(session),
-                Err(e) => return Err(Close::Goodbye(error_frame(0, &e).into_goodbye())),
+                Err(e) => return Err(bye(e.code(), e.to_string())),
             }
         }
         let config = &self.gw.config;
@@ -220,7 +238,10 @@ impl Conn {
             server_min_version: PROTOCOL_VERSION_MIN,
             server_max_version: PROTOCOL_VERSION_MAX,
             user_id: self.session.as_ref().map_or(0, |s| s.user_id),
-            username: self.session.as_ref().map_or_else(String::new, |s| s.username.clone()),
+            username: self
+                .session
+                .as_ref()
+                .map_or_else(String::new, |s| s.username.clone()),
             device_id: self.session.as_ref().map_or(0, |s| s.device_id),
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u32,
             idle_timeout_ms: config.idle_timeout.as_millis() as u32,
@@ -256,31 +277,45 @@ impl Conn {
             if id == 0 {
                 return Ok(());
             }
-            return self.send(Frame::error(id, ErrorCode::UnknownRequest, "unknown request type"));
+            return self.send(Frame::error(
+                id,
+                ErrorCode::UnknownRequest,
+                "unknown request type",
+            ));
         };
         if let Body::Hello(_) = body {
-            return self.send(Frame::error(id, ErrorCode::HandshakeRequired, "the handshake is already done"));
+            return self.send(Frame::error(
+                id,
+                ErrorCode::HandshakeRequired,
+                "the handshake is already done",
+            ));
         }
         if id == 0 {
-            return Err(Close::Goodbye(Frame::goodbye(
+            return Err(bye(
                 ErrorCode::BadRequestId,
                 "requests must carry a non-zero request_id",
-            )));
+            ));
         }
         if self.inflight_ids.contains(&id) {
-            return Err(Close::Goodbye(Frame::goodbye(
+            return Err(bye(
                 ErrorCode::BadRequestId,
                 format!("request_id {id} is already in flight"),
-            )));
+            ));
         }
         let service = self.gw.service.clone();
         match body {
             Body::Ping(p) => self.send(Frame::new(
                 id,
-                Body::Pong(Pong { nonce: p.nonce, server_time_ms: now_ms() }),
+                Body::Pong(Pong {
+                    nonce: p.nonce,
+                    server_time_ms: now_ms(),
+                }),
             )),
             Body::RegisterRequest(r) => self.spawn(id, async move {
-                service.register(&r.username, &r.password).await.map(Body::RegisterResponse)
+                service
+                    .register(&r.username, &r.password)
+                    .await
+                    .map(Body::RegisterResponse)
             }),
             Body::LoginRequest(r) => {
                 if self.session.is_some() {
@@ -290,7 +325,10 @@ impl Conn {
                         "this connection is logged in already; open another for another account",
                     ));
                 }
-                match service.login(&r.username, &r.password, &r.device_name).await {
+                match service
+                    .login(&r.username, &r.password, &r.device_name)
+                    .await
+                {
                     Ok((response, session)) => {
                         self.authenticated(session);
                         self.send(Frame::new(id, Body::LoginResponse(response)))
@@ -298,9 +336,11 @@ impl Conn {
                     Err(e) => self.send(error_frame(id, &e)),
                 }
             }
-            body if !is_request(&body) => {
-                self.send(Frame::error(id, ErrorCode::UnknownRequest, "not a request a client may send"))
-            }
+            body if !is_request(&body) => self.send(Frame::error(
+                id,
+                ErrorCode::UnknownRequest,
+                "not a request a client may send",
+            )),
             body => {
                 let Some(session) = self.session.clone() else {
                     return self.send(Frame::error(id, ErrorCode::Unauthenticated, "log in first"));
@@ -316,8 +356,10 @@ impl Conn {
             Body::LogoutRequest(_) => match service.logout(&session).await {
                 Ok(()) => {
                     self.send(Frame::new(id, Body::LogoutResponse(v1::LogoutResponse {})))?;
-                    self.gw.registry.revoke(session.user_id, &session.token_hash);
-                    Err(Close::Goodbye(Frame::goodbye(ErrorCode::TokenRevoked, "logged out")))
+                    self.gw
+                        .registry
+                        .revoke(session.user_id, &session.token_hash);
+                    Err(bye(ErrorCode::TokenRevoked, "logged out"))
                 }
                 Err(e) => self.send(error_frame(id, &e)),
             },
@@ -329,9 +371,9 @@ impl Conn {
                 }
                 Err(e) => self.send(error_frame(id, &e)),
             },
-            Body::SendRequest(r) => {
-                self.spawn(id, async move { service.send(&session, r).await.map(Body::SendResponse) })
-            }
+            Body::SendRequest(r) => self.spawn(id, async move {
+                service.send(&session, r).await.map(Body::SendResponse)
+            }),
             Body::HistoryRequest(r) => self.spawn(id, async move {
                 service
                     .history(&session, r.target.as_ref(), r.before, r.limit)
@@ -342,7 +384,11 @@ impl Conn {
                 service
                     .list_conversations(&session, r.limit)
                     .await
-                    .map(|conversations| Body::ListConversationsResponse(v1::ListConversationsResponse { conversations }))
+                    .map(|conversations| {
+                        Body::ListConversationsResponse(v1::ListConversationsResponse {
+                            conversations,
+                        })
+                    })
             }),
             Body::MarkReadRequest(r) => self.spawn(id, async move {
                 service
@@ -350,7 +396,11 @@ impl Conn {
                     .await
                     .map(Body::MarkReadResponse)
             }),
-            _ => self.send(Frame::error(id, ErrorCode::UnknownRequest, "unknown request type")),
+            _ => self.send(Frame::error(
+                id,
+                ErrorCode::UnknownRequest,
+                "unknown request type",
+            )),
         }
     }
 
@@ -364,7 +414,10 @@ impl Conn {
             return self.send(Frame::error(
                 id,
                 ErrorCode::TooManyRequests,
-                format!("more than {} requests in flight", self.gw.config.inflight_requests_max),
+                format!(
+                    "more than {} requests in flight",
+                    self.gw.config.inflight_requests_max
+                ),
             ));
         };
         self.inflight_ids.insert(id);
@@ -405,7 +458,7 @@ impl Conn {
             return Ok(());
         };
         if flags.revoked.load(Ordering::SeqCst) {
-            return Err(Close::Goodbye(Frame::goodbye(ErrorCode::TokenRevoked, "the session was revoked")));
+            return Err(bye(ErrorCode::TokenRevoked, "the session was revoked"));
         }
         if flags.lagged.swap(false, Ordering::SeqCst) {
             return self.notice();
@@ -419,7 +472,12 @@ impl Conn {
         let max = self.gw.config.inflight_requests_max as u32;
         let deadline = Instant::now() + DRAIN_WAIT_MAX;
         while self.inflight.available_permits() < max as usize || !self.done.1.is_empty() {
-            match timeout(deadline.saturating_duration_since(Instant::now()), self.done.1.recv()).await {
+            match timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                self.done.1.recv(),
+            )
+            .await
+            {
                 Ok(Some(frame)) => {
                     if self.send(frame).is_err() {
                         return Close::Silent;
@@ -428,7 +486,10 @@ impl Conn {
                 _ => break,
             }
         }
-        Close::Goodbye(Frame::goodbye(ErrorCode::ShuttingDown, "server is shutting down; reconnect"))
+        bye(
+            ErrorCode::ShuttingDown,
+            "server is shutting down; reconnect",
+        )
     }
 }
 
@@ -469,20 +530,6 @@ fn error_frame(id: u64, e: &CoreError) -> Frame {
         e.to_string()
     };
     Frame::error(id, code, message)
-}
-
-trait IntoGoodbye {
-    fn into_goodbye(self) -> Frame;
-}
-
-impl IntoGoodbye for Frame {
-    /// Turns an error answer into a goodbye with the same code and reason.
-    fn into_goodbye(self) -> Frame {
-        match self.body {
-            Some(Body::Error(e)) => Frame::push(Body::Goodbye(v1::Goodbye { code: e.code, message: e.message })),
-            _ => self,
-        }
-    }
 }
 
 fn now_ms() -> i64 {

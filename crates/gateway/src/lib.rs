@@ -43,14 +43,20 @@ pub struct Gateway {
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Gateway")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 impl Gateway {
     /// A gateway over `service`, pushing through `registry` (which must be
     /// the notifier the service was built with).
-    pub fn new(service: Arc<Service>, registry: Arc<Registry>, config: GatewayConfig) -> Arc<Gateway> {
+    pub fn new(
+        service: Arc<Service>,
+        registry: Arc<Registry>,
+        config: GatewayConfig,
+    ) -> Arc<Gateway> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         Arc::new(Gateway {
             connections: Arc::new(Semaphore::new(config.connections_max)),
@@ -99,8 +105,16 @@ impl Gateway {
             tokio::spawn(async move {
                 let (reader, writer) = transport::tcp(stream, gw.config.frame_bytes_max);
                 match gw.connections.clone().try_acquire_owned() {
-                    Ok(permit) => connection::run(gw, reader, writer, peer.to_string(), permit).await,
-                    Err(_) => connection::refuse(writer, Frame::goodbye(ErrorCode::Busy, "server is at its connection limit")).await,
+                    Ok(permit) => {
+                        connection::run(gw, reader, writer, peer.to_string(), permit).await
+                    }
+                    Err(_) => {
+                        connection::refuse(
+                            writer,
+                            Frame::goodbye(ErrorCode::Busy, "server is at its connection limit"),
+                        )
+                        .await
+                    }
                 }
             });
         }
@@ -112,7 +126,11 @@ impl Gateway {
             return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
         }
         let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
+            return (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "connection limit reached",
+            )
+                .into_response();
         };
         let max = self.config.frame_bytes_max;
         ws.max_message_size(max)

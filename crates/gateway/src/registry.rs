@@ -56,19 +56,45 @@ pub struct Registration {
 
 impl Registry {
     /// Registers a connection of `user` with a queue of `capacity` batches.
-    pub fn register(self: &Arc<Self>, user: UserId, token_hash: &str, capacity: usize) -> Registration {
+    pub fn register(
+        self: &Arc<Self>,
+        user: UserId,
+        token_hash: &str,
+        capacity: usize,
+    ) -> Registration {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let flags = Arc::new(ConnFlags::default());
-        let entry = Entry { conn_id, token_hash: token_hash.to_string(), tx, flags: flags.clone() };
-        self.users.write().expect("registry lock poisoned").entry(user).or_default().push(entry);
-        Registration { registry: self.clone(), user, conn_id, rx, flags }
+        let entry = Entry {
+            conn_id,
+            token_hash: token_hash.to_string(),
+            tx,
+            flags: flags.clone(),
+        };
+        self.users
+            .write()
+            .expect("registry lock poisoned")
+            .entry(user)
+            .or_default()
+            .push(entry);
+        Registration {
+            registry: self.clone(),
+            user,
+            conn_id,
+            rx,
+            flags,
+        }
     }
 
     /// Closes every connection of `user` that uses the session `token_hash`.
     pub fn revoke(&self, user: UserId, token_hash: &str) {
         let users = self.users.read().expect("registry lock poisoned");
-        for e in users.get(&user).into_iter().flatten().filter(|e| e.token_hash == token_hash) {
+        for e in users
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.token_hash == token_hash)
+        {
             e.flags.revoked.store(true, Ordering::SeqCst);
             e.flags.wake.notify_one();
         }
@@ -76,7 +102,11 @@ impl Registry {
 
     /// Devices of `user` online now.
     pub fn online(&self, user: UserId) -> usize {
-        self.users.read().expect("registry lock poisoned").get(&user).map_or(0, Vec::len)
+        self.users
+            .read()
+            .expect("registry lock poisoned")
+            .get(&user)
+            .map_or(0, Vec::len)
     }
 }
 

@@ -8,9 +8,12 @@ use std::io;
 use async_trait::async_trait;
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use bytes::BytesMut;
-use futures_util::{SinkExt, StreamExt};
 use futures_util::stream::{SplitSink, SplitStream};
-use pigeon_proto::{ErrorCode, Frame, FrameError, decode_frame, encode_frame, encode_frame_prefixed, try_decode_prefixed};
+use futures_util::{SinkExt, StreamExt};
+use pigeon_proto::{
+    ErrorCode, Frame, FrameError, decode_frame, encode_frame, encode_frame_prefixed,
+    try_decode_prefixed,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -65,9 +68,16 @@ struct TcpWriter {
 }
 
 /// Splits a TCP stream into a frame reader and writer.
-pub fn tcp(stream: TcpStream, frame_bytes_max: usize) -> (Box<dyn FrameReader>, Box<dyn FrameWriter>) {
+pub fn tcp(
+    stream: TcpStream,
+    frame_bytes_max: usize,
+) -> (Box<dyn FrameReader>, Box<dyn FrameWriter>) {
     let (r, w) = stream.into_split();
-    let reader = TcpReader { half: r, buf: BytesMut::with_capacity(8 * 1024), max: frame_bytes_max };
+    let reader = TcpReader {
+        half: r,
+        buf: BytesMut::with_capacity(8 * 1024),
+        max: frame_bytes_max,
+    };
     (Box::new(reader), Box::new(TcpWriter { half: w }))
 }
 
@@ -136,8 +146,14 @@ impl FrameReader for WsReader {
                 // The WebSocket layer reports an oversized message as an
                 // error; everything else it reports means a broken stream.
                 let text = e.to_string();
-                if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
-                    Inbound::Violation(ErrorCode::FrameTooLarge, format!("message exceeds the frame limit: {text}"))
+                if text.contains("too long")
+                    || text.contains("too big")
+                    || text.contains("Space limit")
+                {
+                    Inbound::Violation(
+                        ErrorCode::FrameTooLarge,
+                        format!("message exceeds the frame limit: {text}"),
+                    )
                 } else {
                     Inbound::Closed
                 }

@@ -28,7 +28,10 @@ pub enum FrameError {
 /// after a length prefix).
 pub fn decode_frame(bytes: &[u8], max: usize) -> Result<Frame, FrameError> {
     if bytes.len() > max {
-        return Err(FrameError::TooLarge { len: bytes.len(), max });
+        return Err(FrameError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
     }
     Frame::decode(bytes).map_err(|e| FrameError::Malformed(e.to_string()))
 }
@@ -106,7 +109,10 @@ mod tests {
         let mut buf = BytesMut::from(&[0u8, 0x10, 0, 0][..]);
         assert_eq!(
             try_decode_prefixed(&mut buf, 1024),
-            Err(FrameError::TooLarge { len: 0x100000, max: 1024 })
+            Err(FrameError::TooLarge {
+                len: 0x100000,
+                max: 1024
+            })
         );
     }
 

@@ -19,7 +19,9 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/pigeon.v1.rs"));
 }
 
-pub use framing::{FrameError, decode_frame, encode_frame, encode_frame_prefixed, try_decode_prefixed};
+pub use framing::{
+    FrameError, decode_frame, encode_frame, encode_frame_prefixed, try_decode_prefixed,
+};
 pub use v1::{ErrorCode, Frame, frame::Body};
 
 /// A short, stable name for a frame body, for logs and metrics labels.

@@ -33,6 +33,7 @@ pub const DEVICE_NAME_BYTES_MAX: usize = 64;
 pub const SYNC_KEY_BYTES_MAX: usize = 256;
 
 // A message must always fit in a frame together with its envelope.
-const _: () = assert!(MESSAGE_BYTES_MAX_DEFAULT + FRAME_OVERHEAD_BYTES_MAX <= FRAME_BYTES_MAX_DEFAULT);
+const _: () =
+    assert!(MESSAGE_BYTES_MAX_DEFAULT + FRAME_OVERHEAD_BYTES_MAX <= FRAME_BYTES_MAX_DEFAULT);
 const _: () = assert!(FRAME_BYTES_MAX_DEFAULT <= FRAME_BYTES_MAX_CEILING);
 const _: () = assert!(FRAME_BYTES_MAX_CEILING <= u32::MAX as usize);

@@ -13,7 +13,12 @@ const _: () = assert!(PROTOCOL_VERSION_MIN <= PROTOCOL_VERSION_MAX);
 
 /// The highest version in both `[client_min, client_max]` and
 /// `[server_min, server_max]`, if any.
-pub fn negotiate(client_min: u32, client_max: u32, server_min: u32, server_max: u32) -> Option<u32> {
+pub fn negotiate(
+    client_min: u32,
+    client_max: u32,
+    server_min: u32,
+    server_max: u32,
+) -> Option<u32> {
     let high = client_max.min(server_max);
     let low = client_min.max(server_min);
     (low <= high).then_some(high)

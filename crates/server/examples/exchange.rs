@@ -15,7 +15,10 @@ use pigeon_client::{ConnectOptions, Connection, text, to_user};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let url = args.get(1).cloned().unwrap_or_else(|| "tcp://127.0.0.1:7700".into());
+    let url = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "tcp://127.0.0.1:7700".into());
     let total: usize = args.get(2).map_or(Ok(20_000), |s| s.parse())?;
     let window: usize = args.get(3).map_or(Ok(64), |s| s.parse())?;
     let tag = std::process::id();
@@ -27,7 +30,8 @@ async fn main() -> anyhow::Result<()> {
     let a_token = anon.login(&alice, password, "bench").await?.token;
     let anon = Connection::connect(&ConnectOptions::new(&url)).await?;
     let b_token = anon.login(&bob, password, "bench").await?.token;
-    let sender = Arc::new(Connection::connect(&ConnectOptions::new(&url).with_token(a_token)).await?);
+    let sender =
+        Arc::new(Connection::connect(&ConnectOptions::new(&url).with_token(a_token)).await?);
     let receiver = Connection::connect(&ConnectOptions::new(&url).with_token(b_token)).await?;
     let mut key = receiver.sync(&[], 0).await?.key;
 
@@ -62,7 +66,10 @@ async fn main() -> anyhow::Result<()> {
             let mut lat = Vec::new();
             for i in (w..total).step_by(window) {
                 let t = Instant::now();
-                sender.send(&format!("{w}-{i}"), to_user(&bob), text("hello")).await.expect("send");
+                sender
+                    .send(&format!("{w}-{i}"), to_user(&bob), text("hello"))
+                    .await
+                    .expect("send");
                 lat.push(t.elapsed());
             }
             lat

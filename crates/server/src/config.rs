@@ -84,11 +84,16 @@ impl Default for Config {
 impl Config {
     /// Loads `file` (if given), then applies `PIGEON_<KEY>` variables from
     /// `env`, then checks the result.
-    pub(crate) fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+    pub(crate) fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Config> {
         let mut table = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                text.parse::<toml::Table>().with_context(|| format!("parsing {}", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                text.parse::<toml::Table>()
+                    .with_context(|| format!("parsing {}", path.display()))?
             }
             None => toml::Table::new(),
         };
@@ -98,10 +103,14 @@ impl Config {
             if let Some(raw) = env(&var) {
                 let value = match default {
                     toml::Value::Integer(_) => toml::Value::Integer(
-                        raw.trim().parse().with_context(|| format!("{var} must be an integer, got {raw:?}"))?,
+                        raw.trim()
+                            .parse()
+                            .with_context(|| format!("{var} must be an integer, got {raw:?}"))?,
                     ),
                     toml::Value::Boolean(_) => toml::Value::Boolean(
-                        raw.trim().parse().with_context(|| format!("{var} must be true or false, got {raw:?}"))?,
+                        raw.trim()
+                            .parse()
+                            .with_context(|| format!("{var} must be true or false, got {raw:?}"))?,
                     ),
                     _ => toml::Value::String(raw),
                 };
@@ -118,7 +127,9 @@ impl Config {
         if self.frame_bytes_max > FRAME_BYTES_MAX_CEILING {
             bail!("frame_bytes_max may be at most {FRAME_BYTES_MAX_CEILING}");
         }
-        if self.message_bytes_max == 0 || self.message_bytes_max + FRAME_OVERHEAD_BYTES_MAX > self.frame_bytes_max {
+        if self.message_bytes_max == 0
+            || self.message_bytes_max + FRAME_OVERHEAD_BYTES_MAX > self.frame_bytes_max
+        {
             bail!(
                 "message_bytes_max ({}) plus {FRAME_OVERHEAD_BYTES_MAX} bytes of overhead must fit in frame_bytes_max ({})",
                 self.message_bytes_max,
@@ -174,7 +185,10 @@ impl Config {
 
     /// The store's settings.
     pub(crate) fn store(&self) -> StoreConfig {
-        StoreConfig { log_retain_events: self.sync_log_retain_events, ..StoreConfig::default() }
+        StoreConfig {
+            log_retain_events: self.sync_log_retain_events,
+            ..StoreConfig::default()
+        }
     }
 }
 
@@ -188,7 +202,11 @@ mod tests {
     fn file_then_environment_then_checks() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pigeon.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:1\"\nmessage_bytes_max = 1000\n").unwrap();
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\nmessage_bytes_max = 1000\n",
+        )
+        .unwrap();
         let env = |k: &str| match k {
             "PIGEON_LISTEN" => Some("127.0.0.1:2".to_string()),
             "PIGEON_OPEN_REGISTRATION" => Some("false".to_string()),
@@ -201,10 +219,21 @@ mod tests {
         assert_eq!(c.http, Config::default().http);
 
         let bad = |k: &str| (k == "PIGEON_FRAME_BYTES_MAX").then(|| "lots".to_string());
-        assert!(Config::load(None, bad).unwrap_err().to_string().contains("PIGEON_FRAME_BYTES_MAX"));
+        assert!(
+            Config::load(None, bad)
+                .unwrap_err()
+                .to_string()
+                .contains("PIGEON_FRAME_BYTES_MAX")
+        );
         std::fs::write(&file, "listne = \"x\"\n").unwrap();
-        assert!(Config::load(Some(&file), |_| None).is_err(), "unknown keys are refused");
+        assert!(
+            Config::load(Some(&file), |_| None).is_err(),
+            "unknown keys are refused"
+        );
         std::fs::write(&file, "message_bytes_max = 2000000\n").unwrap();
-        assert!(Config::load(Some(&file), |_| None).is_err(), "message larger than a frame");
+        assert!(
+            Config::load(Some(&file), |_| None).is_err(),
+            "message larger than a frame"
+        );
     }
 }

@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 use pigeon_cli::{ClientArgs, ClientCommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "pigeon", version, about = "Pigeon: a self-hostable instant-messaging server and its client")]
+#[command(
+    name = "pigeon",
+    version,
+    about = "Pigeon: a self-hostable instant-messaging server and its client"
+)]
 struct Cli {
     #[command(flatten)]
     client: ClientArgs,
@@ -49,11 +53,15 @@ struct ServeArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the runtime");
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => {
-                let mut config = config::Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
+                let mut config =
+                    config::Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
                 if let Some(d) = args.data {
                     config.data = d;
                 }

@@ -29,14 +29,23 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     );
     let registry = Arc::new(Registry::default());
     let service = Arc::new(
-        Service::new(store.clone(), registry.clone(), Arc::new(SystemClock), config.core())
-            .await
-            .context("starting the service")?,
+        Service::new(
+            store.clone(),
+            registry.clone(),
+            Arc::new(SystemClock),
+            config.core(),
+        )
+        .await
+        .context("starting the service")?,
     );
     let gateway = Gateway::new(service, registry, config.gateway());
 
-    let tcp = TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    let http = TcpListener::bind(&config.http).await.with_context(|| format!("binding {}", config.http))?;
+    let tcp = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let http = TcpListener::bind(&config.http)
+        .await
+        .with_context(|| format!("binding {}", config.http))?;
     tracing::info!(
         tcp = %tcp.local_addr()?,
         http = %http.local_addr()?,
@@ -48,16 +57,24 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let app = router(gateway.clone());
     let http_task = tokio::spawn(async move {
-        axum::serve(http, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|s| *s).await.map(|_| ());
-            })
-            .await
+        axum::serve(
+            http,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.wait_for(|s| *s).await.map(|_| ());
+        })
+        .await
     });
 
     signal().await;
-    tracing::info!(open = gateway.open_connections(), "shutting down: draining connections");
-    gateway.shutdown(Duration::from_secs(config.shutdown_grace_secs)).await;
+    tracing::info!(
+        open = gateway.open_connections(),
+        "shutting down: draining connections"
+    );
+    gateway
+        .shutdown(Duration::from_secs(config.shutdown_grace_secs))
+        .await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
     tcp_task.abort();
@@ -103,7 +120,9 @@ async fn signal() {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.log_format == "json" {
         let _ = builder.json().try_init();
     } else {

@@ -22,7 +22,10 @@ struct Raw {
 
 impl Raw {
     async fn connect(addr: &str) -> Raw {
-        Raw { stream: TcpStream::connect(addr).await.unwrap(), buf: BytesMut::new() }
+        Raw {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+        }
     }
 
     async fn bytes(&mut self, b: &[u8]) {
@@ -34,8 +37,17 @@ impl Raw {
     }
 
     async fn hello(&mut self, token: &str) -> Frame {
-        let hello = Hello { min_version: 1, max_version: 1, token: token.into(), client_name: "raw".into() };
-        self.frame(&Frame { request_id: 1, body: Some(Body::Hello(hello)) }).await;
+        let hello = Hello {
+            min_version: 1,
+            max_version: 1,
+            token: token.into(),
+            client_name: "raw".into(),
+        };
+        self.frame(&Frame {
+            request_id: 1,
+            body: Some(Body::Hello(hello)),
+        })
+        .await;
         self.recv().await.expect("an answer to Hello")
     }
 
@@ -43,7 +55,8 @@ impl Raw {
     async fn recv(&mut self) -> Option<Frame> {
         within(async {
             loop {
-                if let Some(f) = pigeon_proto::try_decode_prefixed(&mut self.buf, 1 << 24).unwrap() {
+                if let Some(f) = pigeon_proto::try_decode_prefixed(&mut self.buf, 1 << 24).unwrap()
+                {
                     return Some(f);
                 }
                 match self.stream.read_buf(&mut self.buf).await {
@@ -62,7 +75,10 @@ impl Raw {
             Some(Body::Goodbye(g)) => assert_eq!(g.code, code as i32, "{}", g.message),
             other => panic!("expected Goodbye({code:?}), got {other:?}"),
         }
-        assert!(self.recv().await.is_none(), "connection closed after goodbye");
+        assert!(
+            self.recv().await.is_none(),
+            "connection closed after goodbye"
+        );
     }
 
     async fn expect_error(&mut self, id: u64, code: ErrorCode) -> String {
@@ -83,7 +99,13 @@ impl Raw {
 async fn still_serving(server: &Server) {
     let url = server.tcp_url();
     let c = connect(&url, &login(&url, "alice", "check").await).await;
-    c.send(&pigeon_client::new_client_msg_id(), to_user("bob"), content("still here")).await.unwrap();
+    c.send(
+        &pigeon_client::new_client_msg_id(),
+        to_user("bob"),
+        content("still here"),
+    )
+    .await
+    .unwrap();
 }
 
 /// Every framing and handshake violation is answered with its code and a
@@ -101,24 +123,42 @@ async fn framing_and_handshake_violations() {
 
     // Garbage that is not a protobuf frame.
     let mut r = Raw::connect(&server.tcp).await;
-    r.bytes(&[0, 0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).await;
+    r.bytes(&[0, 0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .await;
     r.expect_goodbye(ErrorCode::BadFrame).await;
 
     // Random bytes in bulk.
     let mut r = Raw::connect(&server.tcp).await;
-    let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     r.bytes(&noise).await;
-    assert!(matches!(r.recv().await.and_then(|f| f.body), Some(Body::Goodbye(_))));
+    assert!(matches!(
+        r.recv().await.and_then(|f| f.body),
+        Some(Body::Goodbye(_))
+    ));
 
     // A first frame that is not a Hello.
     let mut r = Raw::connect(&server.tcp).await;
-    r.frame(&Frame { request_id: 1, body: Some(Body::Ping(v1::Ping { nonce: 1 })) }).await;
+    r.frame(&Frame {
+        request_id: 1,
+        body: Some(Body::Ping(v1::Ping { nonce: 1 })),
+    })
+    .await;
     r.expect_goodbye(ErrorCode::HandshakeRequired).await;
 
     // No common protocol version.
     let mut r = Raw::connect(&server.tcp).await;
-    let hello = Hello { min_version: 7, max_version: 9, ..Default::default() };
-    r.frame(&Frame { request_id: 1, body: Some(Body::Hello(hello)) }).await;
+    let hello = Hello {
+        min_version: 7,
+        max_version: 9,
+        ..Default::default()
+    };
+    r.frame(&Frame {
+        request_id: 1,
+        body: Some(Body::Hello(hello)),
+    })
+    .await;
     r.expect_goodbye(ErrorCode::UpgradeRequired).await;
 
     // Silence after connecting.
@@ -134,9 +174,15 @@ async fn framing_and_handshake_violations() {
     assert!(matches!(bye.body, Some(Body::Goodbye(g)) if g.code == ErrorCode::InvalidToken as i32));
 
     // WebSocket: a text message is not a frame.
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        .await
+        .unwrap();
     use futures_util::{SinkExt, StreamExt};
-    ws.send(tokio_tungstenite::tungstenite::Message::Text("hello?".into())).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        "hello?".into(),
+    ))
+    .await
+    .unwrap();
     let msg = within(ws.next()).await.unwrap().unwrap();
     let frame = Frame::decode(msg.into_data()).unwrap();
     assert!(matches!(frame.body, Some(Body::Goodbye(g)) if g.code == ErrorCode::BadFrame as i32));
@@ -155,15 +201,25 @@ async fn request_errors_keep_the_connection() {
     let bob_key = {
         let bob = connect(&url, &login(&url, "bob", "k").await).await;
         sync_all(&bob, &[]).await;
-        bob.send("b1", to_user("alice"), content("x")).await.unwrap();
+        bob.send("b1", to_user("alice"), content("x"))
+            .await
+            .unwrap();
         sync_all(&bob, &[]).await.1
     };
 
     // Anonymous connections may not send.
     let mut anon = Raw::connect(&server.tcp).await;
     assert!(matches!(anon.hello("").await.body, Some(Body::Welcome(_))));
-    let send = v1::SendRequest { client_msg_id: "x".into(), target: Some(to_user("bob")), content: Some(content("hi")) };
-    anon.frame(&Frame { request_id: 3, body: Some(Body::SendRequest(send.clone())) }).await;
+    let send = v1::SendRequest {
+        client_msg_id: "x".into(),
+        target: Some(to_user("bob")),
+        content: Some(content("hi")),
+    };
+    anon.frame(&Frame {
+        request_id: 3,
+        body: Some(Body::SendRequest(send.clone())),
+    })
+    .await;
     anon.expect_error(3, ErrorCode::Unauthenticated).await;
 
     let mut r = Raw::connect(&server.tcp).await;
@@ -171,61 +227,110 @@ async fn request_errors_keep_the_connection() {
 
     // An unknown message type (a field this server does not know).
     let mut unknown = vec![0xBA, 0x3E, 0x02, 0x08, 0x01];
-    Frame { request_id: 5, body: None }.encode(&mut unknown).unwrap();
+    Frame {
+        request_id: 5,
+        body: None,
+    }
+    .encode(&mut unknown)
+    .unwrap();
     let mut prefixed = (unknown.len() as u32).to_be_bytes().to_vec();
     prefixed.extend(&unknown);
     r.bytes(&prefixed).await;
     r.expect_error(5, ErrorCode::UnknownRequest).await;
 
     // A body only a server sends.
-    r.frame(&Frame { request_id: 6, body: Some(Body::SyncNotice(v1::SyncNotice {})) }).await;
+    r.frame(&Frame {
+        request_id: 6,
+        body: Some(Body::SyncNotice(v1::SyncNotice {})),
+    })
+    .await;
     r.expect_error(6, ErrorCode::UnknownRequest).await;
 
     // Sending to nobody.
     let mut s = send.clone();
     s.target = Some(to_user("nobody"));
-    r.frame(&Frame { request_id: 7, body: Some(Body::SendRequest(s)) }).await;
+    r.frame(&Frame {
+        request_id: 7,
+        body: Some(Body::SendRequest(s)),
+    })
+    .await;
     r.expect_error(7, ErrorCode::UserNotFound).await;
 
     // A conversation alice is not in.
     let mut s = send.clone();
     s.target = Some(pigeon_client::to_conversation("d:100:200"));
-    r.frame(&Frame { request_id: 8, body: Some(Body::SendRequest(s)) }).await;
+    r.frame(&Frame {
+        request_id: 8,
+        body: Some(Body::SendRequest(s)),
+    })
+    .await;
     r.expect_error(8, ErrorCode::ConversationNotFound).await;
 
     // Too large, empty, bad client id.
     let mut s = send.clone();
     s.content = Some(content(&"x".repeat(1001)));
-    r.frame(&Frame { request_id: 9, body: Some(Body::SendRequest(s)) }).await;
+    r.frame(&Frame {
+        request_id: 9,
+        body: Some(Body::SendRequest(s)),
+    })
+    .await;
     r.expect_error(9, ErrorCode::MessageTooLarge).await;
     let mut s = send.clone();
     s.content = Some(v1::Content::default());
-    r.frame(&Frame { request_id: 10, body: Some(Body::SendRequest(s)) }).await;
+    r.frame(&Frame {
+        request_id: 10,
+        body: Some(Body::SendRequest(s)),
+    })
+    .await;
     r.expect_error(10, ErrorCode::InvalidArgument).await;
     let mut s = send.clone();
     s.client_msg_id = "x".repeat(65);
-    r.frame(&Frame { request_id: 11, body: Some(Body::SendRequest(s)) }).await;
+    r.frame(&Frame {
+        request_id: 11,
+        body: Some(Body::SendRequest(s)),
+    })
+    .await;
     r.expect_error(11, ErrorCode::InvalidArgument).await;
 
     // Forged, foreign and garbage sync keys.
     let mut forged = bob_key.clone();
     *forged.last_mut().unwrap() ^= 0x55;
-    for (id, key) in [(12, forged), (13, bob_key.clone()), (14, b"garbage".to_vec())] {
-        r.frame(&Frame { request_id: id, body: Some(Body::SyncRequest(v1::SyncRequest { key, limit: 0 })) }).await;
+    for (id, key) in [
+        (12, forged),
+        (13, bob_key.clone()),
+        (14, b"garbage".to_vec()),
+    ] {
+        r.frame(&Frame {
+            request_id: id,
+            body: Some(Body::SyncRequest(v1::SyncRequest { key, limit: 0 })),
+        })
+        .await;
         r.expect_error(id, ErrorCode::InvalidSyncKey).await;
     }
 
     // A second Hello.
-    r.frame(&Frame { request_id: 15, body: Some(Body::Hello(Hello::default())) }).await;
+    r.frame(&Frame {
+        request_id: 15,
+        body: Some(Body::Hello(Hello::default())),
+    })
+    .await;
     r.expect_error(15, ErrorCode::HandshakeRequired).await;
 
     // Still open: a ping gets its pong.
-    r.frame(&Frame { request_id: 16, body: Some(Body::Ping(v1::Ping { nonce: 42 })) }).await;
+    r.frame(&Frame {
+        request_id: 16,
+        body: Some(Body::Ping(v1::Ping { nonce: 42 })),
+    })
+    .await;
     let pong = r.recv().await.unwrap();
     assert!(matches!(pong.body, Some(Body::Pong(p)) if p.nonce == 42));
 
     // Request id 0 on a request is a protocol violation.
-    r.frame(&Frame { request_id: 0, body: Some(Body::Ping(v1::Ping { nonce: 1 })) }).await;
+    r.frame(&Frame {
+        request_id: 0,
+        body: Some(Body::Ping(v1::Ping { nonce: 1 })),
+    })
+    .await;
     r.expect_goodbye(ErrorCode::BadRequestId).await;
 }
 
@@ -240,23 +345,45 @@ async fn account_errors() {
     fn code<T>(r: Result<T, pigeon_client::ClientError>) -> Option<ErrorCode> {
         r.err().and_then(|e| e.code())
     }
-    assert_eq!(code(c.register("alice", PASSWORD).await), Some(ErrorCode::UsernameTaken));
-    assert_eq!(code(c.register("Bad Name", PASSWORD).await), Some(ErrorCode::InvalidUsername));
-    assert_eq!(code(c.register("shorty", "short").await), Some(ErrorCode::InvalidPassword));
-    assert_eq!(code(c.login("alice", "wrong password", "d").await), Some(ErrorCode::InvalidCredentials));
-    assert_eq!(code(c.login("nobody", PASSWORD, "d").await), Some(ErrorCode::InvalidCredentials));
+    assert_eq!(
+        code(c.register("alice", PASSWORD).await),
+        Some(ErrorCode::UsernameTaken)
+    );
+    assert_eq!(
+        code(c.register("Bad Name", PASSWORD).await),
+        Some(ErrorCode::InvalidUsername)
+    );
+    assert_eq!(
+        code(c.register("shorty", "short").await),
+        Some(ErrorCode::InvalidPassword)
+    );
+    assert_eq!(
+        code(c.login("alice", "wrong password", "d").await),
+        Some(ErrorCode::InvalidCredentials)
+    );
+    assert_eq!(
+        code(c.login("nobody", PASSWORD, "d").await),
+        Some(ErrorCode::InvalidCredentials)
+    );
     let token = c.login("alice", PASSWORD, "d").await.unwrap().token;
-    assert_eq!(code(c.login("alice", PASSWORD, "d").await), Some(ErrorCode::AlreadyAuthenticated));
+    assert_eq!(
+        code(c.login("alice", PASSWORD, "d").await),
+        Some(ErrorCode::AlreadyAuthenticated)
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let err = pigeon_client::Connection::connect(&pigeon_client::ConnectOptions::new(&url).with_token(&token))
-        .await
-        .err()
-        .expect("expired token refused");
+    let err = pigeon_client::Connection::connect(
+        &pigeon_client::ConnectOptions::new(&url).with_token(&token),
+    )
+    .await
+    .expect_err("expired token refused");
     assert_eq!(err.code(), Some(ErrorCode::TokenExpired));
 
     let closed = Server::start("open_registration = false");
     let c = anon(&closed.tcp_url()).await;
-    assert_eq!(code(c.register("alice", PASSWORD).await), Some(ErrorCode::RegistrationClosed));
+    assert_eq!(
+        code(c.register("alice", PASSWORD).await),
+        Some(ErrorCode::RegistrationClosed)
+    );
 }
 
 /// A connection that sends nothing after its handshake is closed with
@@ -265,13 +392,23 @@ async fn account_errors() {
 async fn idle_connections_are_closed() {
     let server = Server::start("heartbeat_interval_ms = 100\nidle_timeout_ms = 400");
     let mut quiet = Raw::connect(&server.tcp).await;
-    assert!(matches!(quiet.hello("").await.body, Some(Body::Welcome(w)) if w.idle_timeout_ms == 400));
+    assert!(
+        matches!(quiet.hello("").await.body, Some(Body::Welcome(w)) if w.idle_timeout_ms == 400)
+    );
     let mut chatty = Raw::connect(&server.tcp).await;
     chatty.hello("").await;
     for i in 1..=8 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        chatty.frame(&Frame { request_id: i, body: Some(Body::Ping(v1::Ping { nonce: i })) }).await;
-        assert!(matches!(chatty.recv().await.unwrap().body, Some(Body::Pong(_))));
+        chatty
+            .frame(&Frame {
+                request_id: i,
+                body: Some(Body::Ping(v1::Ping { nonce: i })),
+            })
+            .await;
+        assert!(matches!(
+            chatty.recv().await.unwrap().body,
+            Some(Body::Pong(_))
+        ));
     }
     quiet.expect_goodbye(ErrorCode::IdleTimeout).await;
 }
@@ -286,12 +423,20 @@ async fn slow_reader_is_disconnected() {
     let bob_token = register_and_login(&url, "bob").await;
     let mut stuck = Raw::connect(&server.tcp).await;
     stuck.hello(&bob_token).await;
-    stuck.frame(&Frame { request_id: 2, body: Some(Body::SyncRequest(v1::SyncRequest::default())) }).await;
+    stuck
+        .frame(&Frame {
+            request_id: 2,
+            body: Some(Body::SyncRequest(v1::SyncRequest::default())),
+        })
+        .await;
     let healthy = connect(&url, &bob_token).await;
     sync_all(&healthy, &[]).await;
     let big = "x".repeat(60_000);
     for i in 0..400 {
-        alice.send(&format!("big{i}"), to_user("bob"), content(&big)).await.unwrap();
+        alice
+            .send(&format!("big{i}"), to_user("bob"), content(&big))
+            .await
+            .unwrap();
     }
     // The stuck reader's socket is closed by the server: reading everything
     // buffered ends in EOF rather than in more data forever.

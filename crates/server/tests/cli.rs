@@ -30,7 +30,10 @@ fn pigeon(server: &Server, profile: &Path, args: &[&str]) -> String {
 }
 
 fn json_lines(s: &str) -> Vec<Value> {
-    s.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Alice and bob register, log in, exchange messages, sync (printing JSON
@@ -58,19 +61,36 @@ fn two_users_chat_with_the_cli() {
     assert_eq!(events[0]["type"], "message");
     assert_eq!(events[0]["from"], "alice");
     assert_eq!(events[0]["conversation_id"], conv.as_str());
-    assert!(json_lines(&pigeon(&server, &bob, &["sync"])).is_empty(), "the key was stored");
+    assert!(
+        json_lines(&pigeon(&server, &bob, &["sync"])).is_empty(),
+        "the key was stored"
+    );
 
     pigeon(&server, &bob, &["send", "alice", "yes!"]);
     let history = json_lines(&pigeon(&server, &alice, &["history", "bob"]));
-    let texts: Vec<&str> = history.iter().map(|m| m["text"].as_str().unwrap()).collect();
-    assert_eq!(texts, vec!["hello bob", "are you there?", "yes!"], "oldest first");
+    let texts: Vec<&str> = history
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        vec!["hello bob", "are you there?", "yes!"],
+        "oldest first"
+    );
 
     let convs = json_lines(&pigeon(&server, &bob, &["conversations"]));
     assert_eq!(convs.len(), 1);
 
     pigeon(&server, &alice, &["logout"]);
     let out = Command::new(env!("CARGO_BIN_EXE_pigeon"))
-        .args(["send", "bob", "after logout", "--server", &server.tcp_url(), "--profile"])
+        .args([
+            "send",
+            "bob",
+            "after logout",
+            "--server",
+            &server.tcp_url(),
+            "--profile",
+        ])
         .arg(&alice)
         .output()
         .unwrap();

@@ -52,7 +52,10 @@ async fn acknowledged_messages_survive_kill_9() {
         t.await.unwrap();
     }
     let acked: HashSet<String> = acked.lock().unwrap().clone();
-    assert!(acked.len() < 4 * PER_SENDER, "the kill must land while sends are in flight");
+    assert!(
+        acked.len() < 4 * PER_SENDER,
+        "the kill must land while sends are in flight"
+    );
 
     server.restart();
     let bob = connect(&url, &bob_token).await;
@@ -94,7 +97,10 @@ fn message_ids(events: &[pigeon_client::v1::Event]) -> Vec<String> {
             }
         })
         .collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "events in strictly increasing seq order");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "events in strictly increasing seq order"
+    );
     ids
 }
 

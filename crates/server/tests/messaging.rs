@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use pigeon_client::v1::{self, event, frame::Body};
-use pigeon_client::{to_conversation, to_user, text as content};
+use pigeon_client::{text as content, to_conversation, to_user};
 
 /// Alice on TCP and bob on WebSocket exchange messages; each gets the
 /// other's message pushed with keys that chain onto what they synced.
@@ -21,27 +21,48 @@ async fn chat_over_tcp_and_websocket() {
     let (_, bob_key) = sync_all(&bob, &[]).await;
     let (_, alice_key) = sync_all(&alice, &[]).await;
 
-    let ack = alice.send("m-1", to_user("bob"), content("hello bob")).await.unwrap();
+    let ack = alice
+        .send("m-1", to_user("bob"), content("hello bob"))
+        .await
+        .unwrap();
     assert!(!ack.duplicate);
     assert!(ack.conversation_id.starts_with("d:"));
 
     let push = within(bob.next_push()).await.expect("bob gets a push");
-    let Body::EventsPush(p) = push else { panic!("expected events, got {push:?}") };
+    let Body::EventsPush(p) = push else {
+        panic!("expected events, got {push:?}")
+    };
     assert_eq!(p.prev_key, bob_key, "the push chains onto bob's key");
     assert_eq!(p.events.len(), 1);
     assert_eq!(text(&p.events[0]), "hello bob");
-    let Some(event::Kind::Message(m)) = &p.events[0].kind else { panic!() };
-    assert_eq!((m.sender_username.as_str(), m.conv_seq), ("alice", ack.conv_seq));
+    let Some(event::Kind::Message(m)) = &p.events[0].kind else {
+        panic!()
+    };
+    assert_eq!(
+        (m.sender_username.as_str(), m.conv_seq),
+        ("alice", ack.conv_seq)
+    );
 
     // Alice's own device is told too (multi-device convergence).
-    let Body::EventsPush(own) = within(alice.next_push()).await.unwrap() else { panic!() };
+    let Body::EventsPush(own) = within(alice.next_push()).await.unwrap() else {
+        panic!()
+    };
     assert_eq!(own.prev_key, alice_key);
     assert_eq!(text(&own.events[0]), "hello bob");
 
-    let reply = bob.send("r-1", to_conversation(&ack.conversation_id), content("hi alice")).await.unwrap();
+    let reply = bob
+        .send(
+            "r-1",
+            to_conversation(&ack.conversation_id),
+            content("hi alice"),
+        )
+        .await
+        .unwrap();
     assert_eq!(reply.conversation_id, ack.conversation_id);
     assert!(reply.conv_seq > ack.conv_seq);
-    let Body::EventsPush(p) = within(alice.next_push()).await.unwrap() else { panic!() };
+    let Body::EventsPush(p) = within(alice.next_push()).await.unwrap() else {
+        panic!()
+    };
     assert_eq!(p.prev_key, own.key);
     assert_eq!(text(&p.events[0]), "hi alice");
 }
@@ -51,10 +72,21 @@ async fn chat_over_tcp_and_websocket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_recipient_syncs_what_it_missed() {
     let server = Server::start("");
-    let alice = connect(&server.tcp_url(), &register_and_login(&server.tcp_url(), "alice").await).await;
+    let alice = connect(
+        &server.tcp_url(),
+        &register_and_login(&server.tcp_url(), "alice").await,
+    )
+    .await;
     let carol_token = register_and_login(&server.tcp_url(), "carol").await;
     for i in 0..30 {
-        alice.send(&format!("m{i}"), to_user("carol"), content(&format!("msg {i}"))).await.unwrap();
+        alice
+            .send(
+                &format!("m{i}"),
+                to_user("carol"),
+                content(&format!("msg {i}")),
+            )
+            .await
+            .unwrap();
     }
     let carol = connect(&server.ws_url(), &carol_token).await;
     let first = carol.sync(&[], 7).await.unwrap();
@@ -79,13 +111,24 @@ async fn devices_of_one_user_converge() {
     let a2 = login(&url, "alice", "tablet").await;
     let b1 = register_and_login(&url, "bob").await;
     let b2 = login(&url, "bob", "laptop").await;
-    let (alice1, alice2) = (connect(&url, &a1).await, connect(&server.ws_url(), &a2).await);
+    let (alice1, alice2) = (
+        connect(&url, &a1).await,
+        connect(&server.ws_url(), &a2).await,
+    );
     let (bob1, bob2) = (connect(&url, &b1).await, connect(&url, &b2).await);
     assert_ne!(alice1.welcome().device_id, alice2.welcome().device_id);
 
-    alice1.send("x1", to_user("bob"), content("one")).await.unwrap();
-    bob2.send("y1", to_user("alice"), content("two")).await.unwrap();
-    let ack = alice2.send("x2", to_user("bob"), content("three")).await.unwrap();
+    alice1
+        .send("x1", to_user("bob"), content("one"))
+        .await
+        .unwrap();
+    bob2.send("y1", to_user("alice"), content("two"))
+        .await
+        .unwrap();
+    let ack = alice2
+        .send("x2", to_user("bob"), content("three"))
+        .await
+        .unwrap();
 
     let mut views = Vec::new();
     for c in [&alice1, &alice2, &bob1, &bob2] {
@@ -96,7 +139,10 @@ async fn devices_of_one_user_converge() {
         assert_eq!(v, &vec!["one", "two", "three"]);
     }
 
-    let marked = bob1.mark_read(&ack.conversation_id, ack.conv_seq).await.unwrap();
+    let marked = bob1
+        .mark_read(&ack.conversation_id, ack.conv_seq)
+        .await
+        .unwrap();
     assert_eq!((marked.read_up_to, marked.unread_count), (ack.conv_seq, 0));
     let (events, _) = sync_all(&bob2, &[]).await;
     let last = events.last().unwrap();
@@ -118,7 +164,9 @@ async fn history_pages_backwards() {
     for i in 0..25 {
         let c = if i % 2 == 0 { &alice } else { &bob };
         let to = if i % 2 == 0 { "bob" } else { "alice" };
-        c.send(&format!("h{i}"), to_user(to), content(&i.to_string())).await.unwrap();
+        c.send(&format!("h{i}"), to_user(to), content(&i.to_string()))
+            .await
+            .unwrap();
     }
     let mut seen = Vec::new();
     let mut before = 0;
@@ -126,7 +174,11 @@ async fn history_pages_backwards() {
     loop {
         let page = bob.history(to_user("alice"), before, 10).await.unwrap();
         pages += 1;
-        seen.extend(page.messages.iter().map(|m| m.content.clone().unwrap().text));
+        seen.extend(
+            page.messages
+                .iter()
+                .map(|m| m.content.clone().unwrap().text),
+        );
         if !page.has_more {
             break;
         }
@@ -136,10 +188,23 @@ async fn history_pages_backwards() {
     let expected: Vec<String> = (0..25).rev().map(|i| i.to_string()).collect();
     assert_eq!(seen, expected);
     let list = alice.list_conversations(0).await.unwrap().conversations;
-    assert_eq!(list[0].last_message.as_ref().unwrap().content.as_ref().unwrap().text, "24");
+    assert_eq!(
+        list[0]
+            .last_message
+            .as_ref()
+            .unwrap()
+            .content
+            .as_ref()
+            .unwrap()
+            .text,
+        "24"
+    );
     assert_eq!(list[0].unread_count, 0, "alice sent the last message");
     let bobs = bob.list_conversations(0).await.unwrap().conversations;
-    assert_eq!(bobs[0].unread_count, 1, "one message from alice after bob's last reply");
+    assert_eq!(
+        bobs[0].unread_count, 1,
+        "one message from alice after bob's last reply"
+    );
 }
 
 /// Resending with the same client message id returns the first ack, marked
@@ -151,16 +216,35 @@ async fn resend_is_idempotent_across_restart() {
     let alice_token = register_and_login(&url, "alice").await;
     let bob_token = register_and_login(&url, "bob").await;
     let alice = connect(&url, &alice_token).await;
-    let first = alice.send("same-id", to_user("bob"), content("once")).await.unwrap();
-    let again = alice.send("same-id", to_user("bob"), content("once")).await.unwrap();
+    let first = alice
+        .send("same-id", to_user("bob"), content("once"))
+        .await
+        .unwrap();
+    let again = alice
+        .send("same-id", to_user("bob"), content("once"))
+        .await
+        .unwrap();
     assert!(again.duplicate);
-    assert_eq!((again.conversation_id.as_str(), again.conv_seq, again.sent_at_ms),
-        (first.conversation_id.as_str(), first.conv_seq, first.sent_at_ms));
+    assert_eq!(
+        (
+            again.conversation_id.as_str(),
+            again.conv_seq,
+            again.sent_at_ms
+        ),
+        (
+            first.conversation_id.as_str(),
+            first.conv_seq,
+            first.sent_at_ms
+        )
+    );
     alice.close().await;
     assert!(server.terminate().success());
     server.restart();
     let alice = connect(&url, &alice_token).await;
-    let after = alice.send("same-id", to_user("bob"), content("once")).await.unwrap();
+    let after = alice
+        .send("same-id", to_user("bob"), content("once"))
+        .await
+        .unwrap();
     assert!(after.duplicate);
     assert_eq!(after.conv_seq, first.conv_seq);
     let bob = connect(&url, &bob_token).await;
@@ -176,10 +260,16 @@ async fn stale_key_must_resync() {
     let url = server.tcp_url();
     let alice = connect(&url, &register_and_login(&url, "alice").await).await;
     let bob = connect(&url, &register_and_login(&url, "bob").await).await;
-    alice.send("first", to_user("bob"), content("first")).await.unwrap();
+    alice
+        .send("first", to_user("bob"), content("first"))
+        .await
+        .unwrap();
     let (_, old_key) = sync_all(&bob, &[]).await;
     for i in 0..30 {
-        alice.send(&format!("m{i}"), to_user("bob"), content(&i.to_string())).await.unwrap();
+        alice
+            .send(&format!("m{i}"), to_user("bob"), content(&i.to_string()))
+            .await
+            .unwrap();
     }
     let err = bob.sync(&old_key, 0).await.unwrap_err();
     assert_eq!(err.code(), Some(v1::ErrorCode::ResyncRequired), "{err}");
@@ -199,10 +289,14 @@ async fn logout_revokes_the_session() {
     let c = connect(&url, &token).await;
     c.logout().await.unwrap();
     let bye = within(other.next_push()).await;
-    assert!(matches!(&bye, Some(Body::Goodbye(g)) if g.code == v1::ErrorCode::TokenRevoked as i32) , "{bye:?}");
-    let err = pigeon_client::Connection::connect(&pigeon_client::ConnectOptions::new(&url).with_token(&token))
-        .await
-        .err()
-        .expect("revoked token refused");
+    assert!(
+        matches!(&bye, Some(Body::Goodbye(g)) if g.code == v1::ErrorCode::TokenRevoked as i32),
+        "{bye:?}"
+    );
+    let err = pigeon_client::Connection::connect(
+        &pigeon_client::ConnectOptions::new(&url).with_token(&token),
+    )
+    .await
+    .expect_err("revoked token refused");
     assert_eq!(err.code(), Some(v1::ErrorCode::TokenRevoked));
 }

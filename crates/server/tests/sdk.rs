@@ -48,31 +48,64 @@ async fn client_reconnects_resumes_and_retries_sends() {
     let alice = connect(&url, &alice_token).await;
     let mut seen = Vec::new();
     for i in 0..3 {
-        alice.send(&format!("a{i}"), to_user("bob"), content(&format!("live {i}"))).await.unwrap();
+        alice
+            .send(
+                &format!("a{i}"),
+                to_user("bob"),
+                content(&format!("live {i}")),
+            )
+            .await
+            .unwrap();
     }
     messages(&mut rx, 3, &mut seen).await;
 
     server.kill9();
     let sender = bob.clone();
-    let queued = tokio::spawn(async move { sender.send(to_user("alice"), content("sent while down")).await });
+    let queued = tokio::spawn(async move {
+        sender
+            .send(to_user("alice"), content("sent while down"))
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.restart();
-    let ack = within(queued).await.unwrap().expect("send retried after reconnect");
+    let ack = within(queued)
+        .await
+        .unwrap()
+        .expect("send retried after reconnect");
     assert!(!ack.duplicate || ack.conv_seq > 0);
 
     let alice = connect(&url, &alice_token).await;
-    alice.send("a3", to_user("bob"), content("after restart")).await.unwrap();
+    alice
+        .send("a3", to_user("bob"), content("after restart"))
+        .await
+        .unwrap();
     // Bob's own message reaches his log too; then alice's.
     messages(&mut rx, 2, &mut seen).await;
     let texts: Vec<&str> = seen.iter().map(|(_, t)| t.as_str()).collect();
-    assert_eq!(texts, vec!["live 0", "live 1", "live 2", "sent while down", "after restart"]);
-    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "strictly increasing seqs, no repeats: {seen:?}");
+    assert_eq!(
+        texts,
+        vec![
+            "live 0",
+            "live 1",
+            "live 2",
+            "sent while down",
+            "after restart"
+        ]
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "strictly increasing seqs, no repeats: {seen:?}"
+    );
 
     // The client's key is at the head: a sync from it returns nothing.
     let bob_conn = connect(&url, &bob_token).await;
     let r = bob_conn.sync(&bob.sync_key(), 0).await.unwrap();
     assert!(r.events.is_empty(), "{:?}", r.events);
     let (all, _) = sync_all(&bob_conn, &[]).await;
-    assert_eq!(all.iter().filter(|e| text(e) == "sent while down").count(), 1, "stored once");
+    assert_eq!(
+        all.iter().filter(|e| text(e) == "sent while down").count(),
+        1,
+        "stored once"
+    );
     bob.shutdown().await;
 }

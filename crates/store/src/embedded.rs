@@ -8,7 +8,7 @@ use std::path::Path;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use pigeon_core::StoreError;
 
-use crate::engine::{Engine, Op, Table};
+use crate::engine::{Engine, Entries, Op, Table};
 
 /// fjall behind the [`Engine`] interface.
 pub struct FjallEngine {
@@ -29,13 +29,20 @@ fn io(e: fjall::Error) -> StoreError {
 impl FjallEngine {
     /// Opens (creating if needed) the database in `dir` and recovers it.
     pub fn open(dir: &Path) -> Result<FjallEngine, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
         // We persist explicitly after every group commit, so fjall must not
         // decide on its own when the journal reaches the OS.
-        let db = Database::builder(dir.join("db")).manual_journal_persist(true).open().map_err(io)?;
+        let db = Database::builder(dir.join("db"))
+            .manual_journal_persist(true)
+            .open()
+            .map_err(io)?;
         let keyspaces = Table::ALL
             .iter()
-            .map(|t| db.keyspace(t.name(), KeyspaceCreateOptions::default).map_err(io))
+            .map(|t| {
+                db.keyspace(t.name(), KeyspaceCreateOptions::default)
+                    .map_err(io)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(FjallEngine { db, keyspaces })
     }
@@ -57,7 +64,7 @@ impl Engine for FjallEngine {
         end: &[u8],
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Entries, StoreError> {
         if start >= end {
             return Ok(Vec::new());
         }

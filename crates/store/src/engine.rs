@@ -58,6 +58,9 @@ impl Table {
     }
 }
 
+/// Key-value pairs, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One write.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -80,7 +83,7 @@ pub trait Engine: Send + Sync + 'static {
         end: &[u8],
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Entries, StoreError>;
     /// Applies the writes atomically; they are visible but not yet durable.
     fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError>;
     /// Makes every applied write durable (fsync).

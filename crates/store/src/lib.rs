@@ -26,7 +26,10 @@ pub use log_store::{LogStore, StoreConfig};
 pub use memory::MemoryEngine;
 
 /// An embedded store in `dir`, opened (or created) and recovered.
-pub fn open_embedded(dir: &std::path::Path, config: StoreConfig) -> Result<LogStore, pigeon_core::StoreError> {
+pub fn open_embedded(
+    dir: &std::path::Path,
+    config: StoreConfig,
+) -> Result<LogStore, pigeon_core::StoreError> {
     let engine = FjallEngine::open(dir)?;
     Ok(LogStore::start(std::sync::Arc::new(engine), config))
 }

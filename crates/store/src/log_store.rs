@@ -25,8 +25,8 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use pigeon_core::store::{
-    AppendMessage, AppendOutcome, Appended, LogRead, LogReadError, MarkReadOutcome, NewSession, SessionRecord,
-    UserRecord, empty_summary,
+    AppendMessage, AppendOutcome, Appended, LogRead, LogReadError, MarkReadOutcome, NewSession,
+    SessionRecord, UserRecord, empty_summary,
 };
 use pigeon_core::{Store, StoreError, UserId};
 use pigeon_proto::v1::{ConversationSummary, Event, Message, ReadMarker, event};
@@ -34,7 +34,7 @@ use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{Engine, Op, Table};
+use crate::engine::{Engine, Entries, Op, Table};
 use crate::keys;
 
 /// Most commands folded into one group commit.
@@ -61,7 +61,10 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { seq_step: 1000, log_retain_events: 100_000 }
+        StoreConfig {
+            seq_step: 1000,
+            log_retain_events: 100_000,
+        }
     }
 }
 
@@ -91,16 +94,23 @@ impl<E: Engine> Shared<E> {
         if let Some(m) = logs.get(&user) {
             return Ok(*m);
         }
-        let last = self
-            .engine
-            .scan(Table::Log, &keys::log(user, 0), &keys::log(user, u64::MAX), true, 1)?;
+        let last = self.engine.scan(
+            Table::Log,
+            &keys::log(user, 0),
+            &keys::log(user, u64::MAX),
+            true,
+            1,
+        )?;
         let head = last.first().map_or(0, |(k, _)| keys::log_seq(k));
         let trimmed_through = self
             .engine
             .get(Table::Meta, &keys::trimmed(user))?
             .and_then(|v| keys::read_u64(&v))
             .unwrap_or(0);
-        let m = LogMark { head, trimmed_through };
+        let m = LogMark {
+            head,
+            trimmed_through,
+        };
         logs.insert(user, m);
         Ok(m)
     }
@@ -110,9 +120,13 @@ impl<E: Engine> Shared<E> {
         if let Some(h) = convs.get(conv) {
             return Ok(*h);
         }
-        let last = self
-            .engine
-            .scan(Table::Timeline, &keys::timeline(conv, 0), &keys::timeline(conv, u64::MAX), true, 1)?;
+        let last = self.engine.scan(
+            Table::Timeline,
+            &keys::timeline(conv, 0),
+            &keys::timeline(conv, u64::MAX),
+            true,
+            1,
+        )?;
         let head = last.first().map_or(0, |(k, _)| timeline_seq(k));
         convs.insert(conv.to_string(), head);
         Ok(head)
@@ -121,7 +135,11 @@ impl<E: Engine> Shared<E> {
 
 fn timeline_seq(key: &[u8]) -> u64 {
     let n = key.len();
-    u64::from_be_bytes(key[n - 8..].try_into().expect("timeline keys end in 8 bytes"))
+    u64::from_be_bytes(
+        key[n - 8..]
+            .try_into()
+            .expect("timeline keys end in 8 bytes"),
+    )
 }
 
 /// A stored send outcome, for idempotent retries.
@@ -135,13 +153,38 @@ struct DedupRecord {
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Cmd {
-    CreateUser { username: String, password_hash: String, now_ms: i64, reply: Reply<UserRecord> },
-    CreateSession { session: NewSession, reply: Reply<SessionRecord> },
-    RevokeSession { token_hash: String, reply: Reply<()> },
-    Append { msg: Box<AppendMessage>, reply: Reply<AppendOutcome> },
-    MarkRead { user: UserId, conv: String, up_to: u64, now_ms: i64, reply: Reply<MarkReadOutcome> },
-    Secret { name: String, reply: Reply<[u8; 32]> },
-    Shutdown { reply: oneshot::Sender<()> },
+    CreateUser {
+        username: String,
+        password_hash: String,
+        now_ms: i64,
+        reply: Reply<UserRecord>,
+    },
+    CreateSession {
+        session: NewSession,
+        reply: Reply<SessionRecord>,
+    },
+    RevokeSession {
+        token_hash: String,
+        reply: Reply<()>,
+    },
+    Append {
+        msg: Box<AppendMessage>,
+        reply: Reply<AppendOutcome>,
+    },
+    MarkRead {
+        user: UserId,
+        conv: String,
+        up_to: u64,
+        now_ms: i64,
+        reply: Reply<MarkReadOutcome>,
+    },
+    Secret {
+        name: String,
+        reply: Reply<[u8; 32]>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// The store. Cheap to share behind an `Arc`.
@@ -161,7 +204,11 @@ impl LogStore {
     /// Starts the committer thread over `engine`.
     pub fn start<E: Engine>(engine: Arc<E>, config: StoreConfig) -> LogStore {
         assert!(config.seq_step >= 1, "seq_step must be at least 1");
-        let shared = Arc::new(Shared { engine, logs: Mutex::default(), convs: Mutex::default() });
+        let shared = Arc::new(Shared {
+            engine,
+            logs: Mutex::default(),
+            convs: Mutex::default(),
+        });
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_COMMANDS_MAX);
         let committer = Committer {
             shared: shared.clone(),
@@ -175,7 +222,11 @@ impl LogStore {
             .name("pigeon-committer".into())
             .spawn(move || committer.run(rx))
             .expect("spawning the committer thread");
-        LogStore { tx, shared, committer: Mutex::new(Some(handle)) }
+        LogStore {
+            tx,
+            shared,
+            committer: Mutex::new(Some(handle)),
+        }
     }
 
     /// Commits everything queued so far, stops the committer and waits for
@@ -185,7 +236,11 @@ impl LogStore {
         if self.tx.send(Cmd::Shutdown { reply }).await.is_ok() {
             let _ = done.await;
         }
-        let handle = self.committer.lock().expect("committer handle lock poisoned").take();
+        let handle = self
+            .committer
+            .lock()
+            .expect("committer handle lock poisoned")
+            .take();
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
@@ -212,7 +267,7 @@ trait ReadSide: Send + Sync {
         end: &[u8],
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Entries, StoreError>;
     fn log_mark_of(&self, user: UserId) -> Result<LogMark, StoreError>;
     fn conv_head_of(&self, conv: &str) -> Result<u64, StoreError>;
 }
@@ -228,7 +283,7 @@ impl<E: Engine> ReadSide for Shared<E> {
         end: &[u8],
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Entries, StoreError> {
         self.engine.scan(table, start, end, reverse, limit)
     }
     fn log_mark_of(&self, user: UserId) -> Result<LogMark, StoreError> {
@@ -257,9 +312,20 @@ fn decode_proto<T: prost::Message + Default>(what: &str, bytes: &[u8]) -> Result
 
 #[async_trait]
 impl Store for LogStore {
-    async fn create_user(&self, username: &str, password_hash: &str, now_ms: i64) -> Result<UserRecord, StoreError> {
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now_ms: i64,
+    ) -> Result<UserRecord, StoreError> {
         let (username, password_hash) = (username.to_string(), password_hash.to_string());
-        self.call(|reply| Cmd::CreateUser { username, password_hash, now_ms, reply }).await
+        self.call(|reply| Cmd::CreateUser {
+            username,
+            password_hash,
+            now_ms,
+            reply,
+        })
+        .await
     }
 
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -278,11 +344,15 @@ impl Store for LogStore {
     }
 
     async fn create_session(&self, session: NewSession) -> Result<SessionRecord, StoreError> {
-        self.call(|reply| Cmd::CreateSession { session, reply }).await
+        self.call(|reply| Cmd::CreateSession { session, reply })
+            .await
     }
 
     async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
-        match self.shared.engine_get(Table::Sessions, token_hash.as_bytes())? {
+        match self
+            .shared
+            .engine_get(Table::Sessions, token_hash.as_bytes())?
+        {
             Some(v) => Ok(Some(decode_json("session", &v)?)),
             None => Ok(None),
         }
@@ -290,22 +360,42 @@ impl Store for LogStore {
 
     async fn revoke_session(&self, token_hash: &str) -> Result<(), StoreError> {
         let token_hash = token_hash.to_string();
-        self.call(|reply| Cmd::RevokeSession { token_hash, reply }).await
+        self.call(|reply| Cmd::RevokeSession { token_hash, reply })
+            .await
     }
 
     async fn append_message(&self, msg: AppendMessage) -> Result<AppendOutcome, StoreError> {
-        self.call(|reply| Cmd::Append { msg: Box::new(msg), reply }).await
+        self.call(|reply| Cmd::Append {
+            msg: Box::new(msg),
+            reply,
+        })
+        .await
     }
 
-    async fn read_log(&self, user: UserId, after: u64, limit: usize, bytes_max: usize) -> Result<LogRead, LogReadError> {
+    async fn read_log(
+        &self,
+        user: UserId,
+        after: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<LogRead, LogReadError> {
         let mark = self.shared.log_mark_of(user)?;
         // An empty key (after = 0) means "from the oldest retained event".
-        let after = if after == 0 { mark.trimmed_through } else { after };
+        let after = if after == 0 {
+            mark.trimmed_through
+        } else {
+            after
+        };
         if after < mark.trimmed_through {
-            return Err(LogReadError::Trimmed { trimmed_through: mark.trimmed_through });
+            return Err(LogReadError::Trimmed {
+                trimmed_through: mark.trimmed_through,
+            });
         }
         if after >= mark.head || limit == 0 {
-            return Ok(LogRead { events: Vec::new(), has_more: false });
+            return Ok(LogRead {
+                events: Vec::new(),
+                has_more: false,
+            });
         }
         let rows = self.shared.engine_scan(
             Table::Log,
@@ -317,7 +407,9 @@ impl Store for LogStore {
         // A trim that ran during the scan may have removed entries we needed.
         let now = self.shared.log_mark_of(user)?;
         if after < now.trimmed_through {
-            return Err(LogReadError::Trimmed { trimmed_through: now.trimmed_through });
+            return Err(LogReadError::Trimmed {
+                trimmed_through: now.trimmed_through,
+            });
         }
         let mut events = Vec::with_capacity(rows.len().min(limit));
         let mut bytes = 0;
@@ -345,7 +437,11 @@ impl Store for LogStore {
         bytes_max: usize,
     ) -> Result<(Vec<Message>, bool), StoreError> {
         let head = self.shared.conv_head_of(conv)?;
-        let upper = if before == 0 { head } else { head.min(before - 1) };
+        let upper = if before == 0 {
+            head
+        } else {
+            head.min(before - 1)
+        };
         if upper == 0 || limit == 0 {
             return Ok((Vec::new(), false));
         }
@@ -368,7 +464,11 @@ impl Store for LogStore {
         Ok((messages, false))
     }
 
-    async fn list_conversations(&self, user: UserId, limit: usize) -> Result<Vec<ConversationSummary>, StoreError> {
+    async fn list_conversations(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
         let prefix = keys::user_id(user);
         let rows = self.shared.engine_scan(
             Table::ConvState,
@@ -381,22 +481,50 @@ impl Store for LogStore {
             .iter()
             .map(|(_, v)| decode_proto::<ConversationSummary>("conversation", v))
             .collect::<Result<Vec<_>, _>>()?;
-        let activity = |c: &ConversationSummary| c.last_message.as_ref().map_or((0, 0), |m| (m.sent_at_ms, m.conv_seq));
-        all.sort_by(|a, b| activity(b).cmp(&activity(a)).then_with(|| a.conversation_id.cmp(&b.conversation_id)));
+        let activity = |c: &ConversationSummary| {
+            c.last_message
+                .as_ref()
+                .map_or((0, 0), |m| (m.sent_at_ms, m.conv_seq))
+        };
+        all.sort_by(|a, b| {
+            activity(b)
+                .cmp(&activity(a))
+                .then_with(|| a.conversation_id.cmp(&b.conversation_id))
+        });
         all.truncate(limit);
         Ok(all)
     }
 
-    async fn conversation(&self, user: UserId, conv: &str) -> Result<Option<ConversationSummary>, StoreError> {
-        match self.shared.engine_get(Table::ConvState, &keys::conv_state(user, conv))? {
+    async fn conversation(
+        &self,
+        user: UserId,
+        conv: &str,
+    ) -> Result<Option<ConversationSummary>, StoreError> {
+        match self
+            .shared
+            .engine_get(Table::ConvState, &keys::conv_state(user, conv))?
+        {
             Some(v) => Ok(Some(decode_proto("conversation", &v)?)),
             None => Ok(None),
         }
     }
 
-    async fn mark_read(&self, user: UserId, conv: &str, up_to: u64, now_ms: i64) -> Result<MarkReadOutcome, StoreError> {
+    async fn mark_read(
+        &self,
+        user: UserId,
+        conv: &str,
+        up_to: u64,
+        now_ms: i64,
+    ) -> Result<MarkReadOutcome, StoreError> {
         let conv = conv.to_string();
-        self.call(|reply| Cmd::MarkRead { user, conv, up_to, now_ms, reply }).await
+        self.call(|reply| Cmd::MarkRead {
+            user,
+            conv,
+            up_to,
+            now_ms,
+            reply,
+        })
+        .await
     }
 
     async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
@@ -433,7 +561,7 @@ impl<'e, E: Engine> Batch<'e, E> {
     }
 
     /// Entries in `[start, end)` ascending, the batch's own writes included.
-    fn scan_all(&self, t: Table, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_all(&self, t: Table, start: &[u8], end: &[u8]) -> Result<Entries, StoreError> {
         let mut merged: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
             .engine
             .scan(t, start, end, false, usize::MAX)?
@@ -445,7 +573,10 @@ impl<'e, E: Engine> Batch<'e, E> {
                 merged.insert(k.clone(), v.clone());
             }
         }
-        Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect())
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
     }
 
     fn put(&mut self, t: Table, k: Vec<u8>, v: Vec<u8>) {
@@ -459,12 +590,15 @@ impl<'e, E: Engine> Batch<'e, E> {
     }
 }
 
+/// Answers one command once its batch's commit succeeded (`None`) or failed.
+type ReplyFn = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
 /// What to publish and whom to answer once a batch is durable.
 #[derive(Default)]
 struct AfterCommit {
     log_heads: HashMap<UserId, u64>,
     conv_heads: HashMap<String, u64>,
-    replies: Vec<Box<dyn FnOnce(Option<&StoreError>) + Send>>,
+    replies: Vec<ReplyFn>,
 }
 
 impl AfterCommit {
@@ -506,7 +640,11 @@ impl<E: Engine> Committer<E> {
             }
             let mut stop = None;
             let engine = self.shared.engine.clone();
-            let mut batch = Batch { engine: &*engine, ops: Vec::new(), overlay: HashMap::new() };
+            let mut batch = Batch {
+                engine: &*engine,
+                ops: Vec::new(),
+                overlay: HashMap::new(),
+            };
             let mut after = AfterCommit::default();
             let mut pending_heads: HashMap<UserId, u64> = HashMap::new();
             for cmd in cmds.drain(..) {
@@ -534,7 +672,10 @@ impl<E: Engine> Committer<E> {
         let result = if ops.is_empty() {
             Ok(())
         } else {
-            self.shared.engine.apply(ops).and_then(|()| self.shared.engine.sync())
+            self.shared
+                .engine
+                .apply(ops)
+                .and_then(|()| self.shared.engine.sync())
         };
         match &result {
             Ok(()) => {
@@ -556,9 +697,20 @@ impl<E: Engine> Committer<E> {
         }
     }
 
-    fn execute(&mut self, cmd: Cmd, b: &mut Batch<'_, E>, after: &mut AfterCommit, heads: &mut HashMap<UserId, u64>) {
+    fn execute(
+        &mut self,
+        cmd: Cmd,
+        b: &mut Batch<'_, E>,
+        after: &mut AfterCommit,
+        heads: &mut HashMap<UserId, u64>,
+    ) {
         match cmd {
-            Cmd::CreateUser { username, password_hash, now_ms, reply } => {
+            Cmd::CreateUser {
+                username,
+                password_hash,
+                now_ms,
+                reply,
+            } => {
                 let r = self.create_user(b, username, password_hash, now_ms);
                 after.reply(reply, r);
             }
@@ -574,7 +726,13 @@ impl<E: Engine> Committer<E> {
                 let r = self.append(b, after, heads, *msg);
                 after.reply(reply, r);
             }
-            Cmd::MarkRead { user, conv, up_to, now_ms, reply } => {
+            Cmd::MarkRead {
+                user,
+                conv,
+                up_to,
+                now_ms,
+                reply,
+            } => {
                 let r = self.mark_read(b, after, heads, user, &conv, up_to, now_ms);
                 after.reply(reply, r);
             }
@@ -598,19 +756,47 @@ impl<E: Engine> Committer<E> {
         }
         let id = match self.next_user_id {
             Some(id) => id,
-            None => b.get(Table::Meta, keys::NEXT_USER_ID)?.and_then(|v| keys::read_u64(&v)).unwrap_or(1),
+            None => b
+                .get(Table::Meta, keys::NEXT_USER_ID)?
+                .and_then(|v| keys::read_u64(&v))
+                .unwrap_or(1),
         };
         self.next_user_id = Some(id + 1);
-        b.put(Table::Meta, keys::NEXT_USER_ID.to_vec(), keys::u64_value(id + 1));
-        let user = UserRecord { id, username, password_hash, created_at_ms: now_ms };
-        b.put(Table::Users, user.username.as_bytes().to_vec(), encode_json(&user));
-        b.put(Table::UserIds, keys::user_id(id), user.username.as_bytes().to_vec());
+        b.put(
+            Table::Meta,
+            keys::NEXT_USER_ID.to_vec(),
+            keys::u64_value(id + 1),
+        );
+        let user = UserRecord {
+            id,
+            username,
+            password_hash,
+            created_at_ms: now_ms,
+        };
+        b.put(
+            Table::Users,
+            user.username.as_bytes().to_vec(),
+            encode_json(&user),
+        );
+        b.put(
+            Table::UserIds,
+            keys::user_id(id),
+            user.username.as_bytes().to_vec(),
+        );
         Ok(user)
     }
 
-    fn create_session(&mut self, b: &mut Batch<'_, E>, s: NewSession) -> Result<SessionRecord, StoreError> {
+    fn create_session(
+        &mut self,
+        b: &mut Batch<'_, E>,
+        s: NewSession,
+    ) -> Result<SessionRecord, StoreError> {
         let dev_key = keys::devices(s.user_id);
-        let device_id = b.get(Table::Meta, &dev_key)?.and_then(|v| keys::read_u64(&v)).unwrap_or(0) + 1;
+        let device_id = b
+            .get(Table::Meta, &dev_key)?
+            .and_then(|v| keys::read_u64(&v))
+            .unwrap_or(0)
+            + 1;
         b.put(Table::Meta, dev_key, keys::u64_value(device_id));
         let record = SessionRecord {
             token_hash: s.token_hash,
@@ -621,7 +807,11 @@ impl<E: Engine> Committer<E> {
             expires_at_ms: s.expires_at_ms,
             revoked: false,
         };
-        b.put(Table::Sessions, record.token_hash.as_bytes().to_vec(), encode_json(&record));
+        b.put(
+            Table::Sessions,
+            record.token_hash.as_bytes().to_vec(),
+            encode_json(&record),
+        );
         Ok(record)
     }
 
@@ -666,12 +856,20 @@ impl<E: Engine> Committer<E> {
         };
         let seq = self.next_log_seq(b, user)?;
         assert!(seq > prev_seq, "log seqs only grow: {seq} after {prev_seq}");
-        let event = Event { seq, created_at_ms: now_ms, kind: Some(kind) };
+        let event = Event {
+            seq,
+            created_at_ms: now_ms,
+            kind: Some(kind),
+        };
         b.put(Table::Log, keys::log(user, seq), event.encode_to_vec());
         heads.insert(user, seq);
         after.log_heads.insert(user, seq);
         self.trim(b, user, seq)?;
-        Ok(Appended { user_id: user, prev_seq, events: vec![event] })
+        Ok(Appended {
+            user_id: user,
+            prev_seq,
+            events: vec![event],
+        })
     }
 
     /// Drops the oldest entries of a log that holds more than the retained
@@ -747,9 +945,17 @@ impl<E: Engine> Committer<E> {
             sent_at_ms: m.now_ms,
             content: Some(m.content),
         };
-        b.put(Table::Timeline, keys::timeline(&m.conversation_id, conv_seq), message.encode_to_vec());
+        b.put(
+            Table::Timeline,
+            keys::timeline(&m.conversation_id, conv_seq),
+            message.encode_to_vec(),
+        );
         after.conv_heads.insert(m.conversation_id.clone(), conv_seq);
-        let record = DedupRecord { conversation_id: m.conversation_id.clone(), conv_seq, sent_at_ms: m.now_ms };
+        let record = DedupRecord {
+            conversation_id: m.conversation_id.clone(),
+            conv_seq,
+            sent_at_ms: m.now_ms,
+        };
         b.put(Table::Dedup, dedup_key, encode_json(&record));
 
         let mut appended = Vec::with_capacity(m.participants.len());
@@ -776,7 +982,14 @@ impl<E: Engine> Committer<E> {
                 state.unread_count += 1;
             }
             b.put(Table::ConvState, state_key, state.encode_to_vec());
-            appended.push(self.append_event(b, after, heads, *user, m.now_ms, event::Kind::Message(message.clone()))?);
+            appended.push(self.append_event(
+                b,
+                after,
+                heads,
+                *user,
+                m.now_ms,
+                event::Kind::Message(message.clone()),
+            )?);
         }
         Ok(AppendOutcome {
             conversation_id: m.conversation_id,
@@ -800,16 +1013,28 @@ impl<E: Engine> Committer<E> {
     ) -> Result<MarkReadOutcome, StoreError> {
         let state_key = keys::conv_state(user, conv);
         let Some(v) = b.get(Table::ConvState, &state_key)? else {
-            return Ok(MarkReadOutcome { read_up_to: 0, unread_count: 0, appended: None });
+            return Ok(MarkReadOutcome {
+                read_up_to: 0,
+                unread_count: 0,
+                appended: None,
+            });
         };
         let mut state: ConversationSummary = decode_proto("conversation", &v)?;
         let last = state.last_message.as_ref().map_or(0, |m| m.conv_seq);
         let target = up_to.min(last);
         if target <= state.read_up_to {
-            return Ok(MarkReadOutcome { read_up_to: state.read_up_to, unread_count: state.unread_count, appended: None });
+            return Ok(MarkReadOutcome {
+                read_up_to: state.read_up_to,
+                unread_count: state.unread_count,
+                appended: None,
+            });
         }
         let mut unread = 0;
-        for (_, v) in b.scan_all(Table::Timeline, &keys::timeline(conv, target + 1), &keys::timeline(conv, u64::MAX))? {
+        for (_, v) in b.scan_all(
+            Table::Timeline,
+            &keys::timeline(conv, target + 1),
+            &keys::timeline(conv, u64::MAX),
+        )? {
             let m: Message = decode_proto("message", &v)?;
             if m.sender_id != user {
                 unread += 1;
@@ -818,9 +1043,23 @@ impl<E: Engine> Committer<E> {
         state.read_up_to = target;
         state.unread_count = unread;
         b.put(Table::ConvState, state_key, state.encode_to_vec());
-        let marker = ReadMarker { conversation_id: conv.to_string(), read_up_to: target };
-        let appended = self.append_event(b, after, heads, user, now_ms, event::Kind::ReadMarker(marker))?;
-        Ok(MarkReadOutcome { read_up_to: target, unread_count: unread, appended: Some(appended) })
+        let marker = ReadMarker {
+            conversation_id: conv.to_string(),
+            read_up_to: target,
+        };
+        let appended = self.append_event(
+            b,
+            after,
+            heads,
+            user,
+            now_ms,
+            event::Kind::ReadMarker(marker),
+        )?;
+        Ok(MarkReadOutcome {
+            read_up_to: target,
+            unread_count: unread,
+            appended: Some(appended),
+        })
     }
 }
 
@@ -830,14 +1069,21 @@ fn revoke_session<E: Engine>(b: &mut Batch<'_, E>, token_hash: &str) -> Result<(
     };
     let mut record: SessionRecord = decode_json("session", &v)?;
     record.revoked = true;
-    b.put(Table::Sessions, token_hash.as_bytes().to_vec(), encode_json(&record));
+    b.put(
+        Table::Sessions,
+        token_hash.as_bytes().to_vec(),
+        encode_json(&record),
+    );
     Ok(())
 }
 
 fn secret<E: Engine>(b: &mut Batch<'_, E>, name: &str) -> Result<[u8; 32], StoreError> {
     let key = keys::secret(name);
     if let Some(v) = b.get(Table::Meta, &key)? {
-        return v.as_slice().try_into().map_err(|_| corrupt("secret", "wrong length"));
+        return v
+            .as_slice()
+            .try_into()
+            .map_err(|_| corrupt("secret", "wrong length"));
     }
     let mut s = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut s);
@@ -854,7 +1100,12 @@ fn load_alloc<E: Engine>(b: &Batch<'_, E>, key: &[u8]) -> Result<Alloc, StoreErr
     })
 }
 
-fn allocate<E: Engine>(b: &mut Batch<'_, E>, key: Vec<u8>, mut a: Alloc, step: u64) -> (u64, Alloc) {
+fn allocate<E: Engine>(
+    b: &mut Batch<'_, E>,
+    key: Vec<u8>,
+    mut a: Alloc,
+    step: u64,
+) -> (u64, Alloc) {
     let seq = a.next;
     a.next += 1;
     if a.next > a.hw {

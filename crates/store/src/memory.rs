@@ -6,7 +6,7 @@ use std::sync::RwLock;
 
 use pigeon_core::StoreError;
 
-use crate::engine::{Engine, Op, Table};
+use crate::engine::{Engine, Entries, Op, Table};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -29,7 +29,7 @@ impl Engine for MemoryEngine {
         end: &[u8],
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Entries, StoreError> {
         if start >= end {
             return Ok(Vec::new());
         }

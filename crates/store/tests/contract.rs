@@ -15,12 +15,18 @@ struct Backend {
 }
 
 fn memory(config: StoreConfig) -> Backend {
-    Backend { store: Arc::new(open_memory(config)), _dir: None }
+    Backend {
+        store: Arc::new(open_memory(config)),
+        _dir: None,
+    }
 }
 
 fn embedded(config: StoreConfig) -> Backend {
     let dir = tempfile::tempdir().unwrap();
-    Backend { store: Arc::new(open_embedded(dir.path(), config).unwrap()), _dir: Some(dir) }
+    Backend {
+        store: Arc::new(open_embedded(dir.path(), config).unwrap()),
+        _dir: Some(dir),
+    }
 }
 
 fn msg(sender: (u64, &str), to: (u64, &str), id: &str, text: &str, now: i64) -> AppendMessage {
@@ -32,7 +38,10 @@ fn msg(sender: (u64, &str), to: (u64, &str), id: &str, text: &str, now: i64) -> 
         client_msg_id: id.into(),
         conversation_id: conv,
         participants: vec![(sender.0, sender.1.into()), (to.0, to.1.into())],
-        content: Content { text: text.into(), ..Default::default() },
+        content: Content {
+            text: text.into(),
+            ..Default::default()
+        },
         now_ms: now,
     }
 }
@@ -75,8 +84,14 @@ async fn users_are_unique_and_found_by_name_and_id(make: fn(StoreConfig) -> Back
     let alice = b.store.create_user("alice", "h1", 10).await.unwrap();
     let bob = b.store.create_user("bob", "h2", 11).await.unwrap();
     assert_ne!(alice.id, bob.id);
-    assert!(matches!(b.store.create_user("alice", "h3", 12).await, Err(StoreError::UsernameTaken)));
-    assert_eq!(b.store.user_by_name("bob").await.unwrap(), Some(bob.clone()));
+    assert!(matches!(
+        b.store.create_user("alice", "h3", 12).await,
+        Err(StoreError::UsernameTaken)
+    ));
+    assert_eq!(
+        b.store.user_by_name("bob").await.unwrap(),
+        Some(bob.clone())
+    );
     assert_eq!(b.store.user_by_id(alice.id).await.unwrap(), Some(alice));
     assert_eq!(b.store.user_by_name("carol").await.unwrap(), None);
     assert_eq!(b.store.user_by_id(999).await.unwrap(), None);
@@ -100,7 +115,10 @@ async fn sessions_get_new_devices_and_can_be_revoked(make: fn(StoreConfig) -> Ba
     assert!(b.store.session("t1").await.unwrap().unwrap().revoked);
     assert!(!b.store.session("t2").await.unwrap().unwrap().revoked);
     assert!(b.store.session("nope").await.unwrap().is_none());
-    assert!(matches!(b.store.revoke_session("nope").await, Err(StoreError::SessionNotFound)));
+    assert!(matches!(
+        b.store.revoke_session("nope").await,
+        Err(StoreError::SessionNotFound)
+    ));
 }
 
 /// Checks a message lands once in the sender's and recipient's logs with a
@@ -111,7 +129,17 @@ async fn messages_reach_both_logs_and_the_timeline(make: fn(StoreConfig) -> Back
     let c = b.store.create_user("carol", "h", 0).await.unwrap();
     let mut acks = Vec::new();
     for i in 0..5 {
-        let out = b.store.append_message(msg((a.id, "alice"), (c.id, "carol"), &format!("m{i}"), &format!("hi {i}"), i)).await.unwrap();
+        let out = b
+            .store
+            .append_message(msg(
+                (a.id, "alice"),
+                (c.id, "carol"),
+                &format!("m{i}"),
+                &format!("hi {i}"),
+                i,
+            ))
+            .await
+            .unwrap();
         assert!(!out.duplicate);
         assert_eq!(out.appended.len(), 2);
         acks.push(out);
@@ -124,7 +152,10 @@ async fn messages_reach_both_logs_and_the_timeline(make: fn(StoreConfig) -> Back
         assert_eq!(texts, vec!["hi 0", "hi 1", "hi 2", "hi 3", "hi 4"]);
         assert!(!read.has_more);
         // Each push batch's prev_seq is the seq before it.
-        let mine: Vec<_> = acks.iter().flat_map(|o| o.appended.iter().filter(|x| x.user_id == user)).collect();
+        let mine: Vec<_> = acks
+            .iter()
+            .flat_map(|o| o.appended.iter().filter(|x| x.user_id == user))
+            .collect();
         let mut prev = 0;
         for (ap, ev) in mine.iter().zip(&read.events) {
             assert_eq!(ap.prev_seq, prev);
@@ -133,18 +164,39 @@ async fn messages_reach_both_logs_and_the_timeline(make: fn(StoreConfig) -> Back
         }
         assert_eq!(b.store.log_head(user).await.unwrap(), prev);
         // Reading after the second event gives the last three.
-        let tail = b.store.read_log(user, read.events[1].seq, 100, 1 << 20).await.unwrap();
+        let tail = b
+            .store
+            .read_log(user, read.events[1].seq, 100, 1 << 20)
+            .await
+            .unwrap();
         assert_eq!(tail.events.len(), 3);
     }
     let conv = &acks[0].conversation_id;
     let (page, more) = b.store.history(conv, 0, 2, 1 << 20).await.unwrap();
-    assert_eq!(page.iter().map(|m| m.content.as_ref().unwrap().text.as_str()).collect::<Vec<_>>(), vec!["hi 4", "hi 3"]);
+    assert_eq!(
+        page.iter()
+            .map(|m| m.content.as_ref().unwrap().text.as_str())
+            .collect::<Vec<_>>(),
+        vec!["hi 4", "hi 3"]
+    );
     assert!(more);
-    let (page, more) = b.store.history(conv, page[1].conv_seq, 10, 1 << 20).await.unwrap();
+    let (page, more) = b
+        .store
+        .history(conv, page[1].conv_seq, 10, 1 << 20)
+        .await
+        .unwrap();
     assert_eq!(page.len(), 3);
     assert_eq!(page[2].content.as_ref().unwrap().text, "hi 0");
     assert!(!more);
-    assert_eq!(b.store.history("d:8:9", 0, 10, 1 << 20).await.unwrap().0.len(), 0);
+    assert_eq!(
+        b.store
+            .history("d:8:9", 0, 10, 1 << 20)
+            .await
+            .unwrap()
+            .0
+            .len(),
+        0
+    );
 }
 
 /// Checks a repeated client message id returns the first outcome, flagged,
@@ -153,24 +205,57 @@ async fn retries_with_the_same_client_id_store_nothing_twice(make: fn(StoreConfi
     let b = make(StoreConfig::default());
     let a = b.store.create_user("alice", "h", 0).await.unwrap();
     let c = b.store.create_user("carol", "h", 0).await.unwrap();
-    let first = b.store.append_message(msg((a.id, "alice"), (c.id, "carol"), "same", "one", 5)).await.unwrap();
-    let again = b.store.append_message(msg((a.id, "alice"), (c.id, "carol"), "same", "changed", 9)).await.unwrap();
+    let first = b
+        .store
+        .append_message(msg((a.id, "alice"), (c.id, "carol"), "same", "one", 5))
+        .await
+        .unwrap();
+    let again = b
+        .store
+        .append_message(msg((a.id, "alice"), (c.id, "carol"), "same", "changed", 9))
+        .await
+        .unwrap();
     assert!(again.duplicate);
     assert!(again.appended.is_empty());
-    assert_eq!((again.conv_seq, again.sent_at_ms), (first.conv_seq, first.sent_at_ms));
-    assert_eq!(b.store.read_log(c.id, 0, 100, 1 << 20).await.unwrap().events.len(), 1);
+    assert_eq!(
+        (again.conv_seq, again.sent_at_ms),
+        (first.conv_seq, first.sent_at_ms)
+    );
+    assert_eq!(
+        b.store
+            .read_log(c.id, 0, 100, 1 << 20)
+            .await
+            .unwrap()
+            .events
+            .len(),
+        1
+    );
     // Another sender may reuse the same client id.
-    let other = b.store.append_message(msg((c.id, "carol"), (a.id, "alice"), "same", "two", 6)).await.unwrap();
+    let other = b
+        .store
+        .append_message(msg((c.id, "carol"), (a.id, "alice"), "same", "two", 6))
+        .await
+        .unwrap();
     assert!(!other.duplicate);
     // Two retries racing in one group commit still store once.
     let (x, y) = tokio::join!(
-        b.store.append_message(msg((a.id, "alice"), (c.id, "carol"), "race", "r", 7)),
-        b.store.append_message(msg((a.id, "alice"), (c.id, "carol"), "race", "r", 7)),
+        b.store
+            .append_message(msg((a.id, "alice"), (c.id, "carol"), "race", "r", 7)),
+        b.store
+            .append_message(msg((a.id, "alice"), (c.id, "carol"), "race", "r", 7)),
     );
     let (x, y) = (x.unwrap(), y.unwrap());
     assert_eq!(x.conv_seq, y.conv_seq);
     assert!(x.duplicate != y.duplicate);
-    assert_eq!(b.store.read_log(c.id, 0, 100, 1 << 20).await.unwrap().events.len(), 3);
+    assert_eq!(
+        b.store
+            .read_log(c.id, 0, 100, 1 << 20)
+            .await
+            .unwrap()
+            .events
+            .len(),
+        3
+    );
 }
 
 /// Sends from many tasks at once and checks every log holds each message
@@ -189,7 +274,13 @@ async fn concurrent_sends_keep_every_log_strictly_ordered(make: fn(StoreConfig) 
         tasks.push(tokio::spawn(async move {
             for i in 0..25 {
                 store
-                    .append_message(msg((from.id, &from.username), (to.id, &to.username), &format!("{t}-{i}"), "x", 0))
+                    .append_message(msg(
+                        (from.id, &from.username),
+                        (to.id, &to.username),
+                        &format!("{t}-{i}"),
+                        "x",
+                        0,
+                    ))
                     .await
                     .unwrap();
             }
@@ -215,48 +306,120 @@ async fn conversations_track_last_message_and_unread(make: fn(StoreConfig) -> Ba
     let c = b.store.create_user("carol", "h", 0).await.unwrap();
     let d = b.store.create_user("dave", "h", 0).await.unwrap();
     for i in 0..3 {
-        b.store.append_message(msg((a.id, "alice"), (c.id, "carol"), &format!("a{i}"), "to carol", 10 + i)).await.unwrap();
+        b.store
+            .append_message(msg(
+                (a.id, "alice"),
+                (c.id, "carol"),
+                &format!("a{i}"),
+                "to carol",
+                10 + i,
+            ))
+            .await
+            .unwrap();
     }
-    let last = b.store.append_message(msg((d.id, "dave"), (c.id, "carol"), "d0", "from dave", 20)).await.unwrap();
+    let last = b
+        .store
+        .append_message(msg((d.id, "dave"), (c.id, "carol"), "d0", "from dave", 20))
+        .await
+        .unwrap();
     let list = b.store.list_conversations(c.id, 10).await.unwrap();
     assert_eq!(list.len(), 2);
     assert_eq!(list[0].peer_username, "dave", "most recent first");
     assert_eq!(list[1].peer_username, "alice");
     assert_eq!(list[1].unread_count, 3);
-    assert_eq!(list[1].last_message.as_ref().unwrap().content.as_ref().unwrap().text, "to carol");
-    let sender_view = b.store.conversation(a.id, &list[1].conversation_id).await.unwrap().unwrap();
+    assert_eq!(
+        list[1]
+            .last_message
+            .as_ref()
+            .unwrap()
+            .content
+            .as_ref()
+            .unwrap()
+            .text,
+        "to carol"
+    );
+    let sender_view = b
+        .store
+        .conversation(a.id, &list[1].conversation_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(sender_view.unread_count, 0, "own messages are not unread");
 
     let conv = list[1].conversation_id.clone();
-    let seqs: Vec<u64> = b.store.history(&conv, 0, 10, 1 << 20).await.unwrap().0.iter().rev().map(|m| m.conv_seq).collect();
+    let seqs: Vec<u64> = b
+        .store
+        .history(&conv, 0, 10, 1 << 20)
+        .await
+        .unwrap()
+        .0
+        .iter()
+        .rev()
+        .map(|m| m.conv_seq)
+        .collect();
     let out = b.store.mark_read(c.id, &conv, seqs[1], 30).await.unwrap();
     assert_eq!((out.read_up_to, out.unread_count), (seqs[1], 1));
-    assert!(matches!(&out.appended.as_ref().unwrap().events[0].kind, Some(event::Kind::ReadMarker(m)) if m.read_up_to == seqs[1]));
+    assert!(
+        matches!(&out.appended.as_ref().unwrap().events[0].kind, Some(event::Kind::ReadMarker(m)) if m.read_up_to == seqs[1])
+    );
     let back = b.store.mark_read(c.id, &conv, seqs[0], 31).await.unwrap();
     assert_eq!((back.read_up_to, back.unread_count), (seqs[1], 1));
     assert!(back.appended.is_none(), "going backwards changes nothing");
     let all = b.store.mark_read(c.id, &conv, u64::MAX, 32).await.unwrap();
-    assert_eq!((all.read_up_to, all.unread_count), (seqs[2], 0), "clamped to the last message");
-    assert_eq!(b.store.list_conversations(c.id, 1).await.unwrap()[0].conversation_id, last.conversation_id);
+    assert_eq!(
+        (all.read_up_to, all.unread_count),
+        (seqs[2], 0),
+        "clamped to the last message"
+    );
+    assert_eq!(
+        b.store.list_conversations(c.id, 1).await.unwrap()[0].conversation_id,
+        last.conversation_id
+    );
 }
 
 /// Fills a log past its retention and checks an old key must resync while
 /// an empty key reads the retained tail.
 async fn trimmed_logs_answer_resync(make: fn(StoreConfig) -> Backend) {
-    let b = make(StoreConfig { seq_step: 1000, log_retain_events: 16 });
+    let b = make(StoreConfig {
+        seq_step: 1000,
+        log_retain_events: 16,
+    });
     let a = b.store.create_user("alice", "h", 0).await.unwrap();
     let c = b.store.create_user("carol", "h", 0).await.unwrap();
-    let first = b.store.append_message(msg((a.id, "alice"), (c.id, "carol"), "m0", "0", 0)).await.unwrap();
-    let first_seq = first.appended.iter().find(|x| x.user_id == c.id).unwrap().events[0].seq;
+    let first = b
+        .store
+        .append_message(msg((a.id, "alice"), (c.id, "carol"), "m0", "0", 0))
+        .await
+        .unwrap();
+    let first_seq = first
+        .appended
+        .iter()
+        .find(|x| x.user_id == c.id)
+        .unwrap()
+        .events[0]
+        .seq;
     for i in 1..40 {
-        b.store.append_message(msg((a.id, "alice"), (c.id, "carol"), &format!("m{i}"), &i.to_string(), 0)).await.unwrap();
+        b.store
+            .append_message(msg(
+                (a.id, "alice"),
+                (c.id, "carol"),
+                &format!("m{i}"),
+                &i.to_string(),
+                0,
+            ))
+            .await
+            .unwrap();
     }
     match b.store.read_log(c.id, first_seq, 10, 1 << 20).await {
         Err(LogReadError::Trimmed { trimmed_through }) => assert!(trimmed_through > first_seq),
         other => panic!("expected Trimmed, got {other:?}"),
     }
     let tail = b.store.read_log(c.id, 0, 100, 1 << 20).await.unwrap();
-    assert!(tail.events.len() >= 16 && tail.events.len() < 40, "{}", tail.events.len());
+    assert!(
+        tail.events.len() >= 16 && tail.events.len() < 40,
+        "{}",
+        tail.events.len()
+    );
     assert_eq!(text_of(tail.events.last().unwrap()), "39");
 }
 
@@ -266,14 +429,27 @@ async fn reads_are_bounded_by_count_and_bytes(make: fn(StoreConfig) -> Backend) 
     let a = b.store.create_user("alice", "h", 0).await.unwrap();
     let c = b.store.create_user("carol", "h", 0).await.unwrap();
     for i in 0..10 {
-        b.store.append_message(msg((a.id, "alice"), (c.id, "carol"), &format!("m{i}"), &"x".repeat(1000), 0)).await.unwrap();
+        b.store
+            .append_message(msg(
+                (a.id, "alice"),
+                (c.id, "carol"),
+                &format!("m{i}"),
+                &"x".repeat(1000),
+                0,
+            ))
+            .await
+            .unwrap();
     }
     let r = b.store.read_log(c.id, 0, 4, 1 << 20).await.unwrap();
     assert_eq!((r.events.len(), r.has_more), (4, true));
     let r = b.store.read_log(c.id, 0, 100, 3500).await.unwrap();
     assert_eq!((r.events.len(), r.has_more), (3, true));
     let r = b.store.read_log(c.id, 0, 100, 10).await.unwrap();
-    assert_eq!(r.events.len(), 1, "at least one event even if larger than the byte bound");
+    assert_eq!(
+        r.events.len(),
+        1,
+        "at least one event even if larger than the byte bound"
+    );
     let r = b.store.read_log(c.id, 0, 10, 1 << 20).await.unwrap();
     assert_eq!((r.events.len(), r.has_more), (10, false));
     let conv = format!("d:{}:{}", a.id.min(c.id), a.id.max(c.id));
@@ -298,14 +474,26 @@ async fn secrets_are_stable(make: fn(StoreConfig) -> Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_recovers_after_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig { seq_step: 4, log_retain_events: 0 };
+    let config = StoreConfig {
+        seq_step: 4,
+        log_retain_events: 0,
+    };
     let (a, c, first, secret, head) = {
         let store = open_embedded(dir.path(), config.clone()).unwrap();
         let a = store.create_user("alice", "h", 0).await.unwrap();
         let c = store.create_user("carol", "h", 0).await.unwrap();
         let mut first = None;
         for i in 0..10 {
-            let o = store.append_message(msg((a.id, "alice"), (c.id, "carol"), &format!("m{i}"), &i.to_string(), i)).await.unwrap();
+            let o = store
+                .append_message(msg(
+                    (a.id, "alice"),
+                    (c.id, "carol"),
+                    &format!("m{i}"),
+                    &i.to_string(),
+                    i,
+                ))
+                .await
+                .unwrap();
             first.get_or_insert(o);
         }
         let secret = store.secret("k").await.unwrap();
@@ -319,13 +507,35 @@ async fn embedded_store_recovers_after_restart() {
     assert_eq!(store.log_head(c.id).await.unwrap(), head);
     let read = store.read_log(c.id, 0, 100, 1 << 20).await.unwrap();
     assert_eq!(read.events.len(), 10);
-    let dup = store.append_message(msg((a.id, "alice"), (c.id, "carol"), "m0", "again", 99)).await.unwrap();
+    let dup = store
+        .append_message(msg((a.id, "alice"), (c.id, "carol"), "m0", "again", 99))
+        .await
+        .unwrap();
     assert!(dup.duplicate);
     assert_eq!(dup.conv_seq, first.conv_seq);
-    let next = store.append_message(msg((a.id, "alice"), (c.id, "carol"), "m10", "10", 100)).await.unwrap();
-    let new_seq = next.appended.iter().find(|x| x.user_id == c.id).unwrap().events[0].seq;
-    assert!(new_seq > head, "seq {new_seq} must follow {head} after restart");
-    assert_eq!(next.appended.iter().find(|x| x.user_id == c.id).unwrap().prev_seq, head);
+    let next = store
+        .append_message(msg((a.id, "alice"), (c.id, "carol"), "m10", "10", 100))
+        .await
+        .unwrap();
+    let new_seq = next
+        .appended
+        .iter()
+        .find(|x| x.user_id == c.id)
+        .unwrap()
+        .events[0]
+        .seq;
+    assert!(
+        new_seq > head,
+        "seq {new_seq} must follow {head} after restart"
+    );
+    assert_eq!(
+        next.appended
+            .iter()
+            .find(|x| x.user_id == c.id)
+            .unwrap()
+            .prev_seq,
+        head
+    );
     let d = store.create_user("dave", "h", 0).await.unwrap();
     assert!(d.id > c.id, "user ids are not reused");
     store.shutdown().await;

@@ -21,7 +21,11 @@ pub struct Server {
 }
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Server {
@@ -74,7 +78,9 @@ impl Server {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(&self.tcp).is_ok() && std::net::TcpStream::connect(&self.http).is_ok() {
+            if std::net::TcpStream::connect(&self.tcp).is_ok()
+                && std::net::TcpStream::connect(&self.http).is_ok()
+            {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -109,13 +115,19 @@ impl Server {
     /// Sends SIGTERM and returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("server running");
-        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(s) = c.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "pigeon did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "pigeon did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -141,7 +153,9 @@ pub const PASSWORD: &str = "correct horse battery";
 
 /// Connects anonymously.
 pub async fn anon(url: &str) -> Connection {
-    Connection::connect(&ConnectOptions::new(url)).await.expect("connecting")
+    Connection::connect(&ConnectOptions::new(url))
+        .await
+        .expect("connecting")
 }
 
 /// Registers `name` and returns its token from a fresh login.
@@ -163,7 +177,9 @@ pub async fn login(url: &str, name: &str, device: &str) -> String {
 
 /// An authenticated connection.
 pub async fn connect(url: &str, token: &str) -> Connection {
-    Connection::connect(&ConnectOptions::new(url).with_token(token)).await.expect("connecting with token")
+    Connection::connect(&ConnectOptions::new(url).with_token(token))
+        .await
+        .expect("connecting with token")
 }
 
 /// Syncs from `key` until has_more is false; returns the events and the final key.
@@ -183,12 +199,16 @@ pub async fn sync_all(c: &Connection, key: &[u8]) -> (Vec<pigeon_client::v1::Eve
 /// The text of a message event.
 pub fn text(e: &pigeon_client::v1::Event) -> String {
     match &e.kind {
-        Some(pigeon_client::v1::event::Kind::Message(m)) => m.content.clone().unwrap_or_default().text,
+        Some(pigeon_client::v1::event::Kind::Message(m)) => {
+            m.content.clone().unwrap_or_default().text
+        }
         other => panic!("not a message event: {other:?}"),
     }
 }
 
 /// Awaits `f` for at most 10 seconds.
 pub async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), f).await.expect("timed out")
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("timed out")
 }
