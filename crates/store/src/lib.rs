@@ -22,7 +22,7 @@ pub mod memory;
 
 pub use embedded::FjallEngine;
 pub use engine::{Engine, Op, Table};
-pub use log_store::{LogStore, StoreConfig};
+pub use log_store::{LogStore, StoreConfig, StoreStats};
 pub use memory::MemoryEngine;
 
 /// An embedded store in `dir`, opened (or created) and recovered.

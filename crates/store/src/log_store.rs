@@ -20,6 +20,7 @@
 //! flight.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -187,11 +188,21 @@ enum Cmd {
     },
 }
 
+/// Counters of the committer, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Group commits that wrote something (one fsync each).
+    pub commits: AtomicU64,
+    /// Write commands answered.
+    pub commands: AtomicU64,
+}
+
 /// The store. Cheap to share behind an `Arc`.
 pub struct LogStore {
     tx: mpsc::Sender<Cmd>,
     shared: Arc<dyn ReadSide>,
     committer: Mutex<Option<JoinHandle<()>>>,
+    stats: Arc<StoreStats>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -210,7 +221,9 @@ impl LogStore {
             convs: Mutex::default(),
         });
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_COMMANDS_MAX);
+        let stats = Arc::new(StoreStats::default());
         let committer = Committer {
+            stats: stats.clone(),
             shared: shared.clone(),
             config,
             user_alloc: HashMap::new(),
@@ -226,7 +239,13 @@ impl LogStore {
             tx,
             shared,
             committer: Mutex::new(Some(handle)),
+            stats,
         }
+    }
+
+    /// The committer's counters.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
     }
 
     /// Commits everything queued so far, stops the committer and waits for
@@ -620,6 +639,7 @@ impl AfterCommit {
 }
 
 struct Committer<E> {
+    stats: Arc<StoreStats>,
     shared: Arc<Shared<E>>,
     config: StoreConfig,
     user_alloc: HashMap<UserId, Alloc>,
@@ -672,11 +692,15 @@ impl<E: Engine> Committer<E> {
         let result = if ops.is_empty() {
             Ok(())
         } else {
+            self.stats.commits.fetch_add(1, Ordering::Relaxed);
             self.shared
                 .engine
                 .apply(ops)
                 .and_then(|()| self.shared.engine.sync())
         };
+        self.stats
+            .commands
+            .fetch_add(after.replies.len() as u64, Ordering::Relaxed);
         match &result {
             Ok(()) => {
                 let mut logs = self.shared.logs.lock().expect("log marks lock poisoned");

@@ -76,6 +76,7 @@ contract!(
     trimmed_logs_answer_resync,
     reads_are_bounded_by_count_and_bytes,
     secrets_are_stable,
+    concurrent_writes_share_commits,
 );
 
 /// Creates accounts and checks uniqueness and both lookups.
@@ -539,4 +540,40 @@ async fn embedded_store_recovers_after_restart() {
     let d = store.create_user("dave", "h", 0).await.unwrap();
     assert!(d.id > c.id, "user ids are not reused");
     store.shutdown().await;
+}
+
+/// Issues 200 sends at once and checks they were answered by far fewer
+/// commits (fsyncs) than sends: group commit.
+async fn concurrent_writes_share_commits(make: fn(StoreConfig) -> Backend) {
+    use std::sync::atomic::Ordering;
+    let b = make(StoreConfig::default());
+    let a = b.store.create_user("alice", "h", 0).await.unwrap();
+    let c = b.store.create_user("carol", "h", 0).await.unwrap();
+    let before = b.store.stats().commits.load(Ordering::Relaxed);
+    let sends = (0..200).map(|i| {
+        b.store.append_message(msg(
+            (a.id, "alice"),
+            (c.id, "carol"),
+            &format!("g{i}"),
+            "x",
+            0,
+        ))
+    });
+    for r in futures_util::future::join_all(sends).await {
+        r.unwrap();
+    }
+    let commits = b.store.stats().commits.load(Ordering::Relaxed) - before;
+    assert!(
+        (1..=100).contains(&commits),
+        "200 sends took {commits} commits"
+    );
+    assert_eq!(
+        b.store
+            .read_log(c.id, 0, 1000, 1 << 24)
+            .await
+            .unwrap()
+            .events
+            .len(),
+        200
+    );
 }
