@@ -22,6 +22,27 @@ pub struct CoreConfig {
     pub conversations_list_max: u32,
     /// How many password hashes may be computed at once (they are CPU-heavy).
     pub password_hash_concurrency_max: usize,
+    /// Groups with more members than this are read-diffused.
+    pub group_large_threshold: u32,
+    /// The most members a group may have.
+    pub group_members_max: u32,
+    /// The most usernames one create or add request may name.
+    pub group_members_per_request_max: usize,
+    /// The most members one GroupChange event lists.
+    pub group_change_members_max: usize,
+    /// The most members one ListMembers page holds.
+    pub group_members_page_max: u32,
+    /// How long after sending the sender may recall a message.
+    pub recall_window_ms: i64,
+    /// How long after sending the sender may edit a message.
+    pub edit_window_ms: i64,
+    /// Shortest interval between two typing pushes of one user in one
+    /// conversation.
+    pub typing_throttle_ms: i64,
+    /// The most users one presence change is pushed to.
+    pub presence_fanout_max: usize,
+    /// The most usernames one GetPresence request may name.
+    pub presence_query_max: usize,
 }
 
 /// Hard ceiling on events per sync batch, whatever the config says.
@@ -40,6 +61,16 @@ impl Default for CoreConfig {
             history_page_max: 100,
             conversations_list_max: 500,
             password_hash_concurrency_max: 2,
+            group_large_threshold: 500,
+            group_members_max: 100_000,
+            group_members_per_request_max: 1000,
+            group_change_members_max: 1000,
+            group_members_page_max: 1000,
+            recall_window_ms: 24 * 3600 * 1000,
+            edit_window_ms: 15 * 60 * 1000,
+            typing_throttle_ms: 2000,
+            presence_fanout_max: 5000,
+            presence_query_max: 500,
         }
     }
 }

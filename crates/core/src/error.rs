@@ -54,9 +54,31 @@ pub enum CoreError {
     /// The sync key is older than the retained log.
     #[error("sync key is older than the retained log; reload and sync from an empty key")]
     ResyncRequired,
+    /// The caller may not do this (also the generic refusal when blocked).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The group has reached its maximum size.
+    #[error("the group is full ({0} members)")]
+    GroupFull(u32),
+    /// The recall or edit window has passed.
+    #[error("the {0} window of this message has passed")]
+    WindowExpired(&'static str),
+    /// No such message.
+    #[error("message not found")]
+    MessageNotFound,
     /// The storage layer failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for CoreError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            // A rule the store checked atomically with its write.
+            StoreError::Refused(inner) => *inner,
+            other => CoreError::Store(other),
+        }
+    }
 }
 
 impl CoreError {
@@ -77,7 +99,12 @@ impl CoreError {
             CoreError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
             CoreError::InvalidSyncKey(_) => ErrorCode::InvalidSyncKey,
             CoreError::ResyncRequired => ErrorCode::ResyncRequired,
+            CoreError::Forbidden(_) => ErrorCode::Forbidden,
+            CoreError::GroupFull(_) => ErrorCode::GroupFull,
+            CoreError::WindowExpired(_) => ErrorCode::WindowExpired,
+            CoreError::MessageNotFound => ErrorCode::MessageNotFound,
             CoreError::Store(StoreError::UsernameTaken) => ErrorCode::UsernameTaken,
+            CoreError::Store(StoreError::Refused(e)) => e.code(),
             CoreError::Store(StoreError::Unavailable(_)) => ErrorCode::ShuttingDown,
             CoreError::Store(StoreError::Overloaded) => ErrorCode::Busy,
             CoreError::Store(_) => ErrorCode::Internal,

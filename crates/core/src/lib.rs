@@ -12,6 +12,7 @@
 //! - [`sync_key`]: the opaque, authenticated sync keys.
 //! - [`accounts`]: username and password rules, password hashing, tokens.
 //! - [`conversation`]: conversation ids.
+//! - [`groups`]: who may do what in a group.
 //! - [`error`]: [`CoreError`] and its mapping to wire error codes.
 //! - [`config`]: the limits and settings the rules need.
 
@@ -20,6 +21,8 @@ pub mod clock;
 pub mod config;
 pub mod conversation;
 pub mod error;
+pub mod group_service;
+pub mod groups;
 pub mod notify;
 pub mod service;
 pub mod store;
@@ -30,6 +33,7 @@ pub use config::CoreConfig;
 pub use error::CoreError;
 pub use notify::{Notifier, NullNotifier, PushBatch};
 pub use service::{Service, Session, SyncOutcome};
+pub use sync_key::Position;
 pub use store::{Store, StoreError};
 
 /// A user's numeric id. Ids start at 1 and are never reused.

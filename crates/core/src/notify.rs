@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use pigeon_proto::v1::EventsPush;
+use pigeon_proto::v1::Event;
+use pigeon_proto::v1::frame::Body;
 
 use crate::UserId;
 
@@ -17,8 +18,8 @@ pub struct PushBatch {
     pub prev_seq: u64,
     /// The seq of the last event in the batch.
     pub last_seq: u64,
-    /// The push frame body, keys included.
-    pub push: EventsPush,
+    /// The events, in seq order.
+    pub events: Vec<Event>,
 }
 
 /// Receives committed events for delivery to online devices.
@@ -26,6 +27,17 @@ pub trait Notifier: Send + Sync + 'static {
     /// Called once per user per commit, after the events are durable. Must
     /// not block: implementations queue or drop.
     fn notify(&self, batch: Arc<PushBatch>);
+
+    /// Tells the online devices of `users` that there is something to sync
+    /// (events in a large group's shared log). Must not block.
+    fn notify_stream(&self, users: Arc<[UserId]>);
+
+    /// Pushes an ephemeral frame body (presence, typing) to the online
+    /// devices of `users`; nothing is stored. Must not block.
+    fn push_ephemeral(&self, users: &[UserId], body: Body);
+
+    /// Whether `user` has a device online on this server.
+    fn is_online(&self, user: UserId) -> bool;
 }
 
 /// A notifier that delivers nothing, for tests and tools.
@@ -34,4 +46,9 @@ pub struct NullNotifier;
 
 impl Notifier for NullNotifier {
     fn notify(&self, _batch: Arc<PushBatch>) {}
+    fn notify_stream(&self, _users: Arc<[UserId]>) {}
+    fn push_ephemeral(&self, _users: &[UserId], _body: Body) {}
+    fn is_online(&self, _user: UserId) -> bool {
+        false
+    }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use pigeon_proto::limits::{CLIENT_MSG_ID_BYTES_MAX, DEVICE_NAME_BYTES_MAX, SYNC_KEY_BYTES_MAX};
 use pigeon_proto::v1::{
-    ConversationSummary, EventsPush, HistoryResponse, LoginResponse, MarkReadResponse,
-    RegisterResponse, SendRequest, SendResponse, SyncResponse, Target, target,
+    Content, ConversationSummary, Event, HistoryResponse, LoginResponse, MarkReadResponse,
+    RegisterResponse, SendRequest, SendResponse, SyncResponse, Target, event, target,
 };
 use tokio::sync::Semaphore;
 
@@ -16,10 +16,12 @@ use crate::config::{CoreConfig, HISTORY_PAGE_CEILING, SYNC_BATCH_EVENTS_CEILING}
 use crate::conversation::ConversationId;
 use crate::error::CoreError;
 use crate::notify::{Notifier, PushBatch};
+use crate::groups::{self, GroupAction};
 use crate::store::{
-    AppendMessage, Appended, LogReadError, NewSession, Store, UserRecord, content_bytes,
+    AppendMessage, Appended, Delivered, GroupRecord, HistoryQuery, LogReadError, MemberRecord,
+    NewSession, ReadMark, Store, UserRecord, content_bytes,
 };
-use crate::sync_key::SyncKeys;
+use crate::sync_key::{Position, SyncKeys};
 use crate::{Clock, DeviceId, UserId};
 
 /// An authenticated device on a connection.
@@ -42,16 +44,16 @@ pub struct Session {
 pub struct SyncOutcome {
     /// The frame body to send.
     pub response: SyncResponse,
-    /// The seq the returned key points after.
-    pub cursor: u64,
+    /// The position the returned key holds.
+    pub cursor: Position,
 }
 
 /// The domain service.
 pub struct Service {
-    store: Arc<dyn Store>,
-    notifier: Arc<dyn Notifier>,
-    clock: Arc<dyn Clock>,
-    config: CoreConfig,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) notifier: Arc<dyn Notifier>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: CoreConfig,
     keys: SyncKeys,
     hashing: Semaphore,
     /// Verified against when a login names an unknown user, so that the
@@ -250,34 +252,27 @@ impl Service {
     }
 
     /// Stores a message durably (idempotently) and notifies online devices.
-    pub async fn send(
-        &self,
-        session: &Session,
-        req: SendRequest,
-    ) -> Result<SendResponse, CoreError> {
+    pub async fn send(&self, session: &Session, req: SendRequest) -> Result<SendResponse, CoreError> {
         if req.client_msg_id.is_empty() || req.client_msg_id.len() > CLIENT_MSG_ID_BYTES_MAX {
             return Err(CoreError::InvalidArgument(format!(
                 "client_msg_id must be 1 to {CLIENT_MSG_ID_BYTES_MAX} bytes"
             )));
         }
         let content = req.content.unwrap_or_default();
-        if content.text.is_empty() && content.payload.is_empty() {
-            return Err(CoreError::InvalidArgument(
-                "content has neither text nor payload".into(),
-            ));
-        }
-        let len = content_bytes(&content);
-        if len > self.config.message_bytes_max {
-            return Err(CoreError::MessageTooLarge {
-                len,
-                max: self.config.message_bytes_max,
-            });
-        }
-        let (conv, peer) = self.resolve_target(session, req.target.as_ref()).await?;
-        let mut participants = vec![(session.user_id, session.username.clone())];
-        if peer.id != session.user_id {
-            participants.push((peer.id, peer.username));
-        }
+        self.check_content(&content)?;
+        let (conversation_id, group_id, participants) = match self.resolve_target(session, req.target.as_ref()).await? {
+            Resolved::Direct(conv, peer) => {
+                if peer.id != session.user_id && self.store.is_blocked(peer.id, session.user_id).await? {
+                    return Err(blocked_refusal());
+                }
+                let mut participants = vec![(session.user_id, session.username.clone())];
+                if peer.id != session.user_id {
+                    participants.push((peer.id, peer.username));
+                }
+                (conv.to_string(), 0, participants)
+            }
+            Resolved::Group(group) => (groups::conversation_id(group.id), group.id, Vec::new()),
+        };
         let outcome = self
             .store
             .append_message(AppendMessage {
@@ -285,13 +280,14 @@ impl Service {
                 sender_username: session.username.clone(),
                 sender_device_id: session.device_id,
                 client_msg_id: req.client_msg_id,
-                conversation_id: conv.to_string(),
+                conversation_id,
+                group_id,
                 participants,
                 content,
                 now_ms: self.clock.now_ms(),
             })
             .await?;
-        self.publish(outcome.appended);
+        self.publish(outcome.appended, outcome.stream_notice);
         Ok(SendResponse {
             conversation_id: outcome.conversation_id,
             conv_seq: outcome.conv_seq,
@@ -300,59 +296,68 @@ impl Service {
         })
     }
 
-    /// The events after the device's key.
-    pub async fn sync(
-        &self,
-        session: &Session,
-        key: &[u8],
-        limit: u32,
-    ) -> Result<SyncOutcome, CoreError> {
+    pub(crate) fn check_content(&self, content: &Content) -> Result<(), CoreError> {
+        if content.text.is_empty() && content.payload.is_empty() {
+            return Err(CoreError::InvalidArgument("content has neither text nor payload".into()));
+        }
+        let len = content_bytes(content);
+        if len > self.config.message_bytes_max {
+            return Err(CoreError::MessageTooLarge { len, max: self.config.message_bytes_max });
+        }
+        Ok(())
+    }
+
+    /// The events after the device's key: first the user's own log, then,
+    /// once that is drained, the shared logs of the user's large groups.
+    /// Draining the own log first keeps each conversation in order when a
+    /// group crosses the fan-out threshold (its earlier messages are in the
+    /// own log, its later ones in the shared log).
+    pub async fn sync(&self, session: &Session, key: &[u8], limit: u32) -> Result<SyncOutcome, CoreError> {
         if key.len() > SYNC_KEY_BYTES_MAX {
             return Err(CoreError::InvalidSyncKey("key is too long"));
         }
         let after = self.keys.decode(session.user_id, key)?;
-        let max = self
-            .config
-            .sync_batch_events_max
-            .min(SYNC_BATCH_EVENTS_CEILING);
-        let limit = if limit == 0 { max } else { limit.min(max) };
+        let max = self.config.sync_batch_events_max.min(SYNC_BATCH_EVENTS_CEILING);
+        let limit = if limit == 0 { max } else { limit.min(max) } as usize;
+        let bytes_max = self.config.sync_batch_bytes_max;
         let read = self
             .store
-            .read_log(
-                session.user_id,
-                after,
-                limit as usize,
-                self.config.sync_batch_bytes_max,
-            )
+            .read_log(session.user_id, after.seq, limit, bytes_max)
             .await
             .map_err(|e| match e {
                 LogReadError::Trimmed { .. } => CoreError::ResyncRequired,
-                LogReadError::Store(s) => CoreError::Store(s),
+                LogReadError::Store(s) => s.into(),
             })?;
-        let cursor = read.events.last().map_or(after, |e| e.seq);
-        let key = if cursor == after {
-            key.to_vec()
-        } else {
-            self.keys.encode(session.user_id, cursor)
-        };
+        let mut cursor = Position { seq: read.events.last().map_or(after.seq, |e| e.seq), stream: after.stream };
+        let mut events = read.events;
+        let mut has_more = read.has_more;
+        if !has_more && events.len() < limit {
+            let used: usize = events.iter().map(prost::Message::encoded_len).sum();
+            let streams = self
+                .store
+                .read_streams(session.user_id, after.stream, limit - events.len(), bytes_max.saturating_sub(used))
+                .await?;
+            cursor.stream = streams.position.max(after.stream);
+            has_more = streams.has_more;
+            events.extend(streams.events);
+        }
+        let delivered = delivered_marks(session.user_id, &events);
+        if !delivered.is_empty() {
+            self.record_delivered(session.user_id, &session.username, delivered);
+        }
         Ok(SyncOutcome {
-            response: SyncResponse {
-                events: read.events,
-                key,
-                has_more: read.has_more,
-            },
+            response: SyncResponse { events, key: self.keys.encode(session.user_id, cursor), has_more },
             cursor,
         })
     }
 
-    /// The sync key for the newest committed event of the session's user,
-    /// and that seq. A fresh device can start from it to skip old events.
-    pub async fn head_key(&self, session: &Session) -> Result<(Vec<u8>, u64), CoreError> {
-        let head = self.store.log_head(session.user_id).await?;
-        Ok((self.key_for(session.user_id, head), head))
+    /// The key of a position (for pushes).
+    pub fn key_for(&self, user: UserId, pos: Position) -> Vec<u8> {
+        self.keys.encode(user, pos)
     }
 
-    /// One page of a conversation's history, newest first.
+    /// One page of a conversation's history, newest first. Group members see
+    /// the messages from their joining to their leaving.
     pub async fn history(
         &self,
         session: &Session,
@@ -360,38 +365,40 @@ impl Service {
         before: u64,
         limit: u32,
     ) -> Result<HistoryResponse, CoreError> {
-        let (conv, _) = self.resolve_target(session, target).await?;
+        let (conversation_id, lower, upper) = match self.resolve_target(session, target).await? {
+            Resolved::Direct(conv, _) => (conv.to_string(), 0, 0),
+            Resolved::Group(group) => {
+                let m = self.membership(&group, session.user_id, GroupAction::Read).await?;
+                (groups::conversation_id(group.id), m.joined_after_conv, m.left_conv)
+            }
+        };
         let max = self.config.history_page_max.min(HISTORY_PAGE_CEILING);
         let limit = if limit == 0 { max } else { limit.min(max) };
-        let conversation_id = conv.to_string();
+        // A former member sees nothing after they left.
+        let before = match (before, upper) {
+            (b, 0) => b,
+            (0, u) => u + 1,
+            (b, u) => b.min(u + 1),
+        };
         let (messages, has_more) = self
             .store
-            .history(
-                &conversation_id,
+            .history(HistoryQuery {
+                conversation_id: conversation_id.clone(),
+                lower,
                 before,
-                limit as usize,
-                self.config.sync_batch_bytes_max,
-            )
+                limit: limit as usize,
+                bytes_max: self.config.sync_batch_bytes_max,
+                viewer: session.user_id,
+            })
             .await?;
-        Ok(HistoryResponse {
-            conversation_id,
-            messages,
-            has_more,
-        })
+        Ok(HistoryResponse { conversation_id, messages, has_more })
     }
 
     /// The user's conversations, most recently active first.
-    pub async fn list_conversations(
-        &self,
-        session: &Session,
-        limit: u32,
-    ) -> Result<Vec<ConversationSummary>, CoreError> {
+    pub async fn list_conversations(&self, session: &Session, limit: u32) -> Result<Vec<ConversationSummary>, CoreError> {
         let max = self.config.conversations_list_max;
         let limit = if limit == 0 { max } else { limit.min(max) };
-        let mut list = self
-            .store
-            .list_conversations(session.user_id, limit as usize)
-            .await?;
+        let mut list = self.store.list_conversations(session.user_id, limit as usize).await?;
         // Keep the answer well inside one frame: the most recent first.
         let mut bytes = 0;
         let keep = list
@@ -405,71 +412,101 @@ impl Service {
         Ok(list)
     }
 
-    /// Moves the read position of a conversation and tells the user's devices.
+    /// Moves the read position of a conversation, tells the user's devices,
+    /// and sends read receipts.
     pub async fn mark_read(
         &self,
         session: &Session,
         conversation_id: &str,
         read_up_to: u64,
     ) -> Result<MarkReadResponse, CoreError> {
-        let conv = ConversationId::parse(conversation_id)
-            .filter(|c| c.includes(session.user_id))
-            .ok_or_else(|| CoreError::ConversationNotFound(conversation_id.to_string()))?;
-        let canonical = conv.to_string();
-        if self
-            .store
-            .conversation(session.user_id, &canonical)
-            .await?
-            .is_none()
-        {
+        let canonical = self.conversation_of(session, conversation_id).await?;
+        if self.store.conversation(session.user_id, &canonical).await?.is_none() {
             return Err(CoreError::ConversationNotFound(conversation_id.to_string()));
         }
         let outcome = self
             .store
-            .mark_read(session.user_id, &canonical, read_up_to, self.clock.now_ms())
+            .mark_read(ReadMark {
+                user: session.user_id,
+                username: session.username.clone(),
+                conversation_id: canonical,
+                up_to: read_up_to,
+                now_ms: self.clock.now_ms(),
+            })
             .await?;
-        self.publish(outcome.appended.into_iter().collect());
-        Ok(MarkReadResponse {
-            read_up_to: outcome.read_up_to,
-            unread_count: outcome.unread_count,
-        })
+        self.publish(outcome.appended, None);
+        Ok(MarkReadResponse { read_up_to: outcome.read_up_to, unread_count: outcome.unread_count })
     }
 
-    /// The key a device holds after `seq` (the empty key for 0).
-    fn key_for(&self, user: UserId, seq: u64) -> Vec<u8> {
-        if seq == 0 {
-            Vec::new()
-        } else {
-            self.keys.encode(user, seq)
+    /// The canonical id of a conversation the caller is (or was) in.
+    pub(crate) async fn conversation_of(&self, session: &Session, conversation_id: &str) -> Result<String, CoreError> {
+        let not_found = || CoreError::ConversationNotFound(conversation_id.to_string());
+        if let Some(id) = groups::parse_group_id(conversation_id) {
+            let group = self.store.group(id).await?.ok_or_else(not_found)?;
+            self.membership(&group, session.user_id, GroupAction::Read).await?;
+            return Ok(groups::conversation_id(id));
+        }
+        let conv = ConversationId::parse(conversation_id)
+            .filter(|c| c.includes(session.user_id))
+            .ok_or_else(not_found)?;
+        Ok(conv.to_string())
+    }
+
+    /// The caller's membership of a group, if they may do `action` there.
+    /// Former members may still read what they saw.
+    pub(crate) async fn membership(&self, group: &GroupRecord, user: UserId, action: GroupAction) -> Result<MemberRecord, CoreError> {
+        let member = self.store.member(group.id, user).await?;
+        match member {
+            Some(m) if action == GroupAction::Read => Ok(m),
+            Some(m) => {
+                groups::check(m.role(), action, &group.settings(), group.dissolved)?;
+                Ok(m)
+            }
+            None => Err(CoreError::Forbidden("you are not a member of this group".into())),
         }
     }
 
-    fn publish(&self, appended: Vec<Appended>) {
+    /// Hands committed events to the notifier.
+    pub(crate) fn publish(&self, appended: Vec<Appended>, stream_notice: Option<Arc<[UserId]>>) {
+        publish(&*self.notifier, appended, stream_notice);
+    }
+
+    /// Records deliveries in the background: the sync answer does not wait.
+    fn record_delivered(&self, user: UserId, username: &str, marks: Vec<Delivered>) {
+        let (store, notifier, now) = (self.store.clone(), self.notifier.clone(), self.clock.now_ms());
+        let username = username.to_string();
+        tokio::spawn(async move {
+            match store.record_delivered(user, &username, marks, now).await {
+                Ok(appended) => publish(&*notifier, appended, None),
+                Err(e) => tracing::warn!(error = %e, "recording delivery receipts failed"),
+            }
+        });
+    }
+}
+
+/// Hands committed events to a notifier.
+fn publish(notifier: &dyn Notifier, appended: Vec<Appended>, stream_notice: Option<Arc<[UserId]>>) {
+    {
         for a in appended {
-            let Some(last) = a.events.last() else {
-                continue;
-            };
+            let Some(last) = a.events.last() else { continue };
             let last_seq = last.seq;
-            let push = EventsPush {
-                prev_key: self.key_for(a.user_id, a.prev_seq),
-                key: self.key_for(a.user_id, last_seq),
-                events: a.events,
-            };
-            self.notifier.notify(Arc::new(PushBatch {
+            notifier.notify(Arc::new(PushBatch {
                 user_id: a.user_id,
                 prev_seq: a.prev_seq,
                 last_seq,
-                push,
+                events: a.events,
             }));
         }
+        if let Some(users) = stream_notice {
+            notifier.notify_stream(users);
+        }
     }
+}
 
-    /// The conversation a target names, with the other participant.
-    async fn resolve_target(
-        &self,
-        session: &Session,
-        target: Option<&Target>,
-    ) -> Result<(ConversationId, UserRecord), CoreError> {
+impl Service {
+
+    /// The conversation a target names.
+    pub(crate) async fn resolve_target(&self, session: &Session, target: Option<&Target>) -> Result<Resolved, CoreError> {
         match target.and_then(|t| t.to.as_ref()) {
             None => Err(CoreError::InvalidArgument("target is missing".into())),
             Some(target::To::Username(name)) => {
@@ -478,10 +515,14 @@ impl Service {
                     .user_by_name(name)
                     .await?
                     .ok_or_else(|| CoreError::UserNotFound(name.clone()))?;
-                Ok((ConversationId::direct(session.user_id, peer.id), peer))
+                Ok(Resolved::Direct(ConversationId::direct(session.user_id, peer.id), peer))
             }
             Some(target::To::ConversationId(id)) => {
                 let not_found = || CoreError::ConversationNotFound(id.clone());
+                if let Some(gid) = groups::parse_group_id(id) {
+                    let group = self.store.group(gid).await?.ok_or_else(not_found)?;
+                    return Ok(Resolved::Group(group));
+                }
                 let conv = ConversationId::parse(id)
                     .filter(|c| c.includes(session.user_id))
                     .ok_or_else(not_found)?;
@@ -490,17 +531,56 @@ impl Service {
                     .user_by_id(conv.peer_of(session.user_id))
                     .await?
                     .ok_or_else(not_found)?;
-                Ok((conv, peer))
+                Ok(Resolved::Direct(conv, peer))
             }
         }
     }
 }
 
+/// What a target resolved to.
+pub(crate) enum Resolved {
+    /// A direct conversation and the other participant.
+    Direct(ConversationId, UserRecord),
+    /// A group (membership not yet checked).
+    Group(GroupRecord),
+}
+
+/// The refusal a blocked sender gets: it does not say they are blocked.
+pub(crate) fn blocked_refusal() -> CoreError {
+    CoreError::Forbidden("you cannot message this user".into())
+}
+
+/// Per (conversation, sender) the highest conv_seq of others' messages in
+/// a sync batch: what the syncing user now has delivered.
+fn delivered_marks(me: UserId, events: &[Event]) -> Vec<Delivered> {
+    let mut marks: Vec<Delivered> = Vec::new();
+    for e in events {
+        let Some(event::Kind::Message(m)) = &e.kind else { continue };
+        if m.sender_id == me {
+            continue;
+        }
+        match marks.iter_mut().find(|d| d.conversation_id == m.conversation_id) {
+            Some(d) => {
+                d.up_to = d.up_to.max(m.conv_seq);
+                if !d.senders.contains(&m.sender_id) {
+                    d.senders.push(m.sender_id);
+                }
+                d.conv_seqs.push(m.conv_seq);
+            }
+            None => marks.push(Delivered {
+                conversation_id: m.conversation_id.clone(),
+                up_to: m.conv_seq,
+                senders: vec![m.sender_id],
+                conv_seqs: vec![m.conv_seq],
+            }),
+        }
+    }
+    marks
+}
+
 /// Runs CPU-heavy work on tokio's blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, CoreError> + Send + 'static,
-) -> Result<T, CoreError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        CoreError::Store(crate::StoreError::Io(format!("blocking task failed: {e}")))
-    })?
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, CoreError> + Send + 'static) -> Result<T, CoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CoreError::Store(crate::StoreError::Io(format!("blocking task failed: {e}"))))?
 }

@@ -4,7 +4,11 @@
 //! events become readable strictly in seq order.
 
 use async_trait::async_trait;
-use pigeon_proto::v1::{Content, ConversationSummary, Event, Message};
+use std::sync::Arc;
+
+use pigeon_proto::v1::{
+    Content, ConversationSummary, Event, GroupInfo, GroupRole, GroupSettings, Member, Message,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{DeviceId, UserId};
@@ -30,6 +34,9 @@ pub enum StoreError {
     /// Stored bytes could not be decoded (a bug or corruption).
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A domain rule checked inside the write refused it.
+    #[error("{0}")]
+    Refused(Box<crate::CoreError>),
 }
 
 /// An account.
@@ -92,8 +99,11 @@ pub struct AppendMessage {
     pub client_msg_id: String,
     /// The conversation.
     pub conversation_id: String,
-    /// Everyone whose sync log gets the message (sender included), with
-    /// their usernames, in no particular order.
+    /// For a group conversation, the group (0: direct). The store checks
+    /// membership and the post policy atomically with the write.
+    pub group_id: u64,
+    /// For a direct conversation: everyone whose sync log gets the message
+    /// (sender included), with their usernames. Ignored for groups.
     pub participants: Vec<(UserId, String)>,
     /// What the message carries.
     pub content: Content,
@@ -125,6 +135,9 @@ pub struct AppendOutcome {
     pub duplicate: bool,
     /// The new log events, per user (empty for a duplicate).
     pub appended: Vec<Appended>,
+    /// For a large group: its members, to be told to sync (read diffusion:
+    /// nothing was written to their logs).
+    pub stream_notice: Option<Arc<[UserId]>>,
 }
 
 /// The result of [`Store::read_log`].
@@ -136,6 +149,34 @@ pub struct LogRead {
     pub has_more: bool,
 }
 
+/// A read position to record.
+#[derive(Debug, Clone)]
+pub struct ReadMark {
+    /// The reader.
+    pub user: UserId,
+    /// The reader's name (for receipts).
+    pub username: String,
+    /// The conversation (canonical id).
+    pub conversation_id: String,
+    /// Read up to and including this conv_seq.
+    pub up_to: u64,
+    /// Now, Unix ms.
+    pub now_ms: i64,
+}
+
+/// Messages a device received, per conversation.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The highest conv_seq received.
+    pub up_to: u64,
+    /// Who sent the received messages.
+    pub senders: Vec<UserId>,
+    /// The received messages (for large-group counts).
+    pub conv_seqs: Vec<u64>,
+}
+
 /// The result of [`Store::mark_read`].
 #[derive(Debug, Clone)]
 pub struct MarkReadOutcome {
@@ -143,8 +184,8 @@ pub struct MarkReadOutcome {
     pub read_up_to: u64,
     /// Unread messages after the call.
     pub unread_count: u64,
-    /// The ReadMarker event, if the position moved.
-    pub appended: Option<Appended>,
+    /// The ReadMarker event and receipts, if the position moved.
+    pub appended: Vec<Appended>,
 }
 
 /// Durable state behind the domain. Every write is durable before its
@@ -185,17 +226,24 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<LogRead, LogReadError>;
     /// The seq of the newest committed event of `user` (0: none).
     async fn log_head(&self, user: UserId) -> Result<u64, StoreError>;
-    /// Committed messages of a conversation with conv_seq < `before`
-    /// (0: from the newest), newest first, at most `limit` and about
-    /// `bytes_max` encoded bytes (always at least one if any); and whether
-    /// older ones exist.
-    async fn history(
-        &self,
-        conversation_id: &str,
-        before: u64,
-        limit: usize,
-        bytes_max: usize,
-    ) -> Result<(Vec<Message>, bool), StoreError>;
+    /// Committed messages of a conversation with `lower < conv_seq < before`
+    /// (`before` 0: from the newest), newest first, without those `viewer`
+    /// deleted for themselves, at most `limit` and about `bytes_max` encoded
+    /// bytes (always at least one if any); and whether older ones exist.
+    async fn history(&self, query: HistoryQuery) -> Result<(Vec<Message>, bool), StoreError>;
+    /// Applies a group change (or creates a group), checking the rules in
+    /// [`crate::groups`] atomically with the write.
+    async fn group_op(&self, op: GroupOp) -> Result<GroupOutcome, StoreError>;
+    /// A group's record.
+    async fn group(&self, group_id: u64) -> Result<Option<GroupRecord>, StoreError>;
+    /// A user's membership record in a group (also for former members).
+    async fn member(&self, group_id: u64, user: UserId) -> Result<Option<MemberRecord>, StoreError>;
+    /// Current members with user id > `after`, in id order, at most `limit`;
+    /// and whether more follow.
+    async fn list_members(&self, group_id: u64, after: UserId, limit: usize) -> Result<(Vec<MemberRecord>, bool), StoreError>;
+    /// Committed events of the user's large groups after the global stream
+    /// position `after`, within each membership's window, in stream order.
+    async fn read_streams(&self, user: UserId, after: u64, limit: usize, bytes_max: usize) -> Result<StreamRead, StoreError>;
     /// The user's conversations, most recently active first.
     async fn list_conversations(
         &self,
@@ -209,14 +257,16 @@ pub trait Store: Send + Sync + 'static {
         conversation_id: &str,
     ) -> Result<Option<ConversationSummary>, StoreError>;
     /// Moves the user's read position (never backwards, never past the last
-    /// message) and appends a ReadMarker event to their log if it moved.
-    async fn mark_read(
-        &self,
-        user: UserId,
-        conversation_id: &str,
-        read_up_to: u64,
-        now_ms: i64,
-    ) -> Result<MarkReadOutcome, StoreError>;
+    /// message), appends a ReadMarker event to their log if it moved, and
+    /// read receipts for the senders of the newly read messages (direct and
+    /// small groups) or aggregated counts (large groups).
+    async fn mark_read(&self, mark: ReadMark) -> Result<MarkReadOutcome, StoreError>;
+    /// Records that `user`'s device received messages (at sync): raises the
+    /// delivered position per conversation and appends receipts for the
+    /// senders, or aggregated counts in large groups.
+    async fn record_delivered(&self, user: UserId, username: &str, marks: Vec<Delivered>, now_ms: i64) -> Result<Vec<Appended>, StoreError>;
+    /// Whether `blocker` has blocked `blocked`.
+    async fn is_blocked(&self, blocker: UserId, blocked: UserId) -> Result<bool, StoreError>;
     /// A random secret of 32 bytes stored under `name`, created on first use.
     async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError>;
 }
@@ -253,5 +303,207 @@ pub fn empty_summary(
         last_message: None,
         unread_count: 0,
         read_up_to: 0,
+        ..Default::default()
     }
+}
+
+/// What [`Store::history`] returns.
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    /// The conversation.
+    pub conversation_id: String,
+    /// Only messages with conv_seq greater than this.
+    pub lower: u64,
+    /// Only messages with conv_seq less than this (0: no bound).
+    pub before: u64,
+    /// At most this many.
+    pub limit: usize,
+    /// About this many encoded bytes.
+    pub bytes_max: usize,
+    /// Whose deleted-for-me messages to leave out.
+    pub viewer: UserId,
+}
+
+/// The result of [`Store::read_streams`].
+#[derive(Debug, Clone, Default)]
+pub struct StreamRead {
+    /// Events in stream order; each has `seq` 0 and `group_seq` set.
+    pub events: Vec<Event>,
+    /// The stream position the device is at after these events.
+    pub position: u64,
+    /// More events are ready.
+    pub has_more: bool,
+}
+
+/// A group as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// The group id (conversation `g:<id>`).
+    pub id: u64,
+    /// Display name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// `PostPolicy` as its wire number.
+    pub post_policy: i32,
+    /// `AddPolicy` as its wire number.
+    pub add_policy: i32,
+    /// Maximum members (already clamped to the server's maximum).
+    pub max_members: u32,
+    /// The owner.
+    pub owner_id: UserId,
+    /// The owner's username.
+    pub owner_username: String,
+    /// Current members.
+    pub member_count: u32,
+    /// Read-diffused: messages are stored once and read at sync.
+    pub large: bool,
+    /// Creation time, Unix ms.
+    pub created_at_ms: i64,
+    /// Dissolved by its owner.
+    pub dissolved: bool,
+}
+
+impl GroupRecord {
+    /// The group's settings.
+    pub fn settings(&self) -> GroupSettings {
+        GroupSettings { post_policy: self.post_policy, add_policy: self.add_policy, max_members: self.max_members }
+    }
+
+    /// The wire form.
+    pub fn info(&self) -> GroupInfo {
+        GroupInfo {
+            conversation_id: crate::groups::conversation_id(self.id),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            settings: Some(self.settings()),
+            owner_id: self.owner_id,
+            owner_username: self.owner_username.clone(),
+            member_count: self.member_count,
+            large: self.large,
+            created_at_ms: self.created_at_ms,
+            dissolved: self.dissolved,
+        }
+    }
+}
+
+/// A user's membership of a group, kept after they leave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// The user.
+    pub user_id: UserId,
+    /// The user's name.
+    pub username: String,
+    /// `GroupRole` as its wire number; NONE once they left or were removed.
+    pub role: i32,
+    /// When they joined, Unix ms.
+    pub joined_at_ms: i64,
+    /// They see messages with conv_seq above this.
+    pub joined_after_conv: u64,
+    /// They see messages with conv_seq up to this once gone (0: still in).
+    pub left_conv: u64,
+    /// They see shared-stream events after this position.
+    pub joined_after_stream: u64,
+    /// They see shared-stream events up to this once gone (0: still in).
+    pub left_stream: u64,
+}
+
+impl MemberRecord {
+    /// The member's role.
+    pub fn role(&self) -> GroupRole {
+        GroupRole::try_from(self.role).unwrap_or(GroupRole::None)
+    }
+
+    /// The wire form.
+    pub fn member(&self) -> Member {
+        Member { user_id: self.user_id, username: self.username.clone(), role: self.role, joined_at_ms: self.joined_at_ms }
+    }
+}
+
+/// Group limits the store applies.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupLimits {
+    /// Groups above this many members are read-diffused.
+    pub large_threshold: u32,
+    /// The most members a group may have.
+    pub members_max: u32,
+    /// The most members one GroupChange event lists (larger changes are
+    /// split into several events).
+    pub change_members_max: usize,
+}
+
+/// A group change to apply.
+#[derive(Debug, Clone)]
+pub enum GroupChangeRequest {
+    /// Create a group owned by the actor.
+    Create {
+        /// Display name.
+        name: String,
+        /// Free text.
+        description: String,
+        /// Settings (max_members 0: the server maximum).
+        settings: GroupSettings,
+        /// Initial members besides the owner.
+        members: Vec<(UserId, String)>,
+    },
+    /// Add users.
+    AddMembers(Vec<(UserId, String)>),
+    /// Remove users.
+    RemoveMembers(Vec<UserId>),
+    /// The actor leaves.
+    Leave,
+    /// Change what is `Some`.
+    Update {
+        /// New name.
+        name: Option<String>,
+        /// New description.
+        description: Option<String>,
+        /// New settings.
+        settings: Option<GroupSettings>,
+    },
+    /// Change a member's role.
+    SetRole {
+        /// The member.
+        user: UserId,
+        /// Admin or member.
+        role: GroupRole,
+    },
+    /// Hand the group to a member.
+    Transfer {
+        /// The new owner.
+        user: UserId,
+    },
+    /// End the group.
+    Dissolve,
+}
+
+/// A group operation.
+#[derive(Debug, Clone)]
+pub struct GroupOp {
+    /// Who does it.
+    pub actor: UserId,
+    /// Their username.
+    pub actor_username: String,
+    /// The group (ignored for Create).
+    pub group_id: u64,
+    /// What to do.
+    pub change: GroupChangeRequest,
+    /// Now, Unix ms.
+    pub now_ms: i64,
+    /// Size limits.
+    pub limits: GroupLimits,
+}
+
+/// The result of [`Store::group_op`].
+#[derive(Debug, Clone)]
+pub struct GroupOutcome {
+    /// The group after the change.
+    pub group: GroupInfo,
+    /// The members the change was about (added, removed, new role, ...).
+    pub affected: Vec<Member>,
+    /// Events appended to users' logs (small groups).
+    pub appended: Vec<Appended>,
+    /// Users to tell to sync (large groups: the events are in the shared
+    /// stream).
+    pub stream_notice: Option<Arc<[UserId]>>,
 }

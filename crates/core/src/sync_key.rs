@@ -1,7 +1,10 @@
 //! Sync keys: opaque to clients, authenticated by the server.
 //!
-//! Version 1 layout (25 bytes): `[1][user_id: u64 BE][seq: u64 BE][mac: 8]`
-//! where `mac` is the first 8 bytes of HMAC-SHA256(secret, first 17 bytes).
+//! Version 2 layout (33 bytes): `[2][user_id: u64 BE][seq: u64 BE][stream:
+//! u64 BE][mac: 8]`: the position in the user's own log, the position in the
+//! shared logs of large groups, and the first 8 bytes of
+//! HMAC-SHA256(secret, the bytes before it). Version 1 keys (25 bytes, no
+//! stream position) are still accepted and read as stream position 0.
 //! The MAC lets the server refuse forged or foreign keys with
 //! `INVALID_SYNC_KEY` instead of serving another position. The version byte
 //! lets later versions add fields (large-group cursors, a log epoch) without
@@ -14,8 +17,20 @@ use crate::UserId;
 use crate::error::CoreError;
 
 const KEY_VERSION_1: u8 = 1;
+const KEY_VERSION_2: u8 = 2;
 const KEY_V1_BYTES: usize = 1 + 8 + 8 + MAC_BYTES;
+const KEY_V2_BYTES: usize = 1 + 8 + 8 + 8 + MAC_BYTES;
 const MAC_BYTES: usize = 8;
+
+/// Where a device is: after `seq` in its user's log and after `stream` in
+/// the shared logs of the user's large groups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    /// The user's own log.
+    pub seq: u64,
+    /// The shared logs of large groups.
+    pub stream: u64,
+}
 
 /// Issues and checks sync keys with a server secret.
 #[derive(Clone)]
@@ -45,44 +60,47 @@ impl SyncKeys {
         out
     }
 
-    /// The key for `user` positioned after `seq`.
-    pub fn encode(&self, user: UserId, seq: u64) -> Vec<u8> {
-        let mut k = Vec::with_capacity(KEY_V1_BYTES);
-        k.push(KEY_VERSION_1);
+    /// The key for `user` at `pos` (the empty key for the start).
+    pub fn encode(&self, user: UserId, pos: Position) -> Vec<u8> {
+        if pos == Position::default() {
+            return Vec::new();
+        }
+        let mut k = Vec::with_capacity(KEY_V2_BYTES);
+        k.push(KEY_VERSION_2);
         k.extend_from_slice(&user.to_be_bytes());
-        k.extend_from_slice(&seq.to_be_bytes());
+        k.extend_from_slice(&pos.seq.to_be_bytes());
+        k.extend_from_slice(&pos.stream.to_be_bytes());
         let mac = self.mac(&k);
         k.extend_from_slice(&mac);
         k
     }
 
-    /// The seq a key from `user` points after. An empty key means 0 (the
-    /// start of the log).
-    pub fn decode(&self, user: UserId, key: &[u8]) -> Result<u64, CoreError> {
+    /// The position a key from `user` holds. An empty key is the start.
+    pub fn decode(&self, user: UserId, key: &[u8]) -> Result<Position, CoreError> {
         if key.is_empty() {
-            return Ok(0);
+            return Ok(Position::default());
         }
-        if key[0] != KEY_VERSION_1 {
-            return Err(CoreError::InvalidSyncKey("unknown key version"));
-        }
-        if key.len() != KEY_V1_BYTES {
+        let len = match key[0] {
+            KEY_VERSION_1 => KEY_V1_BYTES,
+            KEY_VERSION_2 => KEY_V2_BYTES,
+            _ => return Err(CoreError::InvalidSyncKey("unknown key version")),
+        };
+        if key.len() != len {
             return Err(CoreError::InvalidSyncKey("wrong key length"));
         }
-        let (body, mac) = key.split_at(1 + 8 + 8);
+        let (body, mac) = key.split_at(len - MAC_BYTES);
         // Compare MACs in constant time through the hmac crate.
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret)
-            .expect("HMAC takes any key length");
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret).expect("HMAC takes any key length");
         m.update(body);
         if m.verify_truncated_left(mac).is_err() {
-            return Err(CoreError::InvalidSyncKey(
-                "key was not issued by this server",
-            ));
+            return Err(CoreError::InvalidSyncKey("key was not issued by this server"));
         }
-        let key_user = u64::from_be_bytes(body[1..9].try_into().expect("8 bytes"));
-        if key_user != user {
+        let word = |i: usize| u64::from_be_bytes(body[1 + 8 * i..9 + 8 * i].try_into().expect("8 bytes"));
+        if word(0) != user {
             return Err(CoreError::InvalidSyncKey("key belongs to another user"));
         }
-        Ok(u64::from_be_bytes(body[9..17].try_into().expect("8 bytes")))
+        let stream = if key[0] == KEY_VERSION_2 { word(2) } else { 0 };
+        Ok(Position { seq: word(1), stream })
     }
 }
 
@@ -94,22 +112,30 @@ mod tests {
     #[test]
     fn keys_roundtrip_and_forgeries_are_refused() {
         let keys = SyncKeys::new([7; 32]);
-        let k = keys.encode(42, 1000);
-        assert_eq!(keys.decode(42, &k).unwrap(), 1000);
-        assert_eq!(keys.decode(42, &[]).unwrap(), 0);
+        let pos = Position { seq: 1000, stream: 77 };
+        let k = keys.encode(42, pos);
+        assert_eq!(keys.decode(42, &k).unwrap(), pos);
+        assert_eq!(keys.decode(42, &[]).unwrap(), Position::default());
+        assert!(keys.encode(42, Position::default()).is_empty());
         assert!(keys.decode(43, &k).is_err(), "another user's key");
         let mut tampered = k.clone();
         tampered[16] ^= 1;
         assert!(keys.decode(42, &tampered).is_err(), "tampered seq");
-        assert!(
-            SyncKeys::new([8; 32]).decode(42, &k).is_err(),
-            "other server"
-        );
+        assert!(SyncKeys::new([8; 32]).decode(42, &k).is_err(), "other server");
         assert!(keys.decode(42, &k[..10]).is_err(), "truncated");
-        assert!(
-            keys.decode(42, b"garbage-garbage-garbage!!").is_err(),
-            "garbage"
-        );
+        assert!(keys.decode(42, b"garbage-garbage-garbage!!").is_err(), "garbage");
         assert!(keys.decode(42, &[9]).is_err(), "unknown version");
+    }
+
+    /// Checks a version 1 key (no stream position) is still accepted.
+    #[test]
+    fn version_1_keys_are_read() {
+        let keys = SyncKeys::new([7; 32]);
+        let mut k = vec![KEY_VERSION_1];
+        k.extend_from_slice(&42u64.to_be_bytes());
+        k.extend_from_slice(&5u64.to_be_bytes());
+        let mac = keys.mac(&k);
+        k.extend_from_slice(&mac);
+        assert_eq!(keys.decode(42, &k).unwrap(), Position { seq: 5, stream: 0 });
     }
 }
