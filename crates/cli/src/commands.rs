@@ -8,7 +8,7 @@ use pigeon_client::{Client, ClientError, ClientEvent, ClientOptions, ConnectOpti
 
 use crate::format;
 use crate::profile::{Profile, ProfileDir};
-use crate::{ClientArgs, ClientCommand};
+use crate::{ClientArgs, ClientCommand, GroupCommand, RoleArg};
 
 /// Events asked for per SyncRequest (0: the server's maximum).
 const SYNC_LIMIT: u32 = 0;
@@ -20,16 +20,311 @@ pub(crate) async fn run(args: ClientArgs, cmd: ClientCommand) -> anyhow::Result<
         ClientCommand::Register { username } => register(server, &username).await,
         ClientCommand::Login { username, device } => login(server, &dir, &username, &device).await,
         ClientCommand::Logout => logout(server, &dir).await,
-        ClientCommand::Send { user, text } => send(server, &dir, &user, &text).await,
+        ClientCommand::Send {
+            words,
+            group,
+            conversation,
+        } => {
+            let (target, text) = send_target(words, group.or(conversation))?;
+            send(server, &dir, target, &text).await
+        }
         ClientCommand::Sync => sync(server, &dir).await,
         ClientCommand::Listen => listen(server, &dir).await,
         ClientCommand::History {
             user,
+            conversation,
             before,
             limit,
-        } => history(server, &dir, &user, before, limit).await,
+        } => {
+            let target = match (user, conversation) {
+                (_, Some(id)) => pigeon_client::to_conversation(&id),
+                (Some(user), None) => pigeon_client::to_user(&user),
+                (None, None) => bail!("history of whom? give a USER or --conversation ID"),
+            };
+            history(server, &dir, target, before, limit).await
+        }
         ClientCommand::Conversations { limit } => conversations(server, &dir, limit).await,
+        ClientCommand::Group { cmd } => group(server, &dir, cmd).await,
+        ClientCommand::Read {
+            conversation_id,
+            up_to,
+        } => {
+            let id = conversation_id.as_str();
+            let read = with_conn(server, &dir, async |c| {
+                let up_to = match up_to {
+                    Some(n) => n,
+                    None => last_conv_seq(c, id).await?,
+                };
+                c.mark_read(id, up_to).await
+            })
+            .await?;
+            print_lines([format::read_json(&read)])
+        }
+        ClientCommand::Recall {
+            conversation_id: id,
+            conv_seq,
+        } => {
+            with_conn(server, &dir, async |c| c.recall(&id, conv_seq).await).await?;
+            print_lines([format::recalled_json(&id, conv_seq)])
+        }
+        ClientCommand::Edit {
+            conversation_id: id,
+            conv_seq,
+            text,
+        } => {
+            let content = pigeon_client::text(&text);
+            let edited =
+                with_conn(server, &dir, async |c| c.edit(&id, conv_seq, content).await).await?;
+            print_lines([format::edited_json(&id, conv_seq, edited.edited_at_ms)])
+        }
+        ClientCommand::Delete {
+            conversation_id: id,
+            conv_seq,
+        } => {
+            with_conn(server, &dir, async |c| c.delete_for_me(&id, conv_seq).await).await?;
+            print_lines([format::deleted_json(&id, conv_seq)])
+        }
+        ClientCommand::Receipts {
+            conversation_id: id,
+            conv_seqs,
+        } => {
+            let receipts = with_conn(server, &dir, async |c| {
+                c.get_receipts(&id, &conv_seqs).await
+            })
+            .await?;
+            print_lines(receipts.iter().map(format::receipt_summary_json))
+        }
+        ClientCommand::Typing {
+            conversation_id: id,
+            stop,
+        } => {
+            with_conn(server, &dir, async |c| c.set_typing(&id, !stop).await).await?;
+            print_lines([format::typing_json(&id, !stop)])
+        }
+        ClientCommand::Presence { users } => {
+            let users = strs(&users);
+            let presences = with_conn(server, &dir, async |c| c.get_presence(&users).await).await?;
+            print_lines(presences.iter().map(format::presence_json))
+        }
+        ClientCommand::Privacy { hide_presence } => {
+            let hidden =
+                with_conn(server, &dir, async |c| c.set_privacy(hide_presence).await).await?;
+            print_lines([format::privacy_json(hidden)])
+        }
+        ClientCommand::Block { user } => {
+            with_conn(server, &dir, async |c| c.block(&user).await).await?;
+            print_lines([format::block_json(&user, true)])
+        }
+        ClientCommand::Unblock { user } => {
+            with_conn(server, &dir, async |c| c.unblock(&user).await).await?;
+            print_lines([format::block_json(&user, false)])
+        }
+        ClientCommand::Blocked => {
+            let users = with_conn(server, &dir, async |c| c.list_blocked().await).await?;
+            print_lines(users.iter().map(|u| format::blocked_user_json(u)))
+        }
     }
+}
+
+/// The target and text of `send`: `USER TEXT`, or `TEXT` with a conversation id.
+pub(crate) fn send_target(
+    words: Vec<String>,
+    conversation_id: Option<String>,
+) -> anyhow::Result<(v1::Target, String)> {
+    let mut words = words.into_iter();
+    match (conversation_id, words.next(), words.next()) {
+        (Some(id), Some(text), None) => Ok((pigeon_client::to_conversation(&id), text)),
+        (Some(_), Some(_), Some(_)) => {
+            bail!("with --group or --conversation give only the text (quote it if it has spaces)")
+        }
+        (None, Some(user), Some(text)) => Ok((pigeon_client::to_user(&user), text)),
+        (None, Some(_), None) | (_, None, _) => {
+            bail!("missing the text: pigeon send USER TEXT, or pigeon send --group ID TEXT")
+        }
+    }
+}
+
+/// The conv_seq of a conversation's newest message (0: none).
+async fn last_conv_seq(conn: &Connection, conversation_id: &str) -> Result<u64, ClientError> {
+    let page = conn
+        .history(pigeon_client::to_conversation(conversation_id), 0, 1)
+        .await?;
+    Ok(page.messages.first().map_or(0, |m| m.conv_seq))
+}
+
+fn strs(items: &[String]) -> Vec<&str> {
+    items.iter().map(String::as_str).collect()
+}
+
+/// The settings `group create` asks for.
+pub(crate) fn create_settings(
+    admins_only_post: bool,
+    members_can_add: bool,
+    max_members: Option<u32>,
+) -> v1::GroupSettings {
+    let post = if admins_only_post {
+        v1::PostPolicy::Admins
+    } else {
+        v1::PostPolicy::Everyone
+    };
+    let add = if members_can_add {
+        v1::AddPolicy::Everyone
+    } else {
+        v1::AddPolicy::Admins
+    };
+    v1::GroupSettings {
+        post_policy: post as i32,
+        add_policy: add as i32,
+        max_members: max_members.unwrap_or(0),
+    }
+}
+
+/// `current` with the changes `group settings` was given.
+pub(crate) fn changed_settings(
+    mut current: v1::GroupSettings,
+    admins_only_post: Option<bool>,
+    members_can_add: Option<bool>,
+    max_members: Option<u32>,
+) -> v1::GroupSettings {
+    if let Some(admins) = admins_only_post {
+        current.post_policy = if admins {
+            v1::PostPolicy::Admins
+        } else {
+            v1::PostPolicy::Everyone
+        } as i32;
+    }
+    if let Some(everyone) = members_can_add {
+        current.add_policy = if everyone {
+            v1::AddPolicy::Everyone
+        } else {
+            v1::AddPolicy::Admins
+        } as i32;
+    }
+    if let Some(n) = max_members {
+        current.max_members = n;
+    }
+    current
+}
+
+async fn group(server: &str, dir: &ProfileDir, cmd: GroupCommand) -> anyhow::Result<()> {
+    let line = match cmd {
+        GroupCommand::Create {
+            name,
+            members,
+            description,
+            admins_only_post,
+            members_can_add,
+            max_members,
+        } => {
+            let members = strs(&members);
+            let settings = create_settings(admins_only_post, members_can_add, max_members);
+            let group = with_conn(server, dir, async |c| {
+                c.create_group(&name, &description, &members, Some(settings))
+                    .await
+            })
+            .await?;
+            format::group_json(&group)
+        }
+        GroupCommand::Add { id, users } => {
+            let users = strs(&users);
+            let added = with_conn(server, dir, async |c| c.add_members(&id, &users).await).await?;
+            format::members_added_json(&added)
+        }
+        GroupCommand::Remove { id, users } => {
+            let users = strs(&users);
+            let removed =
+                with_conn(server, dir, async |c| c.remove_members(&id, &users).await).await?;
+            format::members_removed_json(&removed)
+        }
+        GroupCommand::Leave { id } => {
+            with_conn(server, dir, async |c| c.leave_group(&id).await).await?;
+            format::left_json(&id)
+        }
+        GroupCommand::Role { id, user, role } => {
+            let role = match role {
+                RoleArg::Admin => v1::GroupRole::Admin,
+                RoleArg::Member => v1::GroupRole::Member,
+            };
+            let group =
+                with_conn(server, dir, async |c| c.set_role(&id, &user, role).await).await?;
+            format::group_json(&group)
+        }
+        GroupCommand::Transfer { id, user } => {
+            let group = with_conn(server, dir, async |c| {
+                c.transfer_ownership(&id, &user).await
+            })
+            .await?;
+            format::group_json(&group)
+        }
+        GroupCommand::Dissolve { id } => {
+            with_conn(server, dir, async |c| c.dissolve_group(&id).await).await?;
+            format::dissolved_json(&id)
+        }
+        GroupCommand::Info { id } => {
+            let info = with_conn(server, dir, async |c| c.get_group(&id).await).await?;
+            format::group_info_json(&info)
+        }
+        GroupCommand::Members { id, after, limit } => {
+            let page = with_conn(server, dir, async |c| {
+                c.list_members(&id, after, limit).await
+            })
+            .await?;
+            print_lines(page.members.iter().map(format::member_json))?;
+            if let (true, Some(last)) = (page.has_more, page.members.last()) {
+                eprintln!("note: more members: --after {}", last.user_id);
+            }
+            return Ok(());
+        }
+        GroupCommand::Rename { id, name } => {
+            let req = v1::UpdateGroupRequest {
+                conversation_id: id,
+                update_name: true,
+                name,
+                ..Default::default()
+            };
+            let group = with_conn(server, dir, async |c| c.update_group(req).await).await?;
+            format::group_json(&group)
+        }
+        GroupCommand::Describe { id, text } => {
+            let req = v1::UpdateGroupRequest {
+                conversation_id: id,
+                update_description: true,
+                description: text,
+                ..Default::default()
+            };
+            let group = with_conn(server, dir, async |c| c.update_group(req).await).await?;
+            format::group_json(&group)
+        }
+        GroupCommand::Settings {
+            id,
+            admins_only_post,
+            members_can_add,
+            max_members,
+        } => {
+            if admins_only_post.is_none() && members_can_add.is_none() && max_members.is_none() {
+                bail!(
+                    "nothing to change: give --admins-only-post, --members-can-add or --max-members"
+                );
+            }
+            let group = with_conn(server, dir, async |c| {
+                // Settings change as a whole: start from the current ones.
+                let current = c.get_group(&id).await?;
+                let current = current.group.and_then(|g| g.settings).unwrap_or_default();
+                let settings =
+                    changed_settings(current, admins_only_post, members_can_add, max_members);
+                let req = v1::UpdateGroupRequest {
+                    conversation_id: id.clone(),
+                    update_settings: true,
+                    settings: Some(settings),
+                    ..Default::default()
+                };
+                c.update_group(req).await
+            })
+            .await?;
+            format::group_json(&group)
+        }
+    };
+    print_lines([line])
 }
 
 fn connect_options(server: &str, token: Option<&str>) -> ConnectOptions {
@@ -46,6 +341,18 @@ async fn connect(server: &str, token: Option<&str>) -> anyhow::Result<Connection
 async fn connect_logged_in(server: &str, dir: &ProfileDir) -> anyhow::Result<Connection> {
     let (_, token) = dir.load_logged_in()?;
     connect(server, Some(&token)).await
+}
+
+/// Connects with the profile's session, runs `f`, and closes the connection.
+async fn with_conn<T>(
+    server: &str,
+    dir: &ProfileDir,
+    f: impl AsyncFnOnce(&Connection) -> Result<T, ClientError>,
+) -> anyhow::Result<T> {
+    let conn = connect_logged_in(server, dir).await?;
+    let result = f(&conn).await;
+    conn.close().await;
+    Ok(result?)
 }
 
 /// Writes lines to stdout and flushes, so a pipe sees each batch at once.
@@ -130,13 +437,15 @@ async fn logout(server: &str, dir: &ProfileDir) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn send(server: &str, dir: &ProfileDir, user: &str, text: &str) -> anyhow::Result<()> {
-    let conn = connect_logged_in(server, dir).await?;
+async fn send(
+    server: &str,
+    dir: &ProfileDir,
+    target: v1::Target,
+    text: &str,
+) -> anyhow::Result<()> {
     let id = pigeon_client::new_client_msg_id();
-    let ack = conn
-        .send(&id, pigeon_client::to_user(user), pigeon_client::text(text))
-        .await?;
-    conn.close().await;
+    let content = pigeon_client::text(text);
+    let ack = with_conn(server, dir, async |c| c.send(&id, target, content).await).await?;
     print_lines([format::ack_json(&ack)])
 }
 
@@ -205,6 +514,10 @@ async fn listen(server: &str, dir: &ProfileDir) -> anyhow::Result<()> {
                 print_lines(events.iter().map(format::event_json))?;
                 dir.save_sync_key(&key)?;
             }
+            Some(ClientEvent::Presence(presence)) => {
+                print_lines([format::presence_push_json(&presence)])?
+            }
+            Some(ClientEvent::Typing(typing)) => print_lines([format::typing_push_json(&typing)])?,
             Some(ClientEvent::ResyncRequired) => {
                 eprintln!("{RESYNC_NOTE}");
                 dir.save_sync_key(&[])?;
@@ -219,15 +532,14 @@ async fn listen(server: &str, dir: &ProfileDir) -> anyhow::Result<()> {
 async fn history(
     server: &str,
     dir: &ProfileDir,
-    user: &str,
+    target: v1::Target,
     before: u64,
     limit: u32,
 ) -> anyhow::Result<()> {
-    let conn = connect_logged_in(server, dir).await?;
-    let page = conn
-        .history(pigeon_client::to_user(user), before, limit)
-        .await?;
-    conn.close().await;
+    let page = with_conn(server, dir, async |c| {
+        c.history(target, before, limit).await
+    })
+    .await?;
     // The server pages newest first; a terminal reads oldest first.
     print_lines(page.messages.iter().rev().map(format::message_json))
 }
@@ -336,6 +648,7 @@ mod tests {
                 conversation_id: "d:1:2".into(),
                 read_up_to: seq,
             })),
+            ..Default::default()
         }
     }
 
@@ -393,8 +706,9 @@ mod tests {
                 .await;
         });
         let cmd = ClientCommand::Send {
-            user: "nobody".into(),
-            text: "hi".into(),
+            words: vec!["nobody".into(), "hi".into()],
+            group: None,
+            conversation: None,
         };
         let err = run(args, cmd).await.unwrap_err();
         assert_eq!(
@@ -421,13 +735,207 @@ mod tests {
         let err = run(
             args,
             ClientCommand::Send {
-                user: "bob".into(),
-                text: "x".into(),
+                words: vec!["bob".into(), "x".into()],
+                group: None,
+                conversation: None,
             },
         )
         .await
         .unwrap_err();
         assert!(err.to_string().contains("not logged in"), "{err}");
+        server.await.unwrap();
+    }
+
+    /// Answers one request of the client with `reply(body)`.
+    async fn answer(peer: &mut Peer, reply: impl FnOnce(Body) -> Body) {
+        let (id, body) = peer.recv().await;
+        peer.send(Frame::new(id, reply(body))).await;
+    }
+
+    /// Checks `send` targets: a user, or a conversation id with the text alone.
+    #[test]
+    fn send_targets() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (target, text) = send_target(words(&["bob", "hi"]), None).unwrap();
+        assert_eq!(target, pigeon_client::to_user("bob"));
+        assert_eq!(text, "hi");
+        let (target, text) = send_target(words(&["hi all"]), Some("g:7".into())).unwrap();
+        assert_eq!(target, pigeon_client::to_group("g:7"));
+        assert_eq!(text, "hi all");
+        let err = send_target(words(&["bob"]), None).unwrap_err();
+        assert!(err.to_string().contains("missing the text"), "{err}");
+        let err = send_target(words(&["bob", "hi"]), Some("g:7".into())).unwrap_err();
+        assert!(err.to_string().contains("only the text"), "{err}");
+    }
+
+    /// Checks the settings of `group create` and the merge of `group settings`.
+    #[test]
+    fn group_settings_from_flags() {
+        let s = create_settings(false, false, None);
+        assert_eq!(s.post_policy(), v1::PostPolicy::Everyone);
+        assert_eq!(s.add_policy(), v1::AddPolicy::Admins);
+        assert_eq!(s.max_members, 0);
+        let s = create_settings(true, true, Some(9));
+        assert_eq!(s.post_policy(), v1::PostPolicy::Admins);
+        assert_eq!(s.add_policy(), v1::AddPolicy::Everyone);
+        assert_eq!(s.max_members, 9);
+        let merged = changed_settings(s, None, Some(false), None);
+        assert_eq!(merged.post_policy(), v1::PostPolicy::Admins, "kept");
+        assert_eq!(merged.add_policy(), v1::AddPolicy::Admins, "changed");
+        assert_eq!(merged.max_members, 9, "kept");
+        let merged = changed_settings(merged, Some(false), None, Some(0));
+        assert_eq!(merged.post_policy(), v1::PostPolicy::Everyone);
+        assert_eq!(merged.max_members, 0);
+    }
+
+    /// Checks `send --group` sends to the conversation id, `read` without
+    /// --up-to marks up to the newest message, and `group create` and
+    /// `group settings` send what their flags say (settings merged into the
+    /// current ones).
+    #[tokio::test]
+    async fn group_send_read_and_settings() {
+        let (listener, args, _dir, _tmp) = setup().await;
+        let group = |settings| v1::GroupInfo {
+            conversation_id: "g:7".into(),
+            settings: Some(settings),
+            ..Default::default()
+        };
+        let server = tokio::spawn(async move {
+            let mut peer = Peer::accept(&listener).await;
+            peer.welcome("tok").await;
+            answer(&mut peer, |body| {
+                let Body::SendRequest(r) = body else {
+                    panic!("{body:?}")
+                };
+                assert_eq!(r.target, Some(pigeon_client::to_conversation("g:7")));
+                assert_eq!(r.content.unwrap().text, "hi all");
+                Body::SendResponse(v1::SendResponse {
+                    conversation_id: "g:7".into(),
+                    conv_seq: 12,
+                    ..Default::default()
+                })
+            })
+            .await;
+
+            let mut peer = Peer::accept(&listener).await;
+            peer.welcome("tok").await;
+            answer(&mut peer, |body| {
+                let Body::HistoryRequest(r) = body else {
+                    panic!("{body:?}")
+                };
+                assert_eq!(r.target, Some(pigeon_client::to_conversation("g:7")));
+                assert_eq!((r.before, r.limit), (0, 1));
+                let newest = v1::Message {
+                    conv_seq: 12,
+                    ..Default::default()
+                };
+                Body::HistoryResponse(v1::HistoryResponse {
+                    messages: vec![newest],
+                    ..Default::default()
+                })
+            })
+            .await;
+            answer(&mut peer, |body| {
+                let Body::MarkReadRequest(r) = body else {
+                    panic!("{body:?}")
+                };
+                assert_eq!((r.conversation_id.as_str(), r.read_up_to), ("g:7", 12));
+                Body::MarkReadResponse(v1::MarkReadResponse {
+                    read_up_to: 12,
+                    unread_count: 0,
+                })
+            })
+            .await;
+
+            let mut peer = Peer::accept(&listener).await;
+            peer.welcome("tok").await;
+            answer(&mut peer, |body| {
+                let Body::CreateGroupRequest(r) = body else {
+                    panic!("{body:?}")
+                };
+                assert_eq!(r.name, "crew");
+                assert_eq!(r.members, ["bob", "carol"]);
+                let settings = r.settings.unwrap();
+                assert_eq!(settings.post_policy(), v1::PostPolicy::Admins);
+                assert_eq!(settings.add_policy(), v1::AddPolicy::Admins);
+                Body::CreateGroupResponse(v1::CreateGroupResponse {
+                    group: Some(group(settings)),
+                })
+            })
+            .await;
+
+            let mut peer = Peer::accept(&listener).await;
+            peer.welcome("tok").await;
+            let current = v1::GroupSettings {
+                post_policy: v1::PostPolicy::Admins as i32,
+                add_policy: v1::AddPolicy::Admins as i32,
+                max_members: 40,
+            };
+            answer(&mut peer, |body| {
+                assert!(matches!(body, Body::GetGroupRequest(ref r) if r.conversation_id == "g:7"));
+                Body::GetGroupResponse(v1::GetGroupResponse {
+                    group: Some(group(current)),
+                    my_role: v1::GroupRole::Owner as i32,
+                })
+            })
+            .await;
+            answer(&mut peer, |body| {
+                let Body::UpdateGroupRequest(r) = body else {
+                    panic!("{body:?}")
+                };
+                assert!(r.update_settings && !r.update_name && !r.update_description);
+                let settings = r.settings.unwrap();
+                assert_eq!(settings.post_policy(), v1::PostPolicy::Admins, "kept");
+                assert_eq!(settings.add_policy(), v1::AddPolicy::Everyone, "changed");
+                assert_eq!(settings.max_members, 40, "kept");
+                Body::UpdateGroupResponse(v1::UpdateGroupResponse {
+                    group: Some(group(settings)),
+                })
+            })
+            .await;
+        });
+        let send = ClientCommand::Send {
+            words: vec!["hi all".into()],
+            group: Some("g:7".into()),
+            conversation: None,
+        };
+        run(args.clone(), send).await.unwrap();
+        let read = ClientCommand::Read {
+            conversation_id: "g:7".into(),
+            up_to: None,
+        };
+        run(args.clone(), read).await.unwrap();
+        let create = GroupCommand::Create {
+            name: "crew".into(),
+            members: vec!["bob".into(), "carol".into()],
+            description: String::new(),
+            admins_only_post: true,
+            members_can_add: false,
+            max_members: None,
+        };
+        run(args.clone(), ClientCommand::Group { cmd: create })
+            .await
+            .unwrap();
+        let settings = GroupCommand::Settings {
+            id: "g:7".into(),
+            admins_only_post: None,
+            members_can_add: Some(true),
+            max_members: None,
+        };
+        run(args.clone(), ClientCommand::Group { cmd: settings })
+            .await
+            .unwrap();
+        // Nothing to change: refused before connecting.
+        let nothing = GroupCommand::Settings {
+            id: "g:7".into(),
+            admins_only_post: None,
+            members_can_add: None,
+            max_members: None,
+        };
+        let err = run(args, ClientCommand::Group { cmd: nothing })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("nothing to change"), "{err}");
         server.await.unwrap();
     }
 }

@@ -87,6 +87,11 @@ pub enum ClientEvent {
         /// The sync key after these events.
         key: Vec<u8>,
     },
+    /// A contact came online or went offline (a push; never stored, so
+    /// missed while disconnected: ask with `get_presence` after `Connected`).
+    Presence(v1::Presence),
+    /// Someone started or stopped typing in a conversation (a push; never stored).
+    Typing(v1::TypingPush),
     /// The stored key is older than the server retains (or not one it
     /// issued): reload conversations/history; the client restarts from an
     /// empty key.
@@ -237,23 +242,7 @@ impl Client {
         let mut backoff = Backoff::new(self.inner.backoff_min, self.inner.backoff_max);
         let mut generation_min = 0;
         loop {
-            let (generation, conn) = {
-                let ready = link.wait_for(|l| match l.state {
-                    LinkState::Connecting => false,
-                    LinkState::Up(_) => l.generation >= generation_min,
-                    LinkState::Stopped(_) | LinkState::ShutDown => true,
-                });
-                let l = match timeout_at(deadline, ready).await {
-                    Err(_) => return Err(ClientError::Timeout),
-                    Ok(Err(_)) => return Err(ClientError::Closed),
-                    Ok(Ok(l)) => l,
-                };
-                match &l.state {
-                    LinkState::Up(conn) => (l.generation, conn.clone()),
-                    LinkState::Stopped(error) => return Err(error.duplicate()),
-                    LinkState::ShutDown | LinkState::Connecting => return Err(ClientError::Closed),
-                }
-            };
+            let (generation, conn) = wait_up(&mut link, deadline, generation_min).await?;
             let attempt = conn.send(client_msg_id, target.clone(), content.clone());
             let error = match timeout_at(deadline, attempt).await {
                 Err(_) => return Err(ClientError::Timeout),
@@ -270,6 +259,13 @@ impl Client {
                 return Err(ClientError::Timeout);
             }
         }
+    }
+
+    /// The current connection, waiting up to `send_timeout` for one to come up.
+    async fn current(&self) -> Result<Arc<Connection>, ClientError> {
+        let deadline = Instant::now() + self.inner.send_timeout;
+        let mut link = self.inner.shared.link.subscribe();
+        Ok(wait_up(&mut link, deadline, 0).await?.1)
     }
 
     /// The key after the last `Events` delivered to the channel.
@@ -297,6 +293,104 @@ impl Client {
             conn.close().await;
         }
     }
+}
+
+/// Waits until a connection of generation `generation_min` or newer is up
+/// (or the client has stopped, or `deadline` passed).
+async fn wait_up(
+    link: &mut watch::Receiver<Link>,
+    deadline: Instant,
+    generation_min: u64,
+) -> Result<(u64, Arc<Connection>), ClientError> {
+    let ready = link.wait_for(|l| match l.state {
+        LinkState::Connecting => false,
+        LinkState::Up(_) => l.generation >= generation_min,
+        LinkState::Stopped(_) | LinkState::ShutDown => true,
+    });
+    let l = match timeout_at(deadline, ready).await {
+        Err(_) => return Err(ClientError::Timeout),
+        Ok(Err(_)) => return Err(ClientError::Closed),
+        Ok(Ok(l)) => l,
+    };
+    match &l.state {
+        LinkState::Up(conn) => Ok((l.generation, conn.clone())),
+        LinkState::Stopped(error) => Err(error.duplicate()),
+        LinkState::ShutDown | LinkState::Connecting => Err(ClientError::Closed),
+    }
+}
+
+/// Defines `Client` methods that wait for a connection (up to
+/// `send_timeout`) and make one request on it, without retries: unlike
+/// sends, most of these are not idempotent.
+macro_rules! forward {
+    ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        /// Requests forwarded to the current connection (see [`Connection`]'s
+        /// methods of the same names). Each waits up to `send_timeout` for a
+        /// connection, then makes one attempt: errors, a lost connection
+        /// included, are returned rather than retried.
+        impl Client {
+            $(
+                $(#[$doc])*
+                pub async fn $name(&self, $($arg: $ty),*) -> Result<$ret, ClientError> {
+                    self.current().await?.$name($($arg),*).await
+                }
+            )*
+        }
+    };
+}
+
+forward! {
+    /// See [`Connection::history`].
+    fn history(target: v1::Target, before: u64, limit: u32) -> v1::HistoryResponse;
+    /// See [`Connection::list_conversations`].
+    fn list_conversations(limit: u32) -> v1::ListConversationsResponse;
+    /// See [`Connection::mark_read`].
+    fn mark_read(conversation_id: &str, read_up_to: u64) -> v1::MarkReadResponse;
+    /// See [`Connection::create_group`].
+    fn create_group(
+        name: &str,
+        description: &str,
+        members: &[&str],
+        settings: Option<v1::GroupSettings>
+    ) -> v1::GroupInfo;
+    /// See [`Connection::update_group`].
+    fn update_group(req: v1::UpdateGroupRequest) -> v1::GroupInfo;
+    /// See [`Connection::add_members`].
+    fn add_members(conversation_id: &str, usernames: &[&str]) -> v1::AddMembersResponse;
+    /// See [`Connection::remove_members`].
+    fn remove_members(conversation_id: &str, usernames: &[&str]) -> v1::RemoveMembersResponse;
+    /// See [`Connection::leave_group`].
+    fn leave_group(conversation_id: &str) -> ();
+    /// See [`Connection::set_role`].
+    fn set_role(conversation_id: &str, username: &str, role: v1::GroupRole) -> v1::GroupInfo;
+    /// See [`Connection::transfer_ownership`].
+    fn transfer_ownership(conversation_id: &str, username: &str) -> v1::GroupInfo;
+    /// See [`Connection::dissolve_group`].
+    fn dissolve_group(conversation_id: &str) -> ();
+    /// See [`Connection::get_group`].
+    fn get_group(conversation_id: &str) -> v1::GetGroupResponse;
+    /// See [`Connection::list_members`].
+    fn list_members(conversation_id: &str, after_user_id: u64, limit: u32) -> v1::ListMembersResponse;
+    /// See [`Connection::recall`].
+    fn recall(conversation_id: &str, conv_seq: u64) -> ();
+    /// See [`Connection::edit`].
+    fn edit(conversation_id: &str, conv_seq: u64, content: v1::Content) -> v1::EditMessageResponse;
+    /// See [`Connection::delete_for_me`].
+    fn delete_for_me(conversation_id: &str, conv_seq: u64) -> ();
+    /// See [`Connection::get_receipts`].
+    fn get_receipts(conversation_id: &str, conv_seqs: &[u64]) -> Vec<v1::ReceiptSummary>;
+    /// See [`Connection::set_typing`].
+    fn set_typing(conversation_id: &str, typing: bool) -> ();
+    /// See [`Connection::get_presence`].
+    fn get_presence(usernames: &[&str]) -> Vec<v1::Presence>;
+    /// See [`Connection::set_privacy`].
+    fn set_privacy(hide_presence: bool) -> bool;
+    /// See [`Connection::block`].
+    fn block(username: &str) -> ();
+    /// See [`Connection::unblock`].
+    fn unblock(username: &str) -> ();
+    /// See [`Connection::list_blocked`].
+    fn list_blocked() -> Vec<String>;
 }
 
 fn retry_for(error: &ClientError, backoff: &mut Backoff) -> Retry {
@@ -424,6 +518,14 @@ impl<'a> Session<'a> {
                 None => return Err(SessionEnd::Lost("connection closed".into())),
                 Some(Body::EventsPush(push)) => self.apply_push(push).await?,
                 Some(Body::SyncNotice(_)) => self.sync_all().await?,
+                Some(Body::PresencePush(v1::PresencePush {
+                    presence: Some(presence),
+                })) => {
+                    self.deliver(ClientEvent::Presence(presence), None).await?;
+                }
+                Some(Body::TypingPush(typing)) => {
+                    self.deliver(ClientEvent::Typing(typing), None).await?;
+                }
                 Some(Body::Goodbye(goodbye)) => {
                     return Err(end_for(ClientError::from_goodbye(goodbye)));
                 }
@@ -786,6 +888,85 @@ mod tests {
         let (client, _) = Client::start(options(&url));
         let ack = client.send(to_user("bob"), text("hi")).await.unwrap();
         assert!(!ack.duplicate);
+        let _peer = server_side.await.unwrap();
+    }
+
+    /// Checks presence and typing pushes surface as ClientEvents in arrival
+    /// order among the synced events, and that forwarded requests use the
+    /// current connection.
+    #[tokio::test]
+    async fn presence_and_typing_pushes_become_events() {
+        let (server, url) = FakeServer::bind().await;
+        let server_side = tokio::spawn(async move {
+            let (mut peer, _) = server.accept_hello().await;
+            let (id, _) = peer.expect_sync().await;
+            peer.send_sync(id, &[1], "k1", false).await;
+            let presence = v1::Presence {
+                user_id: 2,
+                username: "bob".into(),
+                state: v1::PresenceState::Online as i32,
+                last_seen_ms: 0,
+            };
+            peer.send(Frame::push(Body::PresencePush(v1::PresencePush {
+                presence: Some(presence),
+            })))
+            .await;
+            // A presence push without its presence is skipped.
+            peer.send(Frame::push(Body::PresencePush(v1::PresencePush {
+                presence: None,
+            })))
+            .await;
+            peer.push_events("k1", &[2], "k2").await;
+            peer.send(Frame::push(Body::TypingPush(v1::TypingPush {
+                conversation_id: "g:5".into(),
+                user_id: 2,
+                username: "bob".into(),
+                typing: true,
+            })))
+            .await;
+            match peer.recv().await {
+                Some((id, Body::SetTypingRequest(r))) => {
+                    assert_eq!((r.conversation_id.as_str(), r.typing), ("g:5", false));
+                    let answer = Body::SetTypingResponse(v1::SetTypingResponse {});
+                    peer.send(Frame::new(id, answer)).await;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            match peer.recv().await {
+                Some((id, Body::GetPresenceRequest(r))) => {
+                    assert_eq!(r.usernames, ["bob"]);
+                    peer.send(Frame::error(id, ErrorCode::Forbidden, "no"))
+                        .await;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            peer
+        });
+        let (client, mut rx) = Client::start(options(&url));
+        expect_connected(&mut rx).await;
+        assert_eq!(next_events(&mut rx).await, (vec![1], b"k1".to_vec()));
+        match next(&mut rx).await {
+            ClientEvent::Presence(p) => {
+                assert_eq!(p.username, "bob");
+                assert_eq!(p.state(), v1::PresenceState::Online);
+            }
+            other => panic!("expected presence, got {other:?}"),
+        }
+        assert_eq!(next_events(&mut rx).await, (vec![2], b"k2".to_vec()));
+        match next(&mut rx).await {
+            ClientEvent::Typing(t) => {
+                assert_eq!((t.conversation_id.as_str(), t.typing), ("g:5", true))
+            }
+            other => panic!("expected typing, got {other:?}"),
+        }
+        client.set_typing("g:5", false).await.unwrap();
+        let err = client.get_presence(&["bob"]).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+        client.shutdown().await;
+        assert!(matches!(
+            client.list_blocked().await,
+            Err(ClientError::Closed)
+        ));
         let _peer = server_side.await.unwrap();
     }
 }

@@ -262,7 +262,12 @@ impl Shared {
                 self.end(end, Some(g));
                 false
             }
-            Some(b @ (Body::EventsPush(_) | Body::SyncNotice(_))) if request_id == 0 => {
+            Some(
+                b @ (Body::EventsPush(_)
+                | Body::SyncNotice(_)
+                | Body::PresencePush(_)
+                | Body::TypingPush(_)),
+            ) if request_id == 0 => {
                 self.push(b);
                 true
             }
@@ -529,6 +534,236 @@ impl Connection {
         expect!(self.request(body).await?, MarkReadResponse)
     }
 
+    // ------------------------------------------------------------- groups
+
+    /// Creates a group owned by the caller; `members` (usernames) are added
+    /// at once. `settings: None` means the defaults (everyone posts, admins
+    /// add, the server's member maximum).
+    pub async fn create_group(
+        &self,
+        name: &str,
+        description: &str,
+        members: &[&str],
+        settings: Option<v1::GroupSettings>,
+    ) -> Result<v1::GroupInfo, ClientError> {
+        let body = Body::CreateGroupRequest(v1::CreateGroupRequest {
+            name: name.into(),
+            description: description.into(),
+            members: strings(members),
+            settings,
+        });
+        group_in(expect!(self.request(body).await?, CreateGroupResponse)?.group)
+    }
+
+    /// Changes a group's name, description or settings: only the parts
+    /// marked by `update_*` in `req` change (admins and the owner).
+    pub async fn update_group(
+        &self,
+        req: v1::UpdateGroupRequest,
+    ) -> Result<v1::GroupInfo, ClientError> {
+        let body = Body::UpdateGroupRequest(req);
+        group_in(expect!(self.request(body).await?, UpdateGroupResponse)?.group)
+    }
+
+    /// Adds members by username; users already in the group are skipped
+    /// (the answer lists those actually added).
+    pub async fn add_members(
+        &self,
+        conversation_id: &str,
+        usernames: &[&str],
+    ) -> Result<v1::AddMembersResponse, ClientError> {
+        let body = Body::AddMembersRequest(v1::AddMembersRequest {
+            conversation_id: conversation_id.into(),
+            usernames: strings(usernames),
+        });
+        expect!(self.request(body).await?, AddMembersResponse)
+    }
+
+    /// Removes members by username (the owner removes anyone, admins plain members).
+    pub async fn remove_members(
+        &self,
+        conversation_id: &str,
+        usernames: &[&str],
+    ) -> Result<v1::RemoveMembersResponse, ClientError> {
+        let body = Body::RemoveMembersRequest(v1::RemoveMembersRequest {
+            conversation_id: conversation_id.into(),
+            usernames: strings(usernames),
+        });
+        expect!(self.request(body).await?, RemoveMembersResponse)
+    }
+
+    /// Leaves a group (the owner must transfer ownership or dissolve instead).
+    pub async fn leave_group(&self, conversation_id: &str) -> Result<(), ClientError> {
+        let body = Body::LeaveGroupRequest(v1::LeaveGroupRequest {
+            conversation_id: conversation_id.into(),
+        });
+        expect!(self.request(body).await?, LeaveGroupResponse).map(|_| ())
+    }
+
+    /// Makes a member an admin or an admin a member (the owner only).
+    pub async fn set_role(
+        &self,
+        conversation_id: &str,
+        username: &str,
+        role: v1::GroupRole,
+    ) -> Result<v1::GroupInfo, ClientError> {
+        let body = Body::SetRoleRequest(v1::SetRoleRequest {
+            conversation_id: conversation_id.into(),
+            username: username.into(),
+            role: role as i32,
+        });
+        group_in(expect!(self.request(body).await?, SetRoleResponse)?.group)
+    }
+
+    /// Hands the group to another member (the owner only; they become an admin).
+    pub async fn transfer_ownership(
+        &self,
+        conversation_id: &str,
+        username: &str,
+    ) -> Result<v1::GroupInfo, ClientError> {
+        let body = Body::TransferOwnershipRequest(v1::TransferOwnershipRequest {
+            conversation_id: conversation_id.into(),
+            username: username.into(),
+        });
+        group_in(expect!(self.request(body).await?, TransferOwnershipResponse)?.group)
+    }
+
+    /// Ends a group for everyone (the owner only); its history stays readable.
+    pub async fn dissolve_group(&self, conversation_id: &str) -> Result<(), ClientError> {
+        let body = Body::DissolveGroupRequest(v1::DissolveGroupRequest {
+            conversation_id: conversation_id.into(),
+        });
+        expect!(self.request(body).await?, DissolveGroupResponse).map(|_| ())
+    }
+
+    /// A group's state and the caller's role (members and former members).
+    pub async fn get_group(
+        &self,
+        conversation_id: &str,
+    ) -> Result<v1::GetGroupResponse, ClientError> {
+        let body = Body::GetGroupRequest(v1::GetGroupRequest {
+            conversation_id: conversation_id.into(),
+        });
+        expect!(self.request(body).await?, GetGroupResponse)
+    }
+
+    /// A page of members in user id order after `after_user_id` (0: from the start).
+    pub async fn list_members(
+        &self,
+        conversation_id: &str,
+        after_user_id: u64,
+        limit: u32,
+    ) -> Result<v1::ListMembersResponse, ClientError> {
+        let body = Body::ListMembersRequest(v1::ListMembersRequest {
+            conversation_id: conversation_id.into(),
+            after_user_id,
+            limit,
+        });
+        expect!(self.request(body).await?, ListMembersResponse)
+    }
+
+    // ------------------------------------------- recall, edit, delete, receipts
+
+    /// Deletes one of the caller's messages for everyone, within the
+    /// server's recall window. Idempotent.
+    pub async fn recall(&self, conversation_id: &str, conv_seq: u64) -> Result<(), ClientError> {
+        let body = Body::RecallMessageRequest(v1::RecallMessageRequest {
+            conversation_id: conversation_id.into(),
+            conv_seq,
+        });
+        expect!(self.request(body).await?, RecallMessageResponse).map(|_| ())
+    }
+
+    /// Replaces the content of one of the caller's messages, within the
+    /// server's edit window.
+    pub async fn edit(
+        &self,
+        conversation_id: &str,
+        conv_seq: u64,
+        content: v1::Content,
+    ) -> Result<v1::EditMessageResponse, ClientError> {
+        let body = Body::EditMessageRequest(v1::EditMessageRequest {
+            conversation_id: conversation_id.into(),
+            conv_seq,
+            content: Some(content),
+        });
+        expect!(self.request(body).await?, EditMessageResponse)
+    }
+
+    /// Hides a message from the caller's own history (all their devices).
+    pub async fn delete_for_me(
+        &self,
+        conversation_id: &str,
+        conv_seq: u64,
+    ) -> Result<(), ClientError> {
+        let body = Body::DeleteMessageRequest(v1::DeleteMessageRequest {
+            conversation_id: conversation_id.into(),
+            conv_seq,
+        });
+        expect!(self.request(body).await?, DeleteMessageResponse).map(|_| ())
+    }
+
+    /// Receipt counts for messages of a large group.
+    pub async fn get_receipts(
+        &self,
+        conversation_id: &str,
+        conv_seqs: &[u64],
+    ) -> Result<Vec<v1::ReceiptSummary>, ClientError> {
+        let body = Body::GetReceiptsRequest(v1::GetReceiptsRequest {
+            conversation_id: conversation_id.into(),
+            conv_seqs: conv_seqs.to_vec(),
+        });
+        Ok(expect!(self.request(body).await?, GetReceiptsResponse)?.receipts)
+    }
+
+    // ----------------------------------------- presence, typing, privacy, blocks
+
+    /// Tells the other online members of a conversation that the caller is
+    /// (or stopped) typing. Never stored; the server throttles it.
+    pub async fn set_typing(&self, conversation_id: &str, typing: bool) -> Result<(), ClientError> {
+        let body = Body::SetTypingRequest(v1::SetTypingRequest {
+            conversation_id: conversation_id.into(),
+            typing,
+        });
+        expect!(self.request(body).await?, SetTypingResponse).map(|_| ())
+    }
+
+    /// The presence of users, as far as the caller may see it.
+    pub async fn get_presence(&self, usernames: &[&str]) -> Result<Vec<v1::Presence>, ClientError> {
+        let body = Body::GetPresenceRequest(v1::GetPresenceRequest {
+            usernames: strings(usernames),
+        });
+        Ok(expect!(self.request(body).await?, GetPresenceResponse)?.presences)
+    }
+
+    /// Hides (or shows) the caller's presence; returns the setting now in force.
+    pub async fn set_privacy(&self, hide_presence: bool) -> Result<bool, ClientError> {
+        let body = Body::SetPrivacyRequest(v1::SetPrivacyRequest { hide_presence });
+        Ok(expect!(self.request(body).await?, SetPrivacyResponse)?.hide_presence)
+    }
+
+    /// Blocks a user: they can no longer message the caller or see their presence or typing.
+    pub async fn block(&self, username: &str) -> Result<(), ClientError> {
+        let body = Body::BlockRequest(v1::BlockRequest {
+            username: username.into(),
+        });
+        expect!(self.request(body).await?, BlockResponse).map(|_| ())
+    }
+
+    /// Lifts a block.
+    pub async fn unblock(&self, username: &str) -> Result<(), ClientError> {
+        let body = Body::UnblockRequest(v1::UnblockRequest {
+            username: username.into(),
+        });
+        expect!(self.request(body).await?, UnblockResponse).map(|_| ())
+    }
+
+    /// The usernames the caller has blocked.
+    pub async fn list_blocked(&self) -> Result<Vec<String>, ClientError> {
+        let body = Body::ListBlockedRequest(v1::ListBlockedRequest {});
+        Ok(expect!(self.request(body).await?, ListBlockedResponse)?.usernames)
+    }
+
     /// A round trip; also keeps the connection from idling out.
     pub async fn ping(&self) -> Result<v1::Pong, ClientError> {
         let nonce = self.next_nonce.fetch_add(1, Ordering::Relaxed);
@@ -542,13 +777,15 @@ impl Connection {
         Ok(pong)
     }
 
-    /// Server pushes (`EventsPush`, `SyncNotice`, `Goodbye`) in arrival
-    /// order; `None` when the connection has ended.
+    /// Server pushes (`EventsPush`, `SyncNotice`, `PresencePush`,
+    /// `TypingPush`, `Goodbye`) in arrival order; `None` when the connection
+    /// has ended.
     ///
     /// Pushes wait in a queue of 1024 frames; if the
     /// reader falls that far behind, later pushes are replaced by one
-    /// `SyncNotice` so the reader syncs what it missed. Meant for one reader
-    /// at a time.
+    /// `SyncNotice` so the reader syncs what it missed (presence and typing
+    /// pushes dropped that way are lost: they are never stored). Meant for
+    /// one reader at a time.
     pub async fn next_push(&self) -> Option<Body> {
         loop {
             {
@@ -590,6 +827,15 @@ impl Drop for Connection {
         // The writer ends by itself once `outbound` is dropped.
         self.reader.abort();
     }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// The group an answer must carry.
+fn group_in(group: Option<v1::GroupInfo>) -> Result<v1::GroupInfo, ClientError> {
+    group.ok_or_else(|| ClientError::Protocol("an answer without its group".into()))
 }
 
 async fn handshake(
@@ -959,5 +1205,252 @@ mod tests {
             .await
             .expect("the server should see the close")
             .unwrap();
+    }
+
+    fn group(id: &str) -> v1::GroupInfo {
+        v1::GroupInfo {
+            conversation_id: id.into(),
+            name: "crew".into(),
+            member_count: 3,
+            ..Default::default()
+        }
+    }
+
+    fn member(username: &str) -> v1::Member {
+        v1::Member {
+            user_id: 7,
+            username: username.into(),
+            role: v1::GroupRole::Member as i32,
+            joined_at_ms: 1,
+        }
+    }
+
+    /// The fake server's answer to each new request: checks the request
+    /// carries what the client was given and echoes it back in the answer
+    /// type, so a method wired to the wrong request or answer fails.
+    fn answer(body: Body) -> Body {
+        match body {
+            Body::CreateGroupRequest(r) => {
+                assert_eq!((r.name.as_str(), r.description.as_str()), ("crew", "d"));
+                assert_eq!(r.members, ["bob", "carol"]);
+                assert_eq!(r.settings.unwrap().max_members, 10);
+                Body::CreateGroupResponse(v1::CreateGroupResponse {
+                    group: Some(group("g:1")),
+                })
+            }
+            Body::UpdateGroupRequest(r) => {
+                assert!(r.update_name && !r.update_description && !r.update_settings);
+                let mut g = group(&r.conversation_id);
+                g.name = r.name;
+                Body::UpdateGroupResponse(v1::UpdateGroupResponse { group: Some(g) })
+            }
+            Body::AddMembersRequest(r) => Body::AddMembersResponse(v1::AddMembersResponse {
+                group: Some(group(&r.conversation_id)),
+                added: r.usernames.iter().map(|u| member(u)).collect(),
+            }),
+            Body::RemoveMembersRequest(r) => {
+                Body::RemoveMembersResponse(v1::RemoveMembersResponse {
+                    group: Some(group(&r.conversation_id)),
+                    removed: r.usernames.iter().map(|u| member(u)).collect(),
+                })
+            }
+            Body::LeaveGroupRequest(r) => {
+                assert_eq!(r.conversation_id, "g:1");
+                Body::LeaveGroupResponse(v1::LeaveGroupResponse {})
+            }
+            Body::SetRoleRequest(r) => {
+                assert_eq!(r.username, "bob");
+                assert_eq!(r.role, v1::GroupRole::Admin as i32);
+                Body::SetRoleResponse(v1::SetRoleResponse {
+                    group: Some(group(&r.conversation_id)),
+                })
+            }
+            Body::TransferOwnershipRequest(r) => {
+                let mut g = group(&r.conversation_id);
+                g.owner_username = r.username;
+                Body::TransferOwnershipResponse(v1::TransferOwnershipResponse { group: Some(g) })
+            }
+            Body::DissolveGroupRequest(r) => {
+                assert_eq!(r.conversation_id, "g:1");
+                Body::DissolveGroupResponse(v1::DissolveGroupResponse {})
+            }
+            Body::GetGroupRequest(r) => Body::GetGroupResponse(v1::GetGroupResponse {
+                group: Some(group(&r.conversation_id)),
+                my_role: v1::GroupRole::Owner as i32,
+            }),
+            Body::ListMembersRequest(r) => {
+                assert_eq!((r.after_user_id, r.limit), (5, 2));
+                Body::ListMembersResponse(v1::ListMembersResponse {
+                    members: vec![member("bob")],
+                    has_more: true,
+                })
+            }
+            Body::RecallMessageRequest(r) => {
+                assert_eq!((r.conversation_id.as_str(), r.conv_seq), ("g:1", 3));
+                Body::RecallMessageResponse(v1::RecallMessageResponse {})
+            }
+            Body::EditMessageRequest(r) => {
+                assert_eq!(r.content.unwrap().text, "fixed");
+                Body::EditMessageResponse(v1::EditMessageResponse {
+                    edited_at_ms: r.conv_seq as i64 * 100,
+                })
+            }
+            Body::DeleteMessageRequest(r) => {
+                assert_eq!((r.conversation_id.as_str(), r.conv_seq), ("g:1", 4));
+                Body::DeleteMessageResponse(v1::DeleteMessageResponse {})
+            }
+            Body::GetReceiptsRequest(r) => Body::GetReceiptsResponse(v1::GetReceiptsResponse {
+                receipts: r
+                    .conv_seqs
+                    .iter()
+                    .map(|&conv_seq| v1::ReceiptSummary {
+                        conversation_id: r.conversation_id.clone(),
+                        conv_seq,
+                        read_count: 1,
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+            Body::SetTypingRequest(r) => {
+                assert!(r.typing);
+                Body::SetTypingResponse(v1::SetTypingResponse {})
+            }
+            Body::GetPresenceRequest(r) => Body::GetPresenceResponse(v1::GetPresenceResponse {
+                presences: r
+                    .usernames
+                    .into_iter()
+                    .map(|username| v1::Presence {
+                        username,
+                        state: v1::PresenceState::Online as i32,
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+            Body::SetPrivacyRequest(r) => Body::SetPrivacyResponse(v1::SetPrivacyResponse {
+                hide_presence: r.hide_presence,
+            }),
+            Body::BlockRequest(r) => {
+                assert_eq!(r.username, "mallory");
+                Body::BlockResponse(v1::BlockResponse {})
+            }
+            Body::UnblockRequest(r) => {
+                assert_eq!(r.username, "trent");
+                Body::UnblockResponse(v1::UnblockResponse {})
+            }
+            Body::ListBlockedRequest(_) => Body::ListBlockedResponse(v1::ListBlockedResponse {
+                usernames: vec!["mallory".into()],
+            }),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Checks every group, recall/edit/delete, receipt, presence, privacy
+    /// and block method sends its request and unwraps its answer, and that
+    /// presence and typing pushes reach next_push.
+    #[tokio::test]
+    async fn typed_requests_and_presence_pushes() {
+        let (server, url) = FakeServer::bind().await;
+        let server_side = tokio::spawn(async move {
+            let (mut peer, _) = server.accept_hello().await;
+            let presence = v1::Presence {
+                user_id: 2,
+                username: "bob".into(),
+                state: v1::PresenceState::Offline as i32,
+                last_seen_ms: 9,
+            };
+            peer.send(Frame::push(Body::PresencePush(v1::PresencePush {
+                presence: Some(presence),
+            })))
+            .await;
+            peer.send(Frame::push(Body::TypingPush(v1::TypingPush {
+                conversation_id: "g:1".into(),
+                user_id: 2,
+                username: "bob".into(),
+                typing: true,
+            })))
+            .await;
+            while let Some((id, body)) = peer.recv().await {
+                let reply = match body {
+                    // A group answer without its group is a protocol error.
+                    Body::DissolveGroupRequest(r) if r.conversation_id == "g:bad" => {
+                        Body::SetRoleResponse(v1::SetRoleResponse { group: None })
+                    }
+                    Body::SetRoleRequest(r) if r.conversation_id == "g:bad" => {
+                        Body::SetRoleResponse(v1::SetRoleResponse { group: None })
+                    }
+                    body => answer(body),
+                };
+                peer.send(Frame::new(id, reply)).await;
+            }
+        });
+        let conn = Connection::connect(&opts(&url)).await.unwrap();
+        match conn.next_push().await {
+            Some(Body::PresencePush(p)) => assert_eq!(p.presence.unwrap().last_seen_ms, 9),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(conn.next_push().await, Some(Body::TypingPush(t)) if t.typing));
+
+        let settings = v1::GroupSettings {
+            max_members: 10,
+            ..Default::default()
+        };
+        let g = conn
+            .create_group("crew", "d", &["bob", "carol"], Some(settings))
+            .await
+            .unwrap();
+        assert_eq!(g.conversation_id, "g:1");
+        let update = v1::UpdateGroupRequest {
+            conversation_id: "g:1".into(),
+            update_name: true,
+            name: "new".into(),
+            ..Default::default()
+        };
+        assert_eq!(conn.update_group(update).await.unwrap().name, "new");
+        let added = conn.add_members("g:1", &["dave"]).await.unwrap();
+        assert_eq!(added.added[0].username, "dave");
+        let removed = conn.remove_members("g:1", &["eve", "bob"]).await.unwrap();
+        assert_eq!(removed.removed.len(), 2);
+        conn.leave_group("g:1").await.unwrap();
+        let g = conn
+            .set_role("g:1", "bob", v1::GroupRole::Admin)
+            .await
+            .unwrap();
+        assert_eq!(g.conversation_id, "g:1");
+        let g = conn.transfer_ownership("g:1", "carol").await.unwrap();
+        assert_eq!(g.owner_username, "carol");
+        conn.dissolve_group("g:1").await.unwrap();
+        let info = conn.get_group("g:1").await.unwrap();
+        assert_eq!(info.my_role(), v1::GroupRole::Owner);
+        let page = conn.list_members("g:1", 5, 2).await.unwrap();
+        assert!(page.has_more);
+        conn.recall("g:1", 3).await.unwrap();
+        let edited = conn.edit("g:1", 2, crate::text("fixed")).await.unwrap();
+        assert_eq!(edited.edited_at_ms, 200);
+        conn.delete_for_me("g:1", 4).await.unwrap();
+        let receipts = conn.get_receipts("g:1", &[1, 2]).await.unwrap();
+        assert_eq!(
+            receipts.iter().map(|r| r.conv_seq).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        conn.set_typing("d:1:2", true).await.unwrap();
+        let presences = conn.get_presence(&["bob", "carol"]).await.unwrap();
+        assert_eq!(presences[1].username, "carol");
+        assert_eq!(presences[1].state(), v1::PresenceState::Online);
+        assert!(conn.set_privacy(true).await.unwrap());
+        assert!(!conn.set_privacy(false).await.unwrap());
+        conn.block("mallory").await.unwrap();
+        conn.unblock("trent").await.unwrap();
+        assert_eq!(conn.list_blocked().await.unwrap(), ["mallory"]);
+
+        match conn.set_role("g:bad", "bob", v1::GroupRole::Member).await {
+            Err(ClientError::Protocol(m)) => assert!(m.contains("without its group"), "{m}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        match conn.dissolve_group("g:bad").await {
+            Err(ClientError::Protocol(m)) => assert!(m.contains("got set_role_response"), "{m}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        conn.close().await;
+        server_side.await.unwrap();
     }
 }

@@ -150,6 +150,8 @@ pub(crate) fn event(seq: u64) -> v1::Event {
             client_msg_id: format!("m{seq}"),
             sent_at_ms: 0,
             content: Some(crate::text("hi")),
+            ..Default::default()
         })),
+        ..Default::default()
     }
 }

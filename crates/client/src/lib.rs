@@ -6,7 +6,9 @@
 //!   typed requests matched to answers by request id, the push queue.
 //! - [`Client`] (`client.rs`): reconnects with backoff, runs the sync loop
 //!   and hands [`ClientEvent`]s to the application over a bounded channel,
-//!   retries sends with the same client message id.
+//!   retries sends with the same client message id, and forwards the other
+//!   requests (groups, recall/edit, presence, blocking, ...) to the current
+//!   connection.
 //! - `transport.rs`: TCP (length-prefixed) and WebSocket frame I/O.
 //! - `endpoint.rs`: parsing `tcp://` and `ws://` server URLs.
 //! - `backoff.rs`: exponential backoff with full jitter.
@@ -42,6 +44,12 @@ pub fn to_conversation(id: &str) -> v1::Target {
     v1::Target {
         to: Some(v1::target::To::ConversationId(id.into())),
     }
+}
+
+/// A target addressing a group conversation by its id (`"g:<id>"`); the
+/// same as [`to_conversation`], named for readability.
+pub fn to_group(conversation_id: &str) -> v1::Target {
+    to_conversation(conversation_id)
 }
 
 /// Plain-text content.
@@ -81,6 +89,10 @@ mod tests {
         assert_eq!(
             to_conversation("d:1:2").to,
             Some(v1::target::To::ConversationId("d:1:2".into()))
+        );
+        assert_eq!(
+            to_group("g:7").to,
+            Some(v1::target::To::ConversationId("g:7".into()))
         );
         assert_eq!(text("hi").text, "hi");
         let (a, b) = (new_client_msg_id(), new_client_msg_id());
