@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use pigeon_proto::v1::{
     Content, ConversationSummary, Event, GroupInfo, GroupRole, GroupSettings, Member, Message,
+    ReceiptSummary,
 };
 use serde::{Deserialize, Serialize};
 
@@ -267,6 +268,25 @@ pub trait Store: Send + Sync + 'static {
     async fn record_delivered(&self, user: UserId, username: &str, marks: Vec<Delivered>, now_ms: i64) -> Result<Vec<Appended>, StoreError>;
     /// Whether `blocker` has blocked `blocked`.
     async fn is_blocked(&self, blocker: UserId, blocked: UserId) -> Result<bool, StoreError>;
+    /// Blocks or unblocks a user and tells the blocker's devices.
+    async fn set_blocked(&self, blocker: UserId, blocked: (UserId, String), block: bool, now_ms: i64) -> Result<Vec<Appended>, StoreError>;
+    /// The users `blocker` has blocked, at most `limit`.
+    async fn blocked_users(&self, blocker: UserId, limit: usize) -> Result<Vec<UserId>, StoreError>;
+    /// Recalls, edits or deletes-for-me a message, checking who may and
+    /// when, atomically with the write.
+    async fn change_message(&self, change: MessageChange) -> Result<ChangeOutcome, StoreError>;
+    /// Receipt counts of messages in a large group.
+    async fn receipt_counts(&self, conversation_id: &str, conv_seqs: &[u64]) -> Result<Vec<ReceiptSummary>, StoreError>;
+    /// A user's preferences and last-seen time.
+    async fn prefs(&self, user: UserId) -> Result<UserPrefs, StoreError>;
+    /// Stores a user's preferences and last-seen time.
+    async fn set_prefs(&self, user: UserId, prefs: UserPrefs) -> Result<(), StoreError>;
+    /// The users who share a direct or small group conversation with
+    /// `user` (whom presence changes are pushed to), at most `limit`.
+    async fn contacts(&self, user: UserId, limit: usize) -> Result<Vec<UserId>, StoreError>;
+    /// Whether `a` and `b` share any conversation (direct or group, as
+    /// current members).
+    async fn shares_conversation(&self, a: UserId, b: UserId) -> Result<bool, StoreError>;
     /// A random secret of 32 bytes stored under `name`, created on first use.
     async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError>;
 }
@@ -506,4 +526,62 @@ pub struct GroupOutcome {
     /// Users to tell to sync (large groups: the events are in the shared
     /// stream).
     pub stream_notice: Option<Arc<[UserId]>>,
+}
+
+/// A change to an existing message.
+#[derive(Debug, Clone)]
+pub struct MessageChange {
+    /// Who asks.
+    pub actor: UserId,
+    /// The conversation (canonical id).
+    pub conversation_id: String,
+    /// The group, or 0 for a direct conversation.
+    pub group_id: u64,
+    /// For a direct conversation: both participants.
+    pub participants: Vec<UserId>,
+    /// The message.
+    pub conv_seq: u64,
+    /// What to do.
+    pub kind: MessageChangeKind,
+    /// Now, Unix ms.
+    pub now_ms: i64,
+}
+
+/// What to do to a message.
+#[derive(Debug, Clone)]
+pub enum MessageChangeKind {
+    /// Delete for everyone (the sender, within the window).
+    Recall {
+        /// How long after sending this is allowed.
+        window_ms: i64,
+    },
+    /// Replace the content (the sender, within the window).
+    Edit {
+        /// The new content.
+        content: Content,
+        /// How long after sending this is allowed.
+        window_ms: i64,
+    },
+    /// Hide from the actor's own history.
+    DeleteForMe,
+}
+
+/// The result of [`Store::change_message`].
+#[derive(Debug, Clone, Default)]
+pub struct ChangeOutcome {
+    /// For an edit: its time.
+    pub edited_at_ms: i64,
+    /// Events appended to users' logs.
+    pub appended: Vec<Appended>,
+    /// Users to tell to sync (large groups).
+    pub stream_notice: Option<Arc<[UserId]>>,
+}
+
+/// A user's settings and last-seen time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserPrefs {
+    /// Nobody sees this user's presence.
+    pub hide_presence: bool,
+    /// When the user's last device went offline, Unix ms (0: never).
+    pub last_seen_ms: i64,
 }

@@ -21,13 +21,29 @@ pub enum Table {
     Log,
     /// (user, conversation) -> conversation summary
     ConvState,
-    /// counters, high-water marks, trim points, secrets
+    /// counters, high-water marks, trim points, secrets, user preferences
     Meta,
+    /// group id -> group record
+    Groups,
+    /// (group, user) -> membership record (kept after leaving)
+    GroupMembers,
+    /// (user, group) -> nothing: the groups a user is or was in
+    UserGroups,
+    /// (group, stream seq) -> event: the shared logs of large groups
+    Stream,
+    /// (user, conversation, conv seq) -> nothing: deleted for that user
+    Hidden,
+    /// (blocker, blocked) -> nothing
+    Blocks,
+    /// (conversation, user) -> delivered and read positions, for receipts
+    Positions,
+    /// (conversation, conv seq) -> delivered and read counts (large groups)
+    Counts,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 16] = [
         Table::Users,
         Table::UserIds,
         Table::Sessions,
@@ -36,6 +52,14 @@ impl Table {
         Table::Log,
         Table::ConvState,
         Table::Meta,
+        Table::Groups,
+        Table::GroupMembers,
+        Table::UserGroups,
+        Table::Stream,
+        Table::Hidden,
+        Table::Blocks,
+        Table::Positions,
+        Table::Counts,
     ];
 
     /// The table's name on disk.
@@ -49,6 +73,14 @@ impl Table {
             Table::Log => "log",
             Table::ConvState => "conv_state",
             Table::Meta => "meta",
+            Table::Groups => "groups",
+            Table::GroupMembers => "group_members",
+            Table::UserGroups => "user_groups",
+            Table::Stream => "stream",
+            Table::Hidden => "hidden",
+            Table::Blocks => "blocks",
+            Table::Positions => "positions",
+            Table::Counts => "counts",
         }
     }
 

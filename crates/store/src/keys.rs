@@ -93,3 +93,42 @@ pub fn u64_value(v: u64) -> Vec<u8> {
 pub fn read_u64(v: &[u8]) -> Option<u64> {
     v.try_into().ok().map(u64::from_be_bytes)
 }
+
+/// Two ids: `a ++ b` (group members, user groups, blocks).
+pub fn pair(a: u64, b: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&a.to_be_bytes());
+    k.extend_from_slice(&b.to_be_bytes());
+    k
+}
+
+/// The second id of a [`pair`] key.
+pub fn pair_second(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[8..16].try_into().expect("pair keys are 16 bytes"))
+}
+
+/// A message hidden for a user: `user ++ conversation ++ 0 ++ conv_seq`.
+pub fn hidden(user: UserId, conv: &str, conv_seq: u64) -> Vec<u8> {
+    let mut k = user.to_be_bytes().to_vec();
+    k.extend_from_slice(&timeline(conv, conv_seq));
+    k
+}
+
+/// A user's receipt positions in a conversation: `conversation ++ 0 ++ user`.
+pub fn position(conv: &str, user: UserId) -> Vec<u8> {
+    timeline(conv, user)
+}
+
+/// Meta key of the next group id.
+pub const NEXT_GROUP_ID: &[u8] = b"next_group_id";
+
+/// Meta key of the shared stream's seq high-water mark.
+pub const HW_STREAM: &[u8] = b"hw/stream";
+
+/// Meta key of the last committed shared-stream seq.
+pub const STREAM_HEAD: &[u8] = b"stream_head";
+
+/// Meta key of a user's preferences.
+pub fn prefs(user: UserId) -> Vec<u8> {
+    format!("prefs/{user}").into_bytes()
+}

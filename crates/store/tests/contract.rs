@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use pigeon_core::store::{AppendMessage, LogReadError, NewSession};
+use pigeon_core::store::{AppendMessage, HistoryQuery, LogReadError, NewSession, ReadMark};
 use pigeon_core::{Store, StoreError};
 use pigeon_proto::v1::{Content, event};
 use pigeon_store::{LogStore, StoreConfig, open_embedded, open_memory};
@@ -37,6 +37,7 @@ fn msg(sender: (u64, &str), to: (u64, &str), id: &str, text: &str, now: i64) -> 
         sender_device_id: 1,
         client_msg_id: id.into(),
         conversation_id: conv,
+        group_id: 0,
         participants: vec![(sender.0, sender.1.into()), (to.0, to.1.into())],
         content: Content {
             text: text.into(),
@@ -44,6 +45,14 @@ fn msg(sender: (u64, &str), to: (u64, &str), id: &str, text: &str, now: i64) -> 
         },
         now_ms: now,
     }
+}
+
+fn hq(conv: &str, before: u64, limit: usize, bytes_max: usize) -> HistoryQuery {
+    HistoryQuery { conversation_id: conv.to_string(), lower: 0, before, limit, bytes_max, viewer: 0 }
+}
+
+fn rm(user: u64, conv: &str, up_to: u64, now_ms: i64) -> ReadMark {
+    ReadMark { user, username: String::new(), conversation_id: conv.to_string(), up_to, now_ms }
 }
 
 fn text_of(e: &pigeon_proto::v1::Event) -> String {
@@ -173,7 +182,7 @@ async fn messages_reach_both_logs_and_the_timeline(make: fn(StoreConfig) -> Back
         assert_eq!(tail.events.len(), 3);
     }
     let conv = &acks[0].conversation_id;
-    let (page, more) = b.store.history(conv, 0, 2, 1 << 20).await.unwrap();
+    let (page, more) = b.store.history(hq(conv, 0, 2, 1 << 20)).await.unwrap();
     assert_eq!(
         page.iter()
             .map(|m| m.content.as_ref().unwrap().text.as_str())
@@ -183,7 +192,7 @@ async fn messages_reach_both_logs_and_the_timeline(make: fn(StoreConfig) -> Back
     assert!(more);
     let (page, more) = b
         .store
-        .history(conv, page[1].conv_seq, 10, 1 << 20)
+        .history(hq(conv, page[1].conv_seq, 10, 1 << 20))
         .await
         .unwrap();
     assert_eq!(page.len(), 3);
@@ -191,7 +200,7 @@ async fn messages_reach_both_logs_and_the_timeline(make: fn(StoreConfig) -> Back
     assert!(!more);
     assert_eq!(
         b.store
-            .history("d:8:9", 0, 10, 1 << 20)
+            .history(hq("d:8:9", 0, 10, 1 << 20))
             .await
             .unwrap()
             .0
@@ -350,7 +359,7 @@ async fn conversations_track_last_message_and_unread(make: fn(StoreConfig) -> Ba
     let conv = list[1].conversation_id.clone();
     let seqs: Vec<u64> = b
         .store
-        .history(&conv, 0, 10, 1 << 20)
+        .history(hq(&conv, 0, 10, 1 << 20))
         .await
         .unwrap()
         .0
@@ -358,15 +367,15 @@ async fn conversations_track_last_message_and_unread(make: fn(StoreConfig) -> Ba
         .rev()
         .map(|m| m.conv_seq)
         .collect();
-    let out = b.store.mark_read(c.id, &conv, seqs[1], 30).await.unwrap();
+    let out = b.store.mark_read(rm(c.id, &conv, seqs[1], 30)).await.unwrap();
     assert_eq!((out.read_up_to, out.unread_count), (seqs[1], 1));
     assert!(
-        matches!(&out.appended.as_ref().unwrap().events[0].kind, Some(event::Kind::ReadMarker(m)) if m.read_up_to == seqs[1])
+        matches!(&out.appended[0].events[0].kind, Some(event::Kind::ReadMarker(m)) if m.read_up_to == seqs[1])
     );
-    let back = b.store.mark_read(c.id, &conv, seqs[0], 31).await.unwrap();
+    let back = b.store.mark_read(rm(c.id, &conv, seqs[0], 31)).await.unwrap();
     assert_eq!((back.read_up_to, back.unread_count), (seqs[1], 1));
-    assert!(back.appended.is_none(), "going backwards changes nothing");
-    let all = b.store.mark_read(c.id, &conv, u64::MAX, 32).await.unwrap();
+    assert!(back.appended.is_empty(), "going backwards changes nothing");
+    let all = b.store.mark_read(rm(c.id, &conv, u64::MAX, 32)).await.unwrap();
     assert_eq!(
         (all.read_up_to, all.unread_count),
         (seqs[2], 0),
@@ -454,9 +463,9 @@ async fn reads_are_bounded_by_count_and_bytes(make: fn(StoreConfig) -> Backend) 
     let r = b.store.read_log(c.id, 0, 10, 1 << 20).await.unwrap();
     assert_eq!((r.events.len(), r.has_more), (10, false));
     let conv = format!("d:{}:{}", a.id.min(c.id), a.id.max(c.id));
-    let (page, more) = b.store.history(&conv, 0, 100, 3500).await.unwrap();
+    let (page, more) = b.store.history(hq(&conv, 0, 100, 3500)).await.unwrap();
     assert_eq!((page.len(), more), (3, true));
-    let (page, more) = b.store.history(&conv, 0, 100, 1).await.unwrap();
+    let (page, more) = b.store.history(hq(&conv, 0, 100, 1)).await.unwrap();
     assert_eq!((page.len(), more), (1, true), "at least one message");
 }
 
