@@ -7,11 +7,11 @@ use pigeon_proto::v1::{
     ListMembersResponse, RemoveMembersResponse, UpdateGroupRequest,
 };
 
+use crate::UserId;
 use crate::error::CoreError;
 use crate::groups::{self, GroupAction};
 use crate::service::{Service, Session};
 use crate::store::{GroupChangeRequest, GroupLimits, GroupOp, GroupOutcome, GroupRecord};
-use crate::UserId;
 
 impl Service {
     fn group_limits(&self) -> GroupLimits {
@@ -26,7 +26,11 @@ impl Service {
     fn settings(&self, s: Option<GroupSettings>) -> GroupSettings {
         let mut s = s.unwrap_or_default();
         let max = self.config.group_members_max;
-        s.max_members = if s.max_members == 0 { max } else { s.max_members.min(max) };
+        s.max_members = if s.max_members == 0 {
+            max
+        } else {
+            s.max_members.min(max)
+        };
         s
     }
 
@@ -59,7 +63,12 @@ impl Service {
         self.store.group(id).await?.ok_or_else(not_found)
     }
 
-    async fn apply(&self, session: &Session, group_id: u64, change: GroupChangeRequest) -> Result<GroupOutcome, CoreError> {
+    async fn apply(
+        &self,
+        session: &Session,
+        group_id: u64,
+        change: GroupChangeRequest,
+    ) -> Result<GroupOutcome, CoreError> {
         let outcome = self
             .store
             .group_op(GroupOp {
@@ -76,19 +85,37 @@ impl Service {
     }
 
     /// Creates a group owned by the caller.
-    pub async fn create_group(&self, session: &Session, req: CreateGroupRequest) -> Result<GroupInfo, CoreError> {
+    pub async fn create_group(
+        &self,
+        session: &Session,
+        req: CreateGroupRequest,
+    ) -> Result<GroupInfo, CoreError> {
         groups::validate_profile(Some(&req.name), Some(&req.description))?;
-        let members: Vec<_> = self.users(&req.members).await?.into_iter().filter(|(id, _)| *id != session.user_id).collect();
+        let members: Vec<_> = self
+            .users(&req.members)
+            .await?
+            .into_iter()
+            .filter(|(id, _)| *id != session.user_id)
+            .collect();
         let settings = self.settings(req.settings);
         if members.len() as u64 + 1 > u64::from(settings.max_members) {
             return Err(CoreError::GroupFull(settings.max_members));
         }
-        let change = GroupChangeRequest::Create { name: req.name, description: req.description, settings, members };
+        let change = GroupChangeRequest::Create {
+            name: req.name,
+            description: req.description,
+            settings,
+            members,
+        };
         Ok(self.apply(session, 0, change).await?.group)
     }
 
     /// Changes name, description or settings.
-    pub async fn update_group(&self, session: &Session, req: UpdateGroupRequest) -> Result<GroupInfo, CoreError> {
+    pub async fn update_group(
+        &self,
+        session: &Session,
+        req: UpdateGroupRequest,
+    ) -> Result<GroupInfo, CoreError> {
         let group = self.group_of(&req.conversation_id).await?;
         let name = req.update_name.then_some(req.name);
         let description = req.update_description.then_some(req.description);
@@ -102,75 +129,160 @@ impl Service {
                 group.member_count
             )));
         }
-        let change = GroupChangeRequest::Update { name, description, settings };
+        let change = GroupChangeRequest::Update {
+            name,
+            description,
+            settings,
+        };
         Ok(self.apply(session, group.id, change).await?.group)
     }
 
     /// Adds members.
-    pub async fn add_members(&self, session: &Session, conversation_id: &str, usernames: &[String]) -> Result<AddMembersResponse, CoreError> {
+    pub async fn add_members(
+        &self,
+        session: &Session,
+        conversation_id: &str,
+        usernames: &[String],
+    ) -> Result<AddMembersResponse, CoreError> {
         let group = self.group_of(conversation_id).await?;
         let users = self.users(usernames).await?;
-        let out = self.apply(session, group.id, GroupChangeRequest::AddMembers(users)).await?;
-        Ok(AddMembersResponse { group: Some(out.group), added: out.affected })
+        let out = self
+            .apply(session, group.id, GroupChangeRequest::AddMembers(users))
+            .await?;
+        Ok(AddMembersResponse {
+            group: Some(out.group),
+            added: out.affected,
+        })
     }
 
     /// Removes members.
-    pub async fn remove_members(&self, session: &Session, conversation_id: &str, usernames: &[String]) -> Result<RemoveMembersResponse, CoreError> {
+    pub async fn remove_members(
+        &self,
+        session: &Session,
+        conversation_id: &str,
+        usernames: &[String],
+    ) -> Result<RemoveMembersResponse, CoreError> {
         let group = self.group_of(conversation_id).await?;
-        let users = self.users(usernames).await?.into_iter().map(|(id, _)| id).collect();
-        let out = self.apply(session, group.id, GroupChangeRequest::RemoveMembers(users)).await?;
-        Ok(RemoveMembersResponse { group: Some(out.group), removed: out.affected })
+        let users = self
+            .users(usernames)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let out = self
+            .apply(session, group.id, GroupChangeRequest::RemoveMembers(users))
+            .await?;
+        Ok(RemoveMembersResponse {
+            group: Some(out.group),
+            removed: out.affected,
+        })
     }
 
     /// Leaves a group.
-    pub async fn leave_group(&self, session: &Session, conversation_id: &str) -> Result<(), CoreError> {
+    pub async fn leave_group(
+        &self,
+        session: &Session,
+        conversation_id: &str,
+    ) -> Result<(), CoreError> {
         let group = self.group_of(conversation_id).await?;
-        self.apply(session, group.id, GroupChangeRequest::Leave).await?;
+        self.apply(session, group.id, GroupChangeRequest::Leave)
+            .await?;
         Ok(())
     }
 
     /// Makes a member an admin or an admin a member.
-    pub async fn set_role(&self, session: &Session, conversation_id: &str, username: &str, role: i32) -> Result<GroupInfo, CoreError> {
+    pub async fn set_role(
+        &self,
+        session: &Session,
+        conversation_id: &str,
+        username: &str,
+        role: i32,
+    ) -> Result<GroupInfo, CoreError> {
         let role = GroupRole::try_from(role)
             .ok()
             .filter(|r| matches!(r, GroupRole::Admin | GroupRole::Member))
             .ok_or_else(|| CoreError::InvalidArgument("role must be ADMIN or MEMBER".into()))?;
         let group = self.group_of(conversation_id).await?;
         let (user, _) = self.users(&[username.to_string()]).await?.remove(0);
-        Ok(self.apply(session, group.id, GroupChangeRequest::SetRole { user, role }).await?.group)
+        Ok(self
+            .apply(
+                session,
+                group.id,
+                GroupChangeRequest::SetRole { user, role },
+            )
+            .await?
+            .group)
     }
 
     /// Hands the group to another member.
-    pub async fn transfer_ownership(&self, session: &Session, conversation_id: &str, username: &str) -> Result<GroupInfo, CoreError> {
+    pub async fn transfer_ownership(
+        &self,
+        session: &Session,
+        conversation_id: &str,
+        username: &str,
+    ) -> Result<GroupInfo, CoreError> {
         let group = self.group_of(conversation_id).await?;
         let (user, _) = self.users(&[username.to_string()]).await?.remove(0);
-        Ok(self.apply(session, group.id, GroupChangeRequest::Transfer { user }).await?.group)
+        Ok(self
+            .apply(session, group.id, GroupChangeRequest::Transfer { user })
+            .await?
+            .group)
     }
 
     /// Ends the group for everyone.
-    pub async fn dissolve_group(&self, session: &Session, conversation_id: &str) -> Result<(), CoreError> {
+    pub async fn dissolve_group(
+        &self,
+        session: &Session,
+        conversation_id: &str,
+    ) -> Result<(), CoreError> {
         let group = self.group_of(conversation_id).await?;
-        self.apply(session, group.id, GroupChangeRequest::Dissolve).await?;
+        self.apply(session, group.id, GroupChangeRequest::Dissolve)
+            .await?;
         Ok(())
     }
 
     /// A group's state and the caller's role (for members and former members).
-    pub async fn get_group(&self, session: &Session, conversation_id: &str) -> Result<GetGroupResponse, CoreError> {
+    pub async fn get_group(
+        &self,
+        session: &Session,
+        conversation_id: &str,
+    ) -> Result<GetGroupResponse, CoreError> {
         let group = self.group_of(conversation_id).await?;
-        let m = self.membership(&group, session.user_id, GroupAction::Read).await?;
-        Ok(GetGroupResponse { group: Some(group.info()), my_role: m.role })
+        let m = self
+            .membership(&group, session.user_id, GroupAction::Read)
+            .await?;
+        Ok(GetGroupResponse {
+            group: Some(group.info()),
+            my_role: m.role,
+        })
     }
 
     /// A page of current members (for current members).
-    pub async fn list_members(&self, session: &Session, conversation_id: &str, after: UserId, limit: u32) -> Result<ListMembersResponse, CoreError> {
+    pub async fn list_members(
+        &self,
+        session: &Session,
+        conversation_id: &str,
+        after: UserId,
+        limit: u32,
+    ) -> Result<ListMembersResponse, CoreError> {
         let group = self.group_of(conversation_id).await?;
-        let m = self.membership(&group, session.user_id, GroupAction::Read).await?;
+        let m = self
+            .membership(&group, session.user_id, GroupAction::Read)
+            .await?;
         if m.role() == GroupRole::None {
-            return Err(CoreError::Forbidden("you are not a member of this group".into()));
+            return Err(CoreError::Forbidden(
+                "you are not a member of this group".into(),
+            ));
         }
         let max = self.config.group_members_page_max;
         let limit = if limit == 0 { max } else { limit.min(max) };
-        let (members, has_more) = self.store.list_members(group.id, after, limit as usize).await?;
-        Ok(ListMembersResponse { members: members.iter().map(|m| m.member()).collect(), has_more })
+        let (members, has_more) = self
+            .store
+            .list_members(group.id, after, limit as usize)
+            .await?;
+        Ok(ListMembersResponse {
+            members: members.iter().map(|m| m.member()).collect(),
+            has_more,
+        })
     }
 }

@@ -40,7 +40,12 @@ pub enum GroupAction {
 
 /// Whether `actor` (NONE for a non-member or former member) may do `action`
 /// in a group with `settings`, dissolved or not.
-pub fn check(actor: GroupRole, action: GroupAction, settings: &GroupSettings, dissolved: bool) -> Result<(), CoreError> {
+pub fn check(
+    actor: GroupRole,
+    action: GroupAction,
+    settings: &GroupSettings,
+    dissolved: bool,
+) -> Result<(), CoreError> {
     use GroupRole::{Admin, Member, None as NoRole, Owner};
     let deny = |why: &str| Err(CoreError::Forbidden(why.to_string()));
     if actor == NoRole {
@@ -67,7 +72,9 @@ pub fn check(actor: GroupRole, action: GroupAction, settings: &GroupSettings, di
             }
         }
         GroupAction::Remove { target } => match (actor, target) {
-            (_, NoRole) => Err(CoreError::InvalidArgument("that user is not a member".into())),
+            (_, NoRole) => Err(CoreError::InvalidArgument(
+                "that user is not a member".into(),
+            )),
             (_, Owner) => deny("the owner cannot be removed"),
             (Owner, _) => Ok(()),
             (Admin, Member) => Ok(()),
@@ -90,14 +97,20 @@ pub fn check(actor: GroupRole, action: GroupAction, settings: &GroupSettings, di
         }
         GroupAction::SetRole { target } => match (actor, target) {
             (Owner, Member | Admin) => Ok(()),
-            (Owner, NoRole) => Err(CoreError::InvalidArgument("that user is not a member".into())),
+            (Owner, NoRole) => Err(CoreError::InvalidArgument(
+                "that user is not a member".into(),
+            )),
             (Owner, Owner) => deny("use transfer to change the owner"),
             _ => deny("only the owner may change roles"),
         },
         GroupAction::Transfer { target } => match (actor, target) {
             (Owner, Member | Admin) => Ok(()),
-            (Owner, NoRole) => Err(CoreError::InvalidArgument("that user is not a member".into())),
-            (Owner, Owner) => Err(CoreError::InvalidArgument("you own the group already".into())),
+            (Owner, NoRole) => Err(CoreError::InvalidArgument(
+                "that user is not a member".into(),
+            )),
+            (Owner, Owner) => Err(CoreError::InvalidArgument(
+                "you own the group already".into(),
+            )),
             _ => deny("only the owner may transfer the group"),
         },
         GroupAction::Dissolve => {
@@ -154,7 +167,11 @@ mod tests {
     use GroupRole::{Admin, Member, None as NoRole, Owner};
 
     fn settings(post: PostPolicy, add: AddPolicy) -> GroupSettings {
-        GroupSettings { post_policy: post as i32, add_policy: add as i32, max_members: 0 }
+        GroupSettings {
+            post_policy: post as i32,
+            add_policy: add as i32,
+            max_members: 0,
+        }
     }
 
     /// The whole matrix of actors against actions for default settings,
@@ -171,15 +188,43 @@ mod tests {
             (GroupAction::Post, &open, [true, true, true, false]),
             (GroupAction::Post, &announce, [true, true, false, false]),
             (GroupAction::AddMembers, &open, [true, true, false, false]),
-            (GroupAction::AddMembers, &anyone_adds, [true, true, true, false]),
-            (GroupAction::Remove { target: Member }, &open, [true, true, false, false]),
-            (GroupAction::Remove { target: Admin }, &open, [true, false, false, false]),
-            (GroupAction::Remove { target: Owner }, &open, [false, false, false, false]),
+            (
+                GroupAction::AddMembers,
+                &anyone_adds,
+                [true, true, true, false],
+            ),
+            (
+                GroupAction::Remove { target: Member },
+                &open,
+                [true, true, false, false],
+            ),
+            (
+                GroupAction::Remove { target: Admin },
+                &open,
+                [true, false, false, false],
+            ),
+            (
+                GroupAction::Remove { target: Owner },
+                &open,
+                [false, false, false, false],
+            ),
             (GroupAction::Leave, &open, [false, true, true, false]),
             (GroupAction::Update, &open, [true, true, false, false]),
-            (GroupAction::SetRole { target: Member }, &open, [true, false, false, false]),
-            (GroupAction::SetRole { target: Admin }, &open, [true, false, false, false]),
-            (GroupAction::Transfer { target: Member }, &open, [true, false, false, false]),
+            (
+                GroupAction::SetRole { target: Member },
+                &open,
+                [true, false, false, false],
+            ),
+            (
+                GroupAction::SetRole { target: Admin },
+                &open,
+                [true, false, false, false],
+            ),
+            (
+                GroupAction::Transfer { target: Member },
+                &open,
+                [true, false, false, false],
+            ),
             (GroupAction::Dissolve, &open, [true, false, false, false]),
         ];
         for (action, s, expected) in cases {

@@ -25,6 +25,7 @@ pub mod group_service;
 pub mod groups;
 pub mod notify;
 pub mod service;
+pub mod social_service;
 pub mod store;
 pub mod sync_key;
 
@@ -33,8 +34,8 @@ pub use config::CoreConfig;
 pub use error::CoreError;
 pub use notify::{Notifier, NullNotifier, PushBatch};
 pub use service::{Service, Session, SyncOutcome};
-pub use sync_key::Position;
 pub use store::{Store, StoreError};
+pub use sync_key::Position;
 
 /// A user's numeric id. Ids start at 1 and are never reused.
 pub type UserId = u64;

@@ -15,8 +15,8 @@ use crate::accounts;
 use crate::config::{CoreConfig, HISTORY_PAGE_CEILING, SYNC_BATCH_EVENTS_CEILING};
 use crate::conversation::ConversationId;
 use crate::error::CoreError;
-use crate::notify::{Notifier, PushBatch};
 use crate::groups::{self, GroupAction};
+use crate::notify::{Notifier, PushBatch};
 use crate::store::{
     AppendMessage, Appended, Delivered, GroupRecord, HistoryQuery, LogReadError, MemberRecord,
     NewSession, ReadMark, Store, UserRecord, content_bytes,
@@ -56,6 +56,7 @@ pub struct Service {
     pub(crate) config: CoreConfig,
     keys: SyncKeys,
     hashing: Semaphore,
+    pub(crate) typing: crate::social_service::TypingThrottle,
     /// Verified against when a login names an unknown user, so that the
     /// answer takes as long as for a wrong password.
     dummy_hash: String,
@@ -89,6 +90,7 @@ impl Service {
             hashing: Semaphore::new(config.password_hash_concurrency_max.max(1)),
             config,
             keys: SyncKeys::new(secret),
+            typing: Default::default(),
             dummy_hash,
         })
     }
@@ -252,7 +254,11 @@ impl Service {
     }
 
     /// Stores a message durably (idempotently) and notifies online devices.
-    pub async fn send(&self, session: &Session, req: SendRequest) -> Result<SendResponse, CoreError> {
+    pub async fn send(
+        &self,
+        session: &Session,
+        req: SendRequest,
+    ) -> Result<SendResponse, CoreError> {
         if req.client_msg_id.is_empty() || req.client_msg_id.len() > CLIENT_MSG_ID_BYTES_MAX {
             return Err(CoreError::InvalidArgument(format!(
                 "client_msg_id must be 1 to {CLIENT_MSG_ID_BYTES_MAX} bytes"
@@ -260,19 +266,22 @@ impl Service {
         }
         let content = req.content.unwrap_or_default();
         self.check_content(&content)?;
-        let (conversation_id, group_id, participants) = match self.resolve_target(session, req.target.as_ref()).await? {
-            Resolved::Direct(conv, peer) => {
-                if peer.id != session.user_id && self.store.is_blocked(peer.id, session.user_id).await? {
-                    return Err(blocked_refusal());
+        let (conversation_id, group_id, participants) =
+            match self.resolve_target(session, req.target.as_ref()).await? {
+                Resolved::Direct(conv, peer) => {
+                    if peer.id != session.user_id
+                        && self.store.is_blocked(peer.id, session.user_id).await?
+                    {
+                        return Err(blocked_refusal());
+                    }
+                    let mut participants = vec![(session.user_id, session.username.clone())];
+                    if peer.id != session.user_id {
+                        participants.push((peer.id, peer.username));
+                    }
+                    (conv.to_string(), 0, participants)
                 }
-                let mut participants = vec![(session.user_id, session.username.clone())];
-                if peer.id != session.user_id {
-                    participants.push((peer.id, peer.username));
-                }
-                (conv.to_string(), 0, participants)
-            }
-            Resolved::Group(group) => (groups::conversation_id(group.id), group.id, Vec::new()),
-        };
+                Resolved::Group(group) => (groups::conversation_id(group.id), group.id, Vec::new()),
+            };
         let outcome = self
             .store
             .append_message(AppendMessage {
@@ -298,11 +307,16 @@ impl Service {
 
     pub(crate) fn check_content(&self, content: &Content) -> Result<(), CoreError> {
         if content.text.is_empty() && content.payload.is_empty() {
-            return Err(CoreError::InvalidArgument("content has neither text nor payload".into()));
+            return Err(CoreError::InvalidArgument(
+                "content has neither text nor payload".into(),
+            ));
         }
         let len = content_bytes(content);
         if len > self.config.message_bytes_max {
-            return Err(CoreError::MessageTooLarge { len, max: self.config.message_bytes_max });
+            return Err(CoreError::MessageTooLarge {
+                len,
+                max: self.config.message_bytes_max,
+            });
         }
         Ok(())
     }
@@ -312,12 +326,20 @@ impl Service {
     /// Draining the own log first keeps each conversation in order when a
     /// group crosses the fan-out threshold (its earlier messages are in the
     /// own log, its later ones in the shared log).
-    pub async fn sync(&self, session: &Session, key: &[u8], limit: u32) -> Result<SyncOutcome, CoreError> {
+    pub async fn sync(
+        &self,
+        session: &Session,
+        key: &[u8],
+        limit: u32,
+    ) -> Result<SyncOutcome, CoreError> {
         if key.len() > SYNC_KEY_BYTES_MAX {
             return Err(CoreError::InvalidSyncKey("key is too long"));
         }
         let after = self.keys.decode(session.user_id, key)?;
-        let max = self.config.sync_batch_events_max.min(SYNC_BATCH_EVENTS_CEILING);
+        let max = self
+            .config
+            .sync_batch_events_max
+            .min(SYNC_BATCH_EVENTS_CEILING);
         let limit = if limit == 0 { max } else { limit.min(max) } as usize;
         let bytes_max = self.config.sync_batch_bytes_max;
         let read = self
@@ -328,27 +350,45 @@ impl Service {
                 LogReadError::Trimmed { .. } => CoreError::ResyncRequired,
                 LogReadError::Store(s) => s.into(),
             })?;
-        let mut cursor = Position { seq: read.events.last().map_or(after.seq, |e| e.seq), stream: after.stream };
+        let mut cursor = Position {
+            seq: read.events.last().map_or(after.seq, |e| e.seq),
+            stream: after.stream,
+        };
         let mut events = read.events;
         let mut has_more = read.has_more;
         if !has_more && events.len() < limit {
             let used: usize = events.iter().map(prost::Message::encoded_len).sum();
             let streams = self
                 .store
-                .read_streams(session.user_id, after.stream, limit - events.len(), bytes_max.saturating_sub(used))
+                .read_streams(
+                    session.user_id,
+                    after.stream,
+                    limit - events.len(),
+                    bytes_max.saturating_sub(used),
+                )
                 .await?;
             cursor.stream = streams.position.max(after.stream);
             has_more = streams.has_more;
             events.extend(streams.events);
         }
-        let delivered = delivered_marks(session.user_id, &events);
-        if !delivered.is_empty() {
-            self.record_delivered(session.user_id, &session.username, delivered);
-        }
+        self.delivered(session, &events);
         Ok(SyncOutcome {
-            response: SyncResponse { events, key: self.keys.encode(session.user_id, cursor), has_more },
+            response: SyncResponse {
+                events,
+                key: self.keys.encode(session.user_id, cursor),
+                has_more,
+            },
             cursor,
         })
+    }
+
+    /// Records that the session's device received `events` (in a sync
+    /// answer or a push): delivery receipts for their senders.
+    pub fn delivered(&self, session: &Session, events: &[Event]) {
+        let marks = delivered_marks(session.user_id, events);
+        if !marks.is_empty() {
+            self.record_delivered(session.user_id, &session.username, marks);
+        }
     }
 
     /// The key of a position (for pushes).
@@ -368,8 +408,14 @@ impl Service {
         let (conversation_id, lower, upper) = match self.resolve_target(session, target).await? {
             Resolved::Direct(conv, _) => (conv.to_string(), 0, 0),
             Resolved::Group(group) => {
-                let m = self.membership(&group, session.user_id, GroupAction::Read).await?;
-                (groups::conversation_id(group.id), m.joined_after_conv, m.left_conv)
+                let m = self
+                    .membership(&group, session.user_id, GroupAction::Read)
+                    .await?;
+                (
+                    groups::conversation_id(group.id),
+                    m.joined_after_conv,
+                    m.left_conv,
+                )
             }
         };
         let max = self.config.history_page_max.min(HISTORY_PAGE_CEILING);
@@ -391,14 +437,25 @@ impl Service {
                 viewer: session.user_id,
             })
             .await?;
-        Ok(HistoryResponse { conversation_id, messages, has_more })
+        Ok(HistoryResponse {
+            conversation_id,
+            messages,
+            has_more,
+        })
     }
 
     /// The user's conversations, most recently active first.
-    pub async fn list_conversations(&self, session: &Session, limit: u32) -> Result<Vec<ConversationSummary>, CoreError> {
+    pub async fn list_conversations(
+        &self,
+        session: &Session,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, CoreError> {
         let max = self.config.conversations_list_max;
         let limit = if limit == 0 { max } else { limit.min(max) };
-        let mut list = self.store.list_conversations(session.user_id, limit as usize).await?;
+        let mut list = self
+            .store
+            .list_conversations(session.user_id, limit as usize)
+            .await?;
         // Keep the answer well inside one frame: the most recent first.
         let mut bytes = 0;
         let keep = list
@@ -421,7 +478,12 @@ impl Service {
         read_up_to: u64,
     ) -> Result<MarkReadResponse, CoreError> {
         let canonical = self.conversation_of(session, conversation_id).await?;
-        if self.store.conversation(session.user_id, &canonical).await?.is_none() {
+        if self
+            .store
+            .conversation(session.user_id, &canonical)
+            .await?
+            .is_none()
+        {
             return Err(CoreError::ConversationNotFound(conversation_id.to_string()));
         }
         let outcome = self
@@ -435,15 +497,23 @@ impl Service {
             })
             .await?;
         self.publish(outcome.appended, None);
-        Ok(MarkReadResponse { read_up_to: outcome.read_up_to, unread_count: outcome.unread_count })
+        Ok(MarkReadResponse {
+            read_up_to: outcome.read_up_to,
+            unread_count: outcome.unread_count,
+        })
     }
 
     /// The canonical id of a conversation the caller is (or was) in.
-    pub(crate) async fn conversation_of(&self, session: &Session, conversation_id: &str) -> Result<String, CoreError> {
+    pub(crate) async fn conversation_of(
+        &self,
+        session: &Session,
+        conversation_id: &str,
+    ) -> Result<String, CoreError> {
         let not_found = || CoreError::ConversationNotFound(conversation_id.to_string());
         if let Some(id) = groups::parse_group_id(conversation_id) {
             let group = self.store.group(id).await?.ok_or_else(not_found)?;
-            self.membership(&group, session.user_id, GroupAction::Read).await?;
+            self.membership(&group, session.user_id, GroupAction::Read)
+                .await?;
             return Ok(groups::conversation_id(id));
         }
         let conv = ConversationId::parse(conversation_id)
@@ -454,7 +524,12 @@ impl Service {
 
     /// The caller's membership of a group, if they may do `action` there.
     /// Former members may still read what they saw.
-    pub(crate) async fn membership(&self, group: &GroupRecord, user: UserId, action: GroupAction) -> Result<MemberRecord, CoreError> {
+    pub(crate) async fn membership(
+        &self,
+        group: &GroupRecord,
+        user: UserId,
+        action: GroupAction,
+    ) -> Result<MemberRecord, CoreError> {
         let member = self.store.member(group.id, user).await?;
         match member {
             Some(m) if action == GroupAction::Read => Ok(m),
@@ -462,7 +537,9 @@ impl Service {
                 groups::check(m.role(), action, &group.settings(), group.dissolved)?;
                 Ok(m)
             }
-            None => Err(CoreError::Forbidden("you are not a member of this group".into())),
+            None => Err(CoreError::Forbidden(
+                "you are not a member of this group".into(),
+            )),
         }
     }
 
@@ -473,7 +550,11 @@ impl Service {
 
     /// Records deliveries in the background: the sync answer does not wait.
     fn record_delivered(&self, user: UserId, username: &str, marks: Vec<Delivered>) {
-        let (store, notifier, now) = (self.store.clone(), self.notifier.clone(), self.clock.now_ms());
+        let (store, notifier, now) = (
+            self.store.clone(),
+            self.notifier.clone(),
+            self.clock.now_ms(),
+        );
         let username = username.to_string();
         tokio::spawn(async move {
             match store.record_delivered(user, &username, marks, now).await {
@@ -488,7 +569,9 @@ impl Service {
 fn publish(notifier: &dyn Notifier, appended: Vec<Appended>, stream_notice: Option<Arc<[UserId]>>) {
     {
         for a in appended {
-            let Some(last) = a.events.last() else { continue };
+            let Some(last) = a.events.last() else {
+                continue;
+            };
             let last_seq = last.seq;
             notifier.notify(Arc::new(PushBatch {
                 user_id: a.user_id,
@@ -504,9 +587,12 @@ fn publish(notifier: &dyn Notifier, appended: Vec<Appended>, stream_notice: Opti
 }
 
 impl Service {
-
     /// The conversation a target names.
-    pub(crate) async fn resolve_target(&self, session: &Session, target: Option<&Target>) -> Result<Resolved, CoreError> {
+    pub(crate) async fn resolve_target(
+        &self,
+        session: &Session,
+        target: Option<&Target>,
+    ) -> Result<Resolved, CoreError> {
         match target.and_then(|t| t.to.as_ref()) {
             None => Err(CoreError::InvalidArgument("target is missing".into())),
             Some(target::To::Username(name)) => {
@@ -515,7 +601,10 @@ impl Service {
                     .user_by_name(name)
                     .await?
                     .ok_or_else(|| CoreError::UserNotFound(name.clone()))?;
-                Ok(Resolved::Direct(ConversationId::direct(session.user_id, peer.id), peer))
+                Ok(Resolved::Direct(
+                    ConversationId::direct(session.user_id, peer.id),
+                    peer,
+                ))
             }
             Some(target::To::ConversationId(id)) => {
                 let not_found = || CoreError::ConversationNotFound(id.clone());
@@ -555,11 +644,16 @@ pub(crate) fn blocked_refusal() -> CoreError {
 fn delivered_marks(me: UserId, events: &[Event]) -> Vec<Delivered> {
     let mut marks: Vec<Delivered> = Vec::new();
     for e in events {
-        let Some(event::Kind::Message(m)) = &e.kind else { continue };
+        let Some(event::Kind::Message(m)) = &e.kind else {
+            continue;
+        };
         if m.sender_id == me {
             continue;
         }
-        match marks.iter_mut().find(|d| d.conversation_id == m.conversation_id) {
+        match marks
+            .iter_mut()
+            .find(|d| d.conversation_id == m.conversation_id)
+        {
             Some(d) => {
                 d.up_to = d.up_to.max(m.conv_seq);
                 if !d.senders.contains(&m.sender_id) {
@@ -579,8 +673,10 @@ fn delivered_marks(me: UserId, events: &[Event]) -> Vec<Delivered> {
 }
 
 /// Runs CPU-heavy work on tokio's blocking pool.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, CoreError> + Send + 'static) -> Result<T, CoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| CoreError::Store(crate::StoreError::Io(format!("blocking task failed: {e}"))))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CoreError> + Send + 'static,
+) -> Result<T, CoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        CoreError::Store(crate::StoreError::Io(format!("blocking task failed: {e}")))
+    })?
 }

@@ -238,13 +238,25 @@ pub trait Store: Send + Sync + 'static {
     /// A group's record.
     async fn group(&self, group_id: u64) -> Result<Option<GroupRecord>, StoreError>;
     /// A user's membership record in a group (also for former members).
-    async fn member(&self, group_id: u64, user: UserId) -> Result<Option<MemberRecord>, StoreError>;
+    async fn member(&self, group_id: u64, user: UserId)
+    -> Result<Option<MemberRecord>, StoreError>;
     /// Current members with user id > `after`, in id order, at most `limit`;
     /// and whether more follow.
-    async fn list_members(&self, group_id: u64, after: UserId, limit: usize) -> Result<(Vec<MemberRecord>, bool), StoreError>;
+    async fn list_members(
+        &self,
+        group_id: u64,
+        after: UserId,
+        limit: usize,
+    ) -> Result<(Vec<MemberRecord>, bool), StoreError>;
     /// Committed events of the user's large groups after the global stream
     /// position `after`, within each membership's window, in stream order.
-    async fn read_streams(&self, user: UserId, after: u64, limit: usize, bytes_max: usize) -> Result<StreamRead, StoreError>;
+    async fn read_streams(
+        &self,
+        user: UserId,
+        after: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<StreamRead, StoreError>;
     /// The user's conversations, most recently active first.
     async fn list_conversations(
         &self,
@@ -265,18 +277,35 @@ pub trait Store: Send + Sync + 'static {
     /// Records that `user`'s device received messages (at sync): raises the
     /// delivered position per conversation and appends receipts for the
     /// senders, or aggregated counts in large groups.
-    async fn record_delivered(&self, user: UserId, username: &str, marks: Vec<Delivered>, now_ms: i64) -> Result<Vec<Appended>, StoreError>;
+    async fn record_delivered(
+        &self,
+        user: UserId,
+        username: &str,
+        marks: Vec<Delivered>,
+        now_ms: i64,
+    ) -> Result<Vec<Appended>, StoreError>;
     /// Whether `blocker` has blocked `blocked`.
     async fn is_blocked(&self, blocker: UserId, blocked: UserId) -> Result<bool, StoreError>;
     /// Blocks or unblocks a user and tells the blocker's devices.
-    async fn set_blocked(&self, blocker: UserId, blocked: (UserId, String), block: bool, now_ms: i64) -> Result<Vec<Appended>, StoreError>;
+    async fn set_blocked(
+        &self,
+        blocker: UserId,
+        blocked: (UserId, String),
+        block: bool,
+        now_ms: i64,
+    ) -> Result<Vec<Appended>, StoreError>;
     /// The users `blocker` has blocked, at most `limit`.
-    async fn blocked_users(&self, blocker: UserId, limit: usize) -> Result<Vec<UserId>, StoreError>;
+    async fn blocked_users(&self, blocker: UserId, limit: usize)
+    -> Result<Vec<UserId>, StoreError>;
     /// Recalls, edits or deletes-for-me a message, checking who may and
     /// when, atomically with the write.
     async fn change_message(&self, change: MessageChange) -> Result<ChangeOutcome, StoreError>;
     /// Receipt counts of messages in a large group.
-    async fn receipt_counts(&self, conversation_id: &str, conv_seqs: &[u64]) -> Result<Vec<ReceiptSummary>, StoreError>;
+    async fn receipt_counts(
+        &self,
+        conversation_id: &str,
+        conv_seqs: &[u64],
+    ) -> Result<Vec<ReceiptSummary>, StoreError>;
     /// A user's preferences and last-seen time.
     async fn prefs(&self, user: UserId) -> Result<UserPrefs, StoreError>;
     /// Stores a user's preferences and last-seen time.
@@ -387,7 +416,11 @@ pub struct GroupRecord {
 impl GroupRecord {
     /// The group's settings.
     pub fn settings(&self) -> GroupSettings {
-        GroupSettings { post_policy: self.post_policy, add_policy: self.add_policy, max_members: self.max_members }
+        GroupSettings {
+            post_policy: self.post_policy,
+            add_policy: self.add_policy,
+            max_members: self.max_members,
+        }
     }
 
     /// The wire form.
@@ -436,7 +469,12 @@ impl MemberRecord {
 
     /// The wire form.
     pub fn member(&self) -> Member {
-        Member { user_id: self.user_id, username: self.username.clone(), role: self.role, joined_at_ms: self.joined_at_ms }
+        Member {
+            user_id: self.user_id,
+            username: self.username.clone(),
+            role: self.role,
+            joined_at_ms: self.joined_at_ms,
+        }
     }
 }
 

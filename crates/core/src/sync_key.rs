@@ -90,17 +90,24 @@ impl SyncKeys {
         }
         let (body, mac) = key.split_at(len - MAC_BYTES);
         // Compare MACs in constant time through the hmac crate.
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret)
+            .expect("HMAC takes any key length");
         m.update(body);
         if m.verify_truncated_left(mac).is_err() {
-            return Err(CoreError::InvalidSyncKey("key was not issued by this server"));
+            return Err(CoreError::InvalidSyncKey(
+                "key was not issued by this server",
+            ));
         }
-        let word = |i: usize| u64::from_be_bytes(body[1 + 8 * i..9 + 8 * i].try_into().expect("8 bytes"));
+        let word =
+            |i: usize| u64::from_be_bytes(body[1 + 8 * i..9 + 8 * i].try_into().expect("8 bytes"));
         if word(0) != user {
             return Err(CoreError::InvalidSyncKey("key belongs to another user"));
         }
         let stream = if key[0] == KEY_VERSION_2 { word(2) } else { 0 };
-        Ok(Position { seq: word(1), stream })
+        Ok(Position {
+            seq: word(1),
+            stream,
+        })
     }
 }
 
@@ -112,7 +119,10 @@ mod tests {
     #[test]
     fn keys_roundtrip_and_forgeries_are_refused() {
         let keys = SyncKeys::new([7; 32]);
-        let pos = Position { seq: 1000, stream: 77 };
+        let pos = Position {
+            seq: 1000,
+            stream: 77,
+        };
         let k = keys.encode(42, pos);
         assert_eq!(keys.decode(42, &k).unwrap(), pos);
         assert_eq!(keys.decode(42, &[]).unwrap(), Position::default());
@@ -121,9 +131,15 @@ mod tests {
         let mut tampered = k.clone();
         tampered[16] ^= 1;
         assert!(keys.decode(42, &tampered).is_err(), "tampered seq");
-        assert!(SyncKeys::new([8; 32]).decode(42, &k).is_err(), "other server");
+        assert!(
+            SyncKeys::new([8; 32]).decode(42, &k).is_err(),
+            "other server"
+        );
         assert!(keys.decode(42, &k[..10]).is_err(), "truncated");
-        assert!(keys.decode(42, b"garbage-garbage-garbage!!").is_err(), "garbage");
+        assert!(
+            keys.decode(42, b"garbage-garbage-garbage!!").is_err(),
+            "garbage"
+        );
         assert!(keys.decode(42, &[9]).is_err(), "unknown version");
     }
 

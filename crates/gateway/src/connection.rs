@@ -17,16 +17,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use pigeon_core::{CoreError, PushBatch, Session};
+use pigeon_core::{CoreError, Position, PushBatch, Session};
 use pigeon_proto::Body;
-use pigeon_proto::v1::{self, Limits, Pong, SyncNotice, Welcome};
+use pigeon_proto::v1::{self, EventsPush, Limits, Pong, SyncNotice, Welcome};
 use pigeon_proto::version::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, negotiate};
 use pigeon_proto::{ErrorCode, Frame, limits};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::Gateway;
-use crate::registry::{ConnFlags, Registration};
+use crate::registry::{ConnFlags, Push, Registration};
 use crate::transport::{FrameReader, FrameWriter, Inbound};
 
 /// Frames read ahead of the connection loop.
@@ -100,6 +100,11 @@ pub(crate) async fn run(
         let _ = conn.out.try_send(frame);
     }
     reader_task.abort();
+    if let (Some(reg), Some(session)) = (conn.registration.take(), conn.session.take())
+        && conn.gw.registry.unregister(reg)
+    {
+        conn.presence(&session, false);
+    }
     drop(conn);
     let _ = timeout(Duration::from_secs(2), writer_task).await;
 }
@@ -126,7 +131,7 @@ struct Conn {
     registration: Option<Registration>,
     /// The seq this device is at, as far as this connection told it (by a
     /// sync answer or a push). `None` until its first sync here.
-    cursor: Option<u64>,
+    cursor: Option<Position>,
     /// A sync notice went out and no sync has come since.
     notice_pending: bool,
     inflight: Arc<Semaphore>,
@@ -175,7 +180,11 @@ impl Conn {
                         Some(Inbound::Closed) | None => Err(Close::Silent),
                     }
                 }
-                Some(batch) = recv_push(&mut self.registration) => self.on_push(&batch),
+                Some(push) = recv_push(&mut self.registration) => match push {
+                    Push::Events(batch) => self.on_push(&batch),
+                    Push::Notice => self.notice(),
+                    Push::Ephemeral(body) => self.send(Frame::push((*body).clone())),
+                },
                 _ = wake(flags.as_deref()) => self.on_flags(),
                 _ = sleep_until(deadline) => Err(bye(
                     ErrorCode::IdleTimeout,
@@ -259,13 +268,27 @@ impl Conn {
     }
 
     fn authenticated(&mut self, session: Session) {
-        let reg = self.gw.registry.register(
+        let (reg, first) = self.gw.registry.register(
             session.user_id,
             &session.token_hash,
             self.gw.config.push_queue_batches_max,
         );
+        if first {
+            self.presence(&session, true);
+        }
         self.registration = Some(reg);
         self.session = Some(session);
+    }
+
+    /// Tells contacts in the background that the user came or went.
+    fn presence(&self, session: &Session, online: bool) {
+        let service = self.gw.service.clone();
+        let (user, name) = (session.user_id, session.username.clone());
+        tokio::spawn(async move {
+            if let Err(e) = service.presence_changed(user, &name, online).await {
+                tracing::warn!(error = %e, "presence update failed");
+            }
+        });
     }
 
     async fn on_frame(&mut self, frame: Frame) -> Sent {
@@ -396,11 +419,14 @@ impl Conn {
                     .await
                     .map(Body::MarkReadResponse)
             }),
-            _ => self.send(Frame::error(
-                id,
-                ErrorCode::UnknownRequest,
-                "unknown request type",
-            )),
+            other => match social_request(service, session, other) {
+                Some(work) => self.spawn(id, work),
+                None => self.send(Frame::error(
+                    id,
+                    ErrorCode::UnknownRequest,
+                    "unknown request type",
+                )),
+            },
         }
     }
 
@@ -436,10 +462,24 @@ impl Conn {
 
     fn on_push(&mut self, batch: &PushBatch) -> Sent {
         match self.cursor {
-            Some(c) if c >= batch.last_seq => Ok(()),
-            Some(c) if c == batch.prev_seq => {
-                self.cursor = Some(batch.last_seq);
-                self.send(Frame::push(Body::EventsPush(batch.push.clone())))
+            Some(c) if c.seq >= batch.last_seq => Ok(()),
+            Some(c) if c.seq == batch.prev_seq => {
+                let user = batch.user_id;
+                let after = Position {
+                    seq: batch.last_seq,
+                    ..c
+                };
+                let push = EventsPush {
+                    prev_key: self.gw.service.key_for(user, c),
+                    events: batch.events.clone(),
+                    key: self.gw.service.key_for(user, after),
+                };
+                self.cursor = Some(after);
+                self.send(Frame::push(Body::EventsPush(push)))?;
+                if let Some(session) = &self.session {
+                    self.gw.service.delivered(session, &batch.events);
+                }
+                Ok(())
             }
             _ => self.notice(),
         }
@@ -493,7 +533,7 @@ impl Conn {
     }
 }
 
-async fn recv_push(reg: &mut Option<Registration>) -> Option<Arc<PushBatch>> {
+async fn recv_push(reg: &mut Option<Registration>) -> Option<Push> {
     match reg {
         Some(r) => r.rx.recv().await,
         None => std::future::pending().await,
@@ -517,7 +557,149 @@ fn is_request(body: &Body) -> bool {
             | Body::HistoryRequest(_)
             | Body::ListConversationsRequest(_)
             | Body::MarkReadRequest(_)
+            | Body::CreateGroupRequest(_)
+            | Body::UpdateGroupRequest(_)
+            | Body::AddMembersRequest(_)
+            | Body::RemoveMembersRequest(_)
+            | Body::LeaveGroupRequest(_)
+            | Body::SetRoleRequest(_)
+            | Body::TransferOwnershipRequest(_)
+            | Body::DissolveGroupRequest(_)
+            | Body::GetGroupRequest(_)
+            | Body::ListMembersRequest(_)
+            | Body::RecallMessageRequest(_)
+            | Body::EditMessageRequest(_)
+            | Body::DeleteMessageRequest(_)
+            | Body::GetReceiptsRequest(_)
+            | Body::SetTypingRequest(_)
+            | Body::GetPresenceRequest(_)
+            | Body::SetPrivacyRequest(_)
+            | Body::BlockRequest(_)
+            | Body::UnblockRequest(_)
+            | Body::ListBlockedRequest(_)
     )
+}
+
+type Work = std::pin::Pin<Box<dyn Future<Output = Result<Body, CoreError>> + Send>>;
+
+/// The group, message-change, presence and blocking requests: each runs as
+/// a task and answers with one body.
+fn social_request(service: Arc<pigeon_core::Service>, s: Session, body: Body) -> Option<Work> {
+    use v1::*;
+    Some(match body {
+        Body::CreateGroupRequest(r) => Box::pin(async move {
+            let group = service.create_group(&s, r).await?;
+            Ok(Body::CreateGroupResponse(CreateGroupResponse {
+                group: Some(group),
+            }))
+        }),
+        Body::UpdateGroupRequest(r) => Box::pin(async move {
+            let group = service.update_group(&s, r).await?;
+            Ok(Body::UpdateGroupResponse(UpdateGroupResponse {
+                group: Some(group),
+            }))
+        }),
+        Body::AddMembersRequest(r) => Box::pin(async move {
+            Ok(Body::AddMembersResponse(
+                service
+                    .add_members(&s, &r.conversation_id, &r.usernames)
+                    .await?,
+            ))
+        }),
+        Body::RemoveMembersRequest(r) => Box::pin(async move {
+            Ok(Body::RemoveMembersResponse(
+                service
+                    .remove_members(&s, &r.conversation_id, &r.usernames)
+                    .await?,
+            ))
+        }),
+        Body::LeaveGroupRequest(r) => Box::pin(async move {
+            service.leave_group(&s, &r.conversation_id).await?;
+            Ok(Body::LeaveGroupResponse(LeaveGroupResponse {}))
+        }),
+        Body::SetRoleRequest(r) => Box::pin(async move {
+            let group = service
+                .set_role(&s, &r.conversation_id, &r.username, r.role)
+                .await?;
+            Ok(Body::SetRoleResponse(SetRoleResponse {
+                group: Some(group),
+            }))
+        }),
+        Body::TransferOwnershipRequest(r) => Box::pin(async move {
+            let group = service
+                .transfer_ownership(&s, &r.conversation_id, &r.username)
+                .await?;
+            Ok(Body::TransferOwnershipResponse(TransferOwnershipResponse {
+                group: Some(group),
+            }))
+        }),
+        Body::DissolveGroupRequest(r) => Box::pin(async move {
+            service.dissolve_group(&s, &r.conversation_id).await?;
+            Ok(Body::DissolveGroupResponse(DissolveGroupResponse {}))
+        }),
+        Body::GetGroupRequest(r) => Box::pin(async move {
+            Ok(Body::GetGroupResponse(
+                service.get_group(&s, &r.conversation_id).await?,
+            ))
+        }),
+        Body::ListMembersRequest(r) => Box::pin(async move {
+            let page = service
+                .list_members(&s, &r.conversation_id, r.after_user_id, r.limit)
+                .await?;
+            Ok(Body::ListMembersResponse(page))
+        }),
+        Body::RecallMessageRequest(r) => Box::pin(async move {
+            service.recall(&s, &r.conversation_id, r.conv_seq).await?;
+            Ok(Body::RecallMessageResponse(RecallMessageResponse {}))
+        }),
+        Body::EditMessageRequest(r) => Box::pin(async move {
+            let edited_at_ms = service
+                .edit(&s, &r.conversation_id, r.conv_seq, r.content)
+                .await?;
+            Ok(Body::EditMessageResponse(EditMessageResponse {
+                edited_at_ms,
+            }))
+        }),
+        Body::DeleteMessageRequest(r) => Box::pin(async move {
+            service
+                .delete_for_me(&s, &r.conversation_id, r.conv_seq)
+                .await?;
+            Ok(Body::DeleteMessageResponse(DeleteMessageResponse {}))
+        }),
+        Body::GetReceiptsRequest(r) => Box::pin(async move {
+            let receipts = service
+                .receipts(&s, &r.conversation_id, &r.conv_seqs)
+                .await?;
+            Ok(Body::GetReceiptsResponse(GetReceiptsResponse { receipts }))
+        }),
+        Body::SetTypingRequest(r) => Box::pin(async move {
+            service.set_typing(&s, &r.conversation_id, r.typing).await?;
+            Ok(Body::SetTypingResponse(SetTypingResponse {}))
+        }),
+        Body::GetPresenceRequest(r) => Box::pin(async move {
+            let presences = service.get_presence(&s, &r.usernames).await?;
+            Ok(Body::GetPresenceResponse(GetPresenceResponse { presences }))
+        }),
+        Body::SetPrivacyRequest(r) => Box::pin(async move {
+            let hide_presence = service.set_privacy(&s, r.hide_presence).await?;
+            Ok(Body::SetPrivacyResponse(SetPrivacyResponse {
+                hide_presence,
+            }))
+        }),
+        Body::BlockRequest(r) => Box::pin(async move {
+            service.set_blocked(&s, &r.username, true).await?;
+            Ok(Body::BlockResponse(BlockResponse {}))
+        }),
+        Body::UnblockRequest(r) => Box::pin(async move {
+            service.set_blocked(&s, &r.username, false).await?;
+            Ok(Body::UnblockResponse(UnblockResponse {}))
+        }),
+        Body::ListBlockedRequest(_) => Box::pin(async move {
+            let usernames = service.list_blocked(&s).await?;
+            Ok(Body::ListBlockedResponse(ListBlockedResponse { usernames }))
+        }),
+        _ => return None,
+    })
 }
 
 /// The one place a domain error becomes a wire error.

@@ -1,15 +1,17 @@
 //! Online devices by user, and the `Notifier` that pushes to them.
 //!
 //! Each connection registers once authenticated and gets a bounded queue of
-//! push batches. `notify` never blocks: if a queue is full the connection is
+//! pushes. `notify` never blocks: if a queue is full the connection is
 //! flagged as lagging and sends its device a sync notice instead, since a
-//! lost push costs latency, never data.
+//! lost push costs latency, never data. Ephemeral pushes (presence, typing)
+//! that do not fit are dropped: they are never stored anyway.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use pigeon_core::{Notifier, PushBatch, UserId};
+use pigeon_proto::Body;
 use tokio::sync::{Notify, mpsc};
 
 /// Signals the registry raises on one connection.
@@ -23,10 +25,21 @@ pub struct ConnFlags {
     pub wake: Notify,
 }
 
+/// Something to push to one connection.
+#[derive(Debug, Clone)]
+pub enum Push {
+    /// Newly committed events of the user's own log.
+    Events(Arc<PushBatch>),
+    /// Something to sync (a large group's shared log moved).
+    Notice,
+    /// An ephemeral frame body (presence, typing).
+    Ephemeral(Arc<Body>),
+}
+
 struct Entry {
     conn_id: u64,
     token_hash: String,
-    tx: mpsc::Sender<Arc<PushBatch>>,
+    tx: mpsc::Sender<Push>,
     flags: Arc<ConnFlags>,
 }
 
@@ -48,20 +61,21 @@ pub struct Registration {
     registry: Arc<Registry>,
     user: UserId,
     conn_id: u64,
-    /// Push batches for this connection.
-    pub rx: mpsc::Receiver<Arc<PushBatch>>,
+    /// Pushes for this connection.
+    pub rx: mpsc::Receiver<Push>,
     /// Flags raised for this connection.
     pub flags: Arc<ConnFlags>,
 }
 
 impl Registry {
-    /// Registers a connection of `user` with a queue of `capacity` batches.
+    /// Registers a connection of `user` with a queue of `capacity` pushes.
+    /// The flag says whether it is the user's first online connection.
     pub fn register(
         self: &Arc<Self>,
         user: UserId,
         token_hash: &str,
         capacity: usize,
-    ) -> Registration {
+    ) -> (Registration, bool) {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let flags = Arc::new(ConnFlags::default());
@@ -71,18 +85,52 @@ impl Registry {
             tx,
             flags: flags.clone(),
         };
-        self.users
-            .write()
-            .expect("registry lock poisoned")
-            .entry(user)
-            .or_default()
-            .push(entry);
-        Registration {
-            registry: self.clone(),
-            user,
-            conn_id,
-            rx,
-            flags,
+        let mut users = self.users.write().expect("registry lock poisoned");
+        let list = users.entry(user).or_default();
+        let first = list.is_empty();
+        list.push(entry);
+        drop(users);
+        (
+            Registration {
+                registry: self.clone(),
+                user,
+                conn_id,
+                rx,
+                flags,
+            },
+            first,
+        )
+    }
+
+    /// Removes a registration; says whether it was the user's last online
+    /// connection.
+    pub fn unregister(&self, reg: Registration) -> bool {
+        self.remove(reg.user, reg.conn_id)
+        // Dropping `reg` then removes nothing more.
+    }
+
+    /// Removes one connection; says whether the user has none left.
+    fn remove(&self, user: UserId, conn_id: u64) -> bool {
+        let mut users = self.users.write().expect("registry lock poisoned");
+        let Some(list) = users.get_mut(&user) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|e| e.conn_id != conn_id);
+        let last = list.is_empty() && before > 0;
+        if list.is_empty() {
+            users.remove(&user);
+        }
+        last
+    }
+
+    fn push_to(&self, user: UserId, push: &Push) {
+        let users = self.users.read().expect("registry lock poisoned");
+        for e in users.get(&user).into_iter().flatten() {
+            if e.tx.try_send(push.clone()).is_err() && !matches!(push, Push::Ephemeral(_)) {
+                e.flags.lagged.store(true, Ordering::SeqCst);
+                e.flags.wake.notify_one();
+            }
         }
     }
 
@@ -112,24 +160,30 @@ impl Registry {
 
 impl Notifier for Registry {
     fn notify(&self, batch: Arc<PushBatch>) {
-        let users = self.users.read().expect("registry lock poisoned");
-        for e in users.get(&batch.user_id).into_iter().flatten() {
-            if e.tx.try_send(batch.clone()).is_err() {
-                e.flags.lagged.store(true, Ordering::SeqCst);
-                e.flags.wake.notify_one();
-            }
+        let user = batch.user_id;
+        self.push_to(user, &Push::Events(batch));
+    }
+
+    fn notify_stream(&self, users: Arc<[UserId]>) {
+        for &u in users.iter() {
+            self.push_to(u, &Push::Notice);
         }
+    }
+
+    fn push_ephemeral(&self, users: &[UserId], body: Body) {
+        let push = Push::Ephemeral(Arc::new(body));
+        for &u in users {
+            self.push_to(u, &push);
+        }
+    }
+
+    fn is_online(&self, user: UserId) -> bool {
+        self.online(user) > 0
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut users = self.registry.users.write().expect("registry lock poisoned");
-        if let Some(list) = users.get_mut(&self.user) {
-            list.retain(|e| e.conn_id != self.conn_id);
-            if list.is_empty() {
-                users.remove(&self.user);
-            }
-        }
+        self.registry.remove(self.user, self.conn_id);
     }
 }

@@ -28,7 +28,7 @@ async fn chat_over_tcp_and_websocket() {
     assert!(!ack.duplicate);
     assert!(ack.conversation_id.starts_with("d:"));
 
-    let push = within(bob.next_push()).await.expect("bob gets a push");
+    let push = next_sync_push(&bob).await;
     let Body::EventsPush(p) = push else {
         panic!("expected events, got {push:?}")
     };
@@ -44,7 +44,7 @@ async fn chat_over_tcp_and_websocket() {
     );
 
     // Alice's own device is told too (multi-device convergence).
-    let Body::EventsPush(own) = within(alice.next_push()).await.unwrap() else {
+    let Body::EventsPush(own) = next_sync_push(&alice).await else {
         panic!()
     };
     assert_eq!(own.prev_key, alice_key);
@@ -60,11 +60,28 @@ async fn chat_over_tcp_and_websocket() {
         .unwrap();
     assert_eq!(reply.conversation_id, ack.conversation_id);
     assert!(reply.conv_seq > ack.conv_seq);
-    let Body::EventsPush(p) = within(alice.next_push()).await.unwrap() else {
-        panic!()
-    };
-    assert_eq!(p.prev_key, own.key);
-    assert_eq!(text(&p.events[0]), "hi alice");
+    // Alice's device gets, chained key to key, bob's delivery receipt for
+    // her message (he got it pushed) and his reply, in commit order.
+    let (mut key, mut receipt, mut replied) = (own.key.clone(), false, false);
+    while !(receipt && replied) {
+        let Body::EventsPush(p) = next_sync_push(&alice).await else {
+            panic!("expected events")
+        };
+        assert_eq!(p.prev_key, key);
+        key = p.key;
+        match &p.events[0].kind {
+            Some(event::Kind::Message(m)) => {
+                assert_eq!(m.content.as_ref().unwrap().text, "hi alice");
+                replied = true;
+            }
+            Some(event::Kind::Receipt(r)) => {
+                assert_eq!((r.username.as_str(), r.up_to), ("bob", ack.conv_seq));
+                assert_eq!(r.kind, v1::ReceiptKind::Delivered as i32);
+                receipt = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
 
 /// A message to a user with no connection waits in their log and arrives,
@@ -93,7 +110,10 @@ async fn offline_recipient_syncs_what_it_missed() {
     assert_eq!(first.events.len(), 7);
     assert!(first.has_more);
     let (rest, key) = sync_all(&carol, &first.key).await;
-    let all: Vec<String> = first.events.iter().chain(&rest).map(text).collect();
+    let all: Vec<String> = texts(&first.events)
+        .into_iter()
+        .chain(texts(&rest))
+        .collect();
     let expected: Vec<String> = (0..30).map(|i| format!("msg {i}")).collect();
     assert_eq!(all, expected);
     let again = carol.sync(&key, 0).await.unwrap();
@@ -133,7 +153,7 @@ async fn devices_of_one_user_converge() {
     let mut views = Vec::new();
     for c in [&alice1, &alice2, &bob1, &bob2] {
         let (events, _) = sync_all(c, &[]).await;
-        views.push(events.iter().map(text).collect::<Vec<_>>());
+        views.push(texts(&events));
     }
     for v in &views {
         assert_eq!(v, &vec!["one", "two", "three"]);
@@ -249,7 +269,7 @@ async fn resend_is_idempotent_across_restart() {
     assert_eq!(after.conv_seq, first.conv_seq);
     let bob = connect(&url, &bob_token).await;
     let (events, _) = sync_all(&bob, &[]).await;
-    assert_eq!(events.iter().map(text).collect::<Vec<_>>(), vec!["once"]);
+    assert_eq!(texts(&events), vec!["once"]);
 }
 
 /// A key older than the retained log gets RESYNC_REQUIRED; an empty key

@@ -103,7 +103,10 @@ async fn client_reconnects_resumes_and_retries_sends() {
     assert!(r.events.is_empty(), "{:?}", r.events);
     let (all, _) = sync_all(&bob_conn, &[]).await;
     assert_eq!(
-        all.iter().filter(|e| text(e) == "sent while down").count(),
+        common::texts(&all)
+            .iter()
+            .filter(|t| *t == "sent while down")
+            .count(),
         1,
         "stored once"
     );

@@ -78,7 +78,10 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { seq_step: 1000, log_retain_events: 100_000 }
+        StoreConfig {
+            seq_step: 1000,
+            log_retain_events: 100_000,
+        }
     }
 }
 
@@ -119,14 +122,23 @@ impl Shared {
         if let Some(m) = logs.get(&user) {
             return Ok(*m);
         }
-        let last = self.engine.scan(Table::Log, &keys::log(user, 0), &keys::log(user, u64::MAX), true, 1)?;
+        let last = self.engine.scan(
+            Table::Log,
+            &keys::log(user, 0),
+            &keys::log(user, u64::MAX),
+            true,
+            1,
+        )?;
         let head = last.first().map_or(0, |(k, _)| keys::log_seq(k));
         let trimmed_through = self
             .engine
             .get(Table::Meta, &keys::trimmed(user))?
             .and_then(|v| keys::read_u64(&v))
             .unwrap_or(0);
-        let m = LogMark { head, trimmed_through };
+        let m = LogMark {
+            head,
+            trimmed_through,
+        };
         logs.insert(user, m);
         Ok(m)
     }
@@ -148,8 +160,16 @@ impl Shared {
         Ok(head)
     }
 
-    fn get_json<T: for<'de> Deserialize<'de>>(&self, what: &str, t: Table, k: &[u8]) -> Result<Option<T>, StoreError> {
-        self.engine.get(t, k)?.map(|v| decode_json(what, &v)).transpose()
+    fn get_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        what: &str,
+        t: Table,
+        k: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        self.engine
+            .get(t, k)?
+            .map(|v| decode_json(what, &v))
+            .transpose()
     }
 
     fn group(&self, id: u64) -> Result<Option<GroupRecord>, StoreError> {
@@ -163,7 +183,11 @@ impl Shared {
 
 fn timeline_seq(key: &[u8]) -> u64 {
     let n = key.len();
-    u64::from_be_bytes(key[n - 8..].try_into().expect("timeline keys end in 8 bytes"))
+    u64::from_be_bytes(
+        key[n - 8..]
+            .try_into()
+            .expect("timeline keys end in 8 bytes"),
+    )
 }
 
 /// A stored send outcome, for idempotent retries.
@@ -233,7 +257,12 @@ impl LogStore {
             .name("pigeon-committer".into())
             .spawn(move || committer.run(rx))
             .expect("spawning the committer thread");
-        LogStore { tx, shared, committer: Mutex::new(Some(handle)), stats }
+        LogStore {
+            tx,
+            shared,
+            committer: Mutex::new(Some(handle)),
+            stats,
+        }
     }
 
     /// The committer's counters.
@@ -248,7 +277,11 @@ impl LogStore {
         if self.tx.send(Cmd::Shutdown(reply)).await.is_ok() {
             let _ = done.await;
         }
-        let handle = self.committer.lock().expect("committer handle lock poisoned").take();
+        let handle = self
+            .committer
+            .lock()
+            .expect("committer handle lock poisoned")
+            .take();
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
@@ -302,13 +335,20 @@ fn refused(e: pigeon_core::CoreError) -> StoreError {
 
 #[async_trait]
 impl Store for LogStore {
-    async fn create_user(&self, username: &str, password_hash: &str, now_ms: i64) -> Result<UserRecord, StoreError> {
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now_ms: i64,
+    ) -> Result<UserRecord, StoreError> {
         let (username, password_hash) = (username.to_string(), password_hash.to_string());
-        self.exec(move |c, tx| c.create_user(tx, username, password_hash, now_ms)).await
+        self.exec(move |c, tx| c.create_user(tx, username, password_hash, now_ms))
+            .await
     }
 
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
-        self.shared.get_json("user", Table::Users, username.as_bytes())
+        self.shared
+            .get_json("user", Table::Users, username.as_bytes())
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
@@ -324,19 +364,27 @@ impl Store for LogStore {
     }
 
     async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
-        self.shared.get_json("session", Table::Sessions, token_hash.as_bytes())
+        self.shared
+            .get_json("session", Table::Sessions, token_hash.as_bytes())
     }
 
     async fn revoke_session(&self, token_hash: &str) -> Result<(), StoreError> {
         let token_hash = token_hash.to_string();
-        self.exec(move |_, tx| revoke_session(tx, &token_hash)).await
+        self.exec(move |_, tx| revoke_session(tx, &token_hash))
+            .await
     }
 
     async fn append_message(&self, msg: AppendMessage) -> Result<AppendOutcome, StoreError> {
         self.exec(move |c, tx| c.append(tx, msg)).await
     }
 
-    async fn read_log(&self, user: UserId, after: u64, limit: usize, bytes_max: usize) -> Result<LogRead, LogReadError> {
+    async fn read_log(
+        &self,
+        user: UserId,
+        after: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<LogRead, LogReadError> {
         self.shared.read_log(user, after, limit, bytes_max)
     }
 
@@ -348,12 +396,24 @@ impl Store for LogStore {
         self.shared.history(&query)
     }
 
-    async fn list_conversations(&self, user: UserId, limit: usize) -> Result<Vec<ConversationSummary>, StoreError> {
+    async fn list_conversations(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
         self.shared.list_conversations(user, limit)
     }
 
-    async fn conversation(&self, user: UserId, conv: &str) -> Result<Option<ConversationSummary>, StoreError> {
-        match self.shared.engine.get(Table::ConvState, &keys::conv_state(user, conv))? {
+    async fn conversation(
+        &self,
+        user: UserId,
+        conv: &str,
+    ) -> Result<Option<ConversationSummary>, StoreError> {
+        match self
+            .shared
+            .engine
+            .get(Table::ConvState, &keys::conv_state(user, conv))?
+        {
             Some(v) => Ok(Some(decode_proto("conversation", &v)?)),
             None => Ok(None),
         }
@@ -363,22 +423,50 @@ impl Store for LogStore {
         self.exec(move |c, tx| c.mark_read(tx, mark)).await
     }
 
-    async fn record_delivered(&self, user: UserId, username: &str, marks: Vec<Delivered>, now_ms: i64) -> Result<Vec<Appended>, StoreError> {
+    async fn record_delivered(
+        &self,
+        user: UserId,
+        username: &str,
+        marks: Vec<Delivered>,
+        now_ms: i64,
+    ) -> Result<Vec<Appended>, StoreError> {
         let username = username.to_string();
-        self.exec(move |c, tx| c.record_delivered(tx, user, &username, marks, now_ms)).await
+        self.exec(move |c, tx| c.record_delivered(tx, user, &username, marks, now_ms))
+            .await
     }
 
     async fn is_blocked(&self, blocker: UserId, blocked: UserId) -> Result<bool, StoreError> {
-        Ok(self.shared.engine.get(Table::Blocks, &keys::pair(blocker, blocked))?.is_some())
+        Ok(self
+            .shared
+            .engine
+            .get(Table::Blocks, &keys::pair(blocker, blocked))?
+            .is_some())
     }
 
-    async fn set_blocked(&self, blocker: UserId, blocked: (UserId, String), block: bool, now_ms: i64) -> Result<Vec<Appended>, StoreError> {
-        self.exec(move |c, tx| c.set_blocked(tx, blocker, blocked, block, now_ms)).await
+    async fn set_blocked(
+        &self,
+        blocker: UserId,
+        blocked: (UserId, String),
+        block: bool,
+        now_ms: i64,
+    ) -> Result<Vec<Appended>, StoreError> {
+        self.exec(move |c, tx| c.set_blocked(tx, blocker, blocked, block, now_ms))
+            .await
     }
 
-    async fn blocked_users(&self, blocker: UserId, limit: usize) -> Result<Vec<UserId>, StoreError> {
+    async fn blocked_users(
+        &self,
+        blocker: UserId,
+        limit: usize,
+    ) -> Result<Vec<UserId>, StoreError> {
         let prefix = keys::user_id(blocker);
-        let rows = self.shared.engine.scan(Table::Blocks, &prefix, &keys::prefix_end(&prefix), false, limit)?;
+        let rows = self.shared.engine.scan(
+            Table::Blocks,
+            &prefix,
+            &keys::prefix_end(&prefix),
+            false,
+            limit,
+        )?;
         Ok(rows.iter().map(|(k, _)| keys::pair_second(k)).collect())
     }
 
@@ -386,12 +474,19 @@ impl Store for LogStore {
         self.exec(move |c, tx| c.change_message(tx, change)).await
     }
 
-    async fn receipt_counts(&self, conv: &str, conv_seqs: &[u64]) -> Result<Vec<ReceiptSummary>, StoreError> {
+    async fn receipt_counts(
+        &self,
+        conv: &str,
+        conv_seqs: &[u64],
+    ) -> Result<Vec<ReceiptSummary>, StoreError> {
         self.shared.receipt_counts(conv, conv_seqs)
     }
 
     async fn prefs(&self, user: UserId) -> Result<UserPrefs, StoreError> {
-        Ok(self.shared.get_json("prefs", Table::Meta, &keys::prefs(user))?.unwrap_or_default())
+        Ok(self
+            .shared
+            .get_json("prefs", Table::Meta, &keys::prefs(user))?
+            .unwrap_or_default())
     }
 
     async fn set_prefs(&self, user: UserId, prefs: UserPrefs) -> Result<(), StoreError> {
@@ -418,15 +513,30 @@ impl Store for LogStore {
         self.shared.group(group_id)
     }
 
-    async fn member(&self, group_id: u64, user: UserId) -> Result<Option<MemberRecord>, StoreError> {
+    async fn member(
+        &self,
+        group_id: u64,
+        user: UserId,
+    ) -> Result<Option<MemberRecord>, StoreError> {
         self.shared.member(group_id, user)
     }
 
-    async fn list_members(&self, group_id: u64, after: UserId, limit: usize) -> Result<(Vec<MemberRecord>, bool), StoreError> {
+    async fn list_members(
+        &self,
+        group_id: u64,
+        after: UserId,
+        limit: usize,
+    ) -> Result<(Vec<MemberRecord>, bool), StoreError> {
         self.shared.list_members(group_id, after, limit)
     }
 
-    async fn read_streams(&self, user: UserId, after: u64, limit: usize, bytes_max: usize) -> Result<StreamRead, StoreError> {
+    async fn read_streams(
+        &self,
+        user: UserId,
+        after: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<StreamRead, StoreError> {
         self.shared.read_streams(user, after, limit, bytes_max)
     }
 
@@ -465,11 +575,21 @@ impl Batch<'_> {
         }
     }
 
-    fn get_json<T: for<'de> Deserialize<'de>>(&self, what: &str, t: Table, k: &[u8]) -> Result<Option<T>, StoreError> {
+    fn get_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        what: &str,
+        t: Table,
+        k: &[u8],
+    ) -> Result<Option<T>, StoreError> {
         self.get(t, k)?.map(|v| decode_json(what, &v)).transpose()
     }
 
-    fn get_proto<T: prost::Message + Default>(&self, what: &str, t: Table, k: &[u8]) -> Result<Option<T>, StoreError> {
+    fn get_proto<T: prost::Message + Default>(
+        &self,
+        what: &str,
+        t: Table,
+        k: &[u8],
+    ) -> Result<Option<T>, StoreError> {
         self.get(t, k)?.map(|v| decode_proto(what, &v)).transpose()
     }
 
@@ -486,7 +606,10 @@ impl Batch<'_> {
                 merged.insert(k.clone(), v.clone());
             }
         }
-        Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect())
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
     }
 
     fn set(&mut self, t: Table, k: Vec<u8>, v: Option<Vec<u8>>) {
@@ -559,7 +682,12 @@ struct Savepoint {
 
 impl Tx<'_> {
     fn savepoint(&self) -> Savepoint {
-        Savepoint { ops: self.b.ops.len(), undo: self.b.undo.len(), publish: self.publish.clone(), heads: self.heads.clone() }
+        Savepoint {
+            ops: self.b.ops.len(),
+            undo: self.b.undo.len(),
+            publish: self.publish.clone(),
+            heads: self.heads.clone(),
+        }
     }
 
     fn rollback(&mut self, s: Savepoint) {
@@ -602,7 +730,12 @@ impl Committer {
             let mut stop = None;
             let engine = self.shared.engine.clone();
             let mut tx = Tx {
-                b: Batch { engine: &*engine, ops: Vec::new(), overlay: HashMap::new(), undo: Vec::new() },
+                b: Batch {
+                    engine: &*engine,
+                    ops: Vec::new(),
+                    overlay: HashMap::new(),
+                    undo: Vec::new(),
+                },
                 after: Replies::default(),
                 publish: AfterCommit::default(),
                 heads: HashMap::new(),
@@ -611,7 +744,8 @@ impl Committer {
                 match cmd {
                     Cmd::Shutdown(reply) => {
                         stop = Some(reply);
-                        self.failed.get_or_insert_with(|| "store is shut down".into());
+                        self.failed
+                            .get_or_insert_with(|| "store is shut down".into());
                     }
                     Cmd::Job(job) => {
                         let failed = self.failed.clone();
@@ -628,14 +762,21 @@ impl Committer {
     }
 
     fn commit(&mut self, tx: Tx<'_>) {
-        let Tx { b, after, publish, .. } = tx;
+        let Tx {
+            b, after, publish, ..
+        } = tx;
         let result = if b.ops.is_empty() {
             Ok(())
         } else {
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
-            self.shared.engine.apply(b.ops).and_then(|()| self.shared.engine.sync())
+            self.shared
+                .engine
+                .apply(b.ops)
+                .and_then(|()| self.shared.engine.sync())
         };
-        self.stats.commands.fetch_add(after.0.len() as u64, Ordering::Relaxed);
+        self.stats
+            .commands
+            .fetch_add(after.0.len() as u64, Ordering::Relaxed);
         match &result {
             Ok(()) => {
                 let mut logs = self.shared.logs.lock().expect("log marks lock poisoned");
@@ -646,7 +787,9 @@ impl Committer {
                 let mut convs = self.shared.convs.lock().expect("conv heads lock poisoned");
                 convs.extend(publish.conv_heads);
                 drop(convs);
-                self.shared.stream_head.fetch_max(publish.stream_head, Ordering::SeqCst);
+                self.shared
+                    .stream_head
+                    .fetch_max(publish.stream_head, Ordering::SeqCst);
             }
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed; refusing further writes");
@@ -658,27 +801,61 @@ impl Committer {
         }
     }
 
-    fn create_user(&mut self, tx: &mut Tx<'_>, username: String, password_hash: String, now_ms: i64) -> Result<UserRecord, StoreError> {
+    fn create_user(
+        &mut self,
+        tx: &mut Tx<'_>,
+        username: String,
+        password_hash: String,
+        now_ms: i64,
+    ) -> Result<UserRecord, StoreError> {
         let b = &mut tx.b;
         if b.get(Table::Users, username.as_bytes())?.is_some() {
             return Err(StoreError::UsernameTaken);
         }
         let id = match self.next_user_id {
             Some(id) => id,
-            None => b.get(Table::Meta, keys::NEXT_USER_ID)?.and_then(|v| keys::read_u64(&v)).unwrap_or(1),
+            None => b
+                .get(Table::Meta, keys::NEXT_USER_ID)?
+                .and_then(|v| keys::read_u64(&v))
+                .unwrap_or(1),
         };
         self.next_user_id = Some(id + 1);
-        b.put(Table::Meta, keys::NEXT_USER_ID.to_vec(), keys::u64_value(id + 1));
-        let user = UserRecord { id, username, password_hash, created_at_ms: now_ms };
-        b.put(Table::Users, user.username.as_bytes().to_vec(), encode_json(&user));
-        b.put(Table::UserIds, keys::user_id(id), user.username.as_bytes().to_vec());
+        b.put(
+            Table::Meta,
+            keys::NEXT_USER_ID.to_vec(),
+            keys::u64_value(id + 1),
+        );
+        let user = UserRecord {
+            id,
+            username,
+            password_hash,
+            created_at_ms: now_ms,
+        };
+        b.put(
+            Table::Users,
+            user.username.as_bytes().to_vec(),
+            encode_json(&user),
+        );
+        b.put(
+            Table::UserIds,
+            keys::user_id(id),
+            user.username.as_bytes().to_vec(),
+        );
         Ok(user)
     }
 
-    fn create_session(&mut self, tx: &mut Tx<'_>, s: NewSession) -> Result<SessionRecord, StoreError> {
+    fn create_session(
+        &mut self,
+        tx: &mut Tx<'_>,
+        s: NewSession,
+    ) -> Result<SessionRecord, StoreError> {
         let b = &mut tx.b;
         let dev_key = keys::devices(s.user_id);
-        let device_id = b.get(Table::Meta, &dev_key)?.and_then(|v| keys::read_u64(&v)).unwrap_or(0) + 1;
+        let device_id = b
+            .get(Table::Meta, &dev_key)?
+            .and_then(|v| keys::read_u64(&v))
+            .unwrap_or(0)
+            + 1;
         b.put(Table::Meta, dev_key, keys::u64_value(device_id));
         let record = SessionRecord {
             token_hash: s.token_hash,
@@ -689,7 +866,11 @@ impl Committer {
             expires_at_ms: s.expires_at_ms,
             revoked: false,
         };
-        b.put(Table::Sessions, record.token_hash.as_bytes().to_vec(), encode_json(&record));
+        b.put(
+            Table::Sessions,
+            record.token_hash.as_bytes().to_vec(),
+            encode_json(&record),
+        );
         Ok(record)
     }
 
@@ -741,7 +922,13 @@ impl Committer {
     }
 
     /// Appends one event to `user`'s log within the batch.
-    fn append_event(&mut self, tx: &mut Tx<'_>, user: UserId, now_ms: i64, kind: event::Kind) -> Result<Appended, StoreError> {
+    fn append_event(
+        &mut self,
+        tx: &mut Tx<'_>,
+        user: UserId,
+        now_ms: i64,
+        kind: event::Kind,
+    ) -> Result<Appended, StoreError> {
         let prev_seq = match tx.heads.get(&user) {
             Some(h) => *h,
             // Registers the user's committed mark before we write to the log
@@ -750,23 +937,52 @@ impl Committer {
         };
         let seq = self.next_log_seq(&mut tx.b, user)?;
         assert!(seq > prev_seq, "log seqs only grow: {seq} after {prev_seq}");
-        let event = Event { seq, created_at_ms: now_ms, kind: Some(kind), group_seq: 0 };
+        let event = Event {
+            seq,
+            created_at_ms: now_ms,
+            kind: Some(kind),
+            group_seq: 0,
+        };
         tx.b.put(Table::Log, keys::log(user, seq), event.encode_to_vec());
         tx.heads.insert(user, seq);
         tx.publish.log_heads.insert(user, seq);
         self.trim(&mut tx.b, user, seq)?;
-        Ok(Appended { user_id: user, prev_seq, events: vec![event] })
+        Ok(Appended {
+            user_id: user,
+            prev_seq,
+            events: vec![event],
+        })
     }
 
     /// Appends one event to a large group's shared stream; returns its
     /// stream seq.
-    fn append_stream(&mut self, tx: &mut Tx<'_>, group: u64, now_ms: i64, kind: event::Kind) -> Result<u64, StoreError> {
+    fn append_stream(
+        &mut self,
+        tx: &mut Tx<'_>,
+        group: u64,
+        now_ms: i64,
+        kind: event::Kind,
+    ) -> Result<u64, StoreError> {
         let alloc = self.stream_alloc_of(&tx.b)?;
-        let (seq, alloc) = allocate(&mut tx.b, keys::HW_STREAM.to_vec(), alloc, self.config.seq_step);
+        let (seq, alloc) = allocate(
+            &mut tx.b,
+            keys::HW_STREAM.to_vec(),
+            alloc,
+            self.config.seq_step,
+        );
         self.stream_alloc = Some(alloc);
-        let event = Event { seq: 0, created_at_ms: now_ms, kind: Some(kind), group_seq: seq };
+        let event = Event {
+            seq: 0,
+            created_at_ms: now_ms,
+            kind: Some(kind),
+            group_seq: seq,
+        };
         tx.b.put(Table::Stream, keys::pair(group, seq), event.encode_to_vec());
-        tx.b.put(Table::Meta, keys::STREAM_HEAD.to_vec(), keys::u64_value(seq));
+        tx.b.put(
+            Table::Meta,
+            keys::STREAM_HEAD.to_vec(),
+            keys::u64_value(seq),
+        );
         tx.publish.stream_head = tx.publish.stream_head.max(seq);
         Ok(seq)
     }
@@ -801,24 +1017,39 @@ impl Committer {
         b.put(Table::Meta, keys::trimmed(user), keys::u64_value(reached));
         // Raise the readers' trim point before the deletions are applied:
         // a reader then answers "resync" slightly early, never skips silently.
-        self.shared.logs.lock().expect("log marks lock poisoned").entry(user).or_default().trimmed_through = reached;
+        self.shared
+            .logs
+            .lock()
+            .expect("log marks lock poisoned")
+            .entry(user)
+            .or_default()
+            .trimmed_through = reached;
         Ok(())
     }
 }
 
 fn revoke_session(tx: &mut Tx<'_>, token_hash: &str) -> Result<(), StoreError> {
-    let Some(mut record) = tx.b.get_json::<SessionRecord>("session", Table::Sessions, token_hash.as_bytes())? else {
+    let Some(mut record) =
+        tx.b.get_json::<SessionRecord>("session", Table::Sessions, token_hash.as_bytes())?
+    else {
         return Err(StoreError::SessionNotFound);
     };
     record.revoked = true;
-    tx.b.put(Table::Sessions, token_hash.as_bytes().to_vec(), encode_json(&record));
+    tx.b.put(
+        Table::Sessions,
+        token_hash.as_bytes().to_vec(),
+        encode_json(&record),
+    );
     Ok(())
 }
 
 fn secret(tx: &mut Tx<'_>, name: &str) -> Result<[u8; 32], StoreError> {
     let key = keys::secret(name);
     if let Some(v) = tx.b.get(Table::Meta, &key)? {
-        return v.as_slice().try_into().map_err(|_| corrupt("secret", "wrong length"));
+        return v
+            .as_slice()
+            .try_into()
+            .map_err(|_| corrupt("secret", "wrong length"));
     }
     let mut s = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut s);

@@ -48,11 +48,24 @@ fn msg(sender: (u64, &str), to: (u64, &str), id: &str, text: &str, now: i64) -> 
 }
 
 fn hq(conv: &str, before: u64, limit: usize, bytes_max: usize) -> HistoryQuery {
-    HistoryQuery { conversation_id: conv.to_string(), lower: 0, before, limit, bytes_max, viewer: 0 }
+    HistoryQuery {
+        conversation_id: conv.to_string(),
+        lower: 0,
+        before,
+        limit,
+        bytes_max,
+        viewer: 0,
+    }
 }
 
 fn rm(user: u64, conv: &str, up_to: u64, now_ms: i64) -> ReadMark {
-    ReadMark { user, username: String::new(), conversation_id: conv.to_string(), up_to, now_ms }
+    ReadMark {
+        user,
+        username: String::new(),
+        conversation_id: conv.to_string(),
+        up_to,
+        now_ms,
+    }
 }
 
 fn text_of(e: &pigeon_proto::v1::Event) -> String {
@@ -367,15 +380,27 @@ async fn conversations_track_last_message_and_unread(make: fn(StoreConfig) -> Ba
         .rev()
         .map(|m| m.conv_seq)
         .collect();
-    let out = b.store.mark_read(rm(c.id, &conv, seqs[1], 30)).await.unwrap();
+    let out = b
+        .store
+        .mark_read(rm(c.id, &conv, seqs[1], 30))
+        .await
+        .unwrap();
     assert_eq!((out.read_up_to, out.unread_count), (seqs[1], 1));
     assert!(
         matches!(&out.appended[0].events[0].kind, Some(event::Kind::ReadMarker(m)) if m.read_up_to == seqs[1])
     );
-    let back = b.store.mark_read(rm(c.id, &conv, seqs[0], 31)).await.unwrap();
+    let back = b
+        .store
+        .mark_read(rm(c.id, &conv, seqs[0], 31))
+        .await
+        .unwrap();
     assert_eq!((back.read_up_to, back.unread_count), (seqs[1], 1));
     assert!(back.appended.is_empty(), "going backwards changes nothing");
-    let all = b.store.mark_read(rm(c.id, &conv, u64::MAX, 32)).await.unwrap();
+    let all = b
+        .store
+        .mark_read(rm(c.id, &conv, u64::MAX, 32))
+        .await
+        .unwrap();
     assert_eq!(
         (all.read_up_to, all.unread_count),
         (seqs[2], 0),

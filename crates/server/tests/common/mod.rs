@@ -196,6 +196,27 @@ pub async fn sync_all(c: &Connection, key: &[u8]) -> (Vec<pigeon_client::v1::Eve
     }
 }
 
+/// The texts of the message events among `events` (receipts and other
+/// kinds left out).
+pub fn texts(events: &[pigeon_client::v1::Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| matches!(e.kind, Some(pigeon_client::v1::event::Kind::Message(_))))
+        .map(text)
+        .collect()
+}
+
+/// The next push that is not presence or typing.
+pub async fn next_sync_push(c: &Connection) -> pigeon_client::v1::frame::Body {
+    use pigeon_client::v1::frame::Body;
+    loop {
+        match within(c.next_push()).await.expect("connection open") {
+            Body::PresencePush(_) | Body::TypingPush(_) => continue,
+            other => return other,
+        }
+    }
+}
+
 /// The text of a message event.
 pub fn text(e: &pigeon_client::v1::Event) -> String {
     match &e.kind {

@@ -32,21 +32,51 @@ struct Emitted {
 }
 
 impl Committer {
-    pub(super) fn group_op(&mut self, tx: &mut Tx<'_>, op: GroupOp) -> Result<GroupOutcome, StoreError> {
-        let GroupOp { actor, actor_username, group_id, change, now_ms, limits } = op;
-        if let GroupChangeRequest::Create { name, description, settings, members } = change {
-            return self.create_group(tx, (actor, actor_username), name, description, settings, members, now_ms, limits);
+    pub(super) fn group_op(
+        &mut self,
+        tx: &mut Tx<'_>,
+        op: GroupOp,
+    ) -> Result<GroupOutcome, StoreError> {
+        let GroupOp {
+            actor,
+            actor_username,
+            group_id,
+            change,
+            now_ms,
+            limits,
+        } = op;
+        if let GroupChangeRequest::Create {
+            name,
+            description,
+            settings,
+            members,
+        } = change
+        {
+            return self.create_group(
+                tx,
+                (actor, actor_username),
+                name,
+                description,
+                settings,
+                members,
+                now_ms,
+                limits,
+            );
         }
-        let mut group: GroupRecord = tx
-            .b
-            .get_json("group", Table::Groups, &keys::user_id(group_id))?
-            .ok_or_else(|| refused(CoreError::ConversationNotFound(groups::conversation_id(group_id))))?;
+        let mut group: GroupRecord =
+            tx.b.get_json("group", Table::Groups, &keys::user_id(group_id))?
+                .ok_or_else(|| {
+                    refused(CoreError::ConversationNotFound(groups::conversation_id(
+                        group_id,
+                    )))
+                })?;
         let member_of = |tx: &Tx<'_>, user: UserId| -> Result<Option<MemberRecord>, StoreError> {
             tx.b.get_json("member", Table::GroupMembers, &keys::pair(group_id, user))
         };
         let actor_role = member_of(tx, actor)?.map_or(GroupRole::None, |m| m.role());
         let settings = group.settings();
-        let check = |action| groups::check(actor_role, action, &settings, group.dissolved).map_err(refused);
+        let check =
+            |action| groups::check(actor_role, action, &settings, group.dissolved).map_err(refused);
         let who = (actor, actor_username.as_str());
         let (kind, affected, emitted) = match change {
             GroupChangeRequest::Create { .. } => unreachable!("handled above"),
@@ -72,7 +102,15 @@ impl Committer {
                 }
                 self.member_cache.remove(&group_id);
                 self.put_group(tx, &group);
-                let emitted = self.emit(tx, &group, who, GroupChangeKind::MembersAdded, &added, limits, now_ms)?;
+                let emitted = self.emit(
+                    tx,
+                    &group,
+                    who,
+                    GroupChangeKind::MembersAdded,
+                    &added,
+                    limits,
+                    now_ms,
+                )?;
                 (GroupChangeKind::MembersAdded, added, emitted)
             }
             GroupChangeRequest::RemoveMembers(users) => {
@@ -83,14 +121,34 @@ impl Committer {
                     check(GroupAction::Remove { target: role })?;
                     targets.extend(record);
                 }
-                self.depart(tx, &mut group, who, targets, GroupChangeKind::MembersRemoved, limits, now_ms)?
+                self.depart(
+                    tx,
+                    &mut group,
+                    who,
+                    targets,
+                    GroupChangeKind::MembersRemoved,
+                    limits,
+                    now_ms,
+                )?
             }
             GroupChangeRequest::Leave => {
                 check(GroupAction::Leave)?;
                 let me = member_of(tx, actor)?.into_iter().collect();
-                self.depart(tx, &mut group, who, me, GroupChangeKind::MemberLeft, limits, now_ms)?
+                self.depart(
+                    tx,
+                    &mut group,
+                    who,
+                    me,
+                    GroupChangeKind::MemberLeft,
+                    limits,
+                    now_ms,
+                )?
             }
-            GroupChangeRequest::Update { name, description, settings: new_settings } => {
+            GroupChangeRequest::Update {
+                name,
+                description,
+                settings: new_settings,
+            } => {
                 check(GroupAction::Update)?;
                 if let Some(n) = name {
                     group.name = n;
@@ -104,24 +162,44 @@ impl Committer {
                     group.max_members = s.max_members.max(group.member_count);
                 }
                 self.put_group(tx, &group);
-                let emitted = self.emit(tx, &group, who, GroupChangeKind::Updated, &[], limits, now_ms)?;
+                let emitted = self.emit(
+                    tx,
+                    &group,
+                    who,
+                    GroupChangeKind::Updated,
+                    &[],
+                    limits,
+                    now_ms,
+                )?;
                 (GroupChangeKind::Updated, Vec::new(), emitted)
             }
             GroupChangeRequest::SetRole { user, role } => {
                 let mut target = member_of(tx, user)?.filter(|m| m.role() != GroupRole::None);
                 let target_role = target.as_ref().map_or(GroupRole::None, |m| m.role());
-                check(GroupAction::SetRole { target: target_role })?;
+                check(GroupAction::SetRole {
+                    target: target_role,
+                })?;
                 let mut t = target.take().expect("checked: a member");
                 t.role = role as i32;
                 self.put_member(tx, group_id, &t);
                 let affected = vec![t.member()];
-                let emitted = self.emit(tx, &group, who, GroupChangeKind::RoleChanged, &affected, limits, now_ms)?;
+                let emitted = self.emit(
+                    tx,
+                    &group,
+                    who,
+                    GroupChangeKind::RoleChanged,
+                    &affected,
+                    limits,
+                    now_ms,
+                )?;
                 (GroupChangeKind::RoleChanged, affected, emitted)
             }
             GroupChangeRequest::Transfer { user } => {
                 let target = member_of(tx, user)?.filter(|m| m.role() != GroupRole::None);
                 let target_role = target.as_ref().map_or(GroupRole::None, |m| m.role());
-                check(GroupAction::Transfer { target: target_role })?;
+                check(GroupAction::Transfer {
+                    target: target_role,
+                })?;
                 let mut new_owner = target.expect("checked: a member");
                 let mut old_owner = member_of(tx, actor)?.expect("checked: the owner");
                 new_owner.role = GroupRole::Owner as i32;
@@ -132,14 +210,30 @@ impl Committer {
                 group.owner_username = new_owner.username.clone();
                 self.put_group(tx, &group);
                 let affected = vec![new_owner.member(), old_owner.member()];
-                let emitted = self.emit(tx, &group, who, GroupChangeKind::OwnershipTransferred, &affected, limits, now_ms)?;
+                let emitted = self.emit(
+                    tx,
+                    &group,
+                    who,
+                    GroupChangeKind::OwnershipTransferred,
+                    &affected,
+                    limits,
+                    now_ms,
+                )?;
                 (GroupChangeKind::OwnershipTransferred, affected, emitted)
             }
             GroupChangeRequest::Dissolve => {
                 check(GroupAction::Dissolve)?;
                 group.dissolved = true;
                 self.put_group(tx, &group);
-                let emitted = self.emit(tx, &group, who, GroupChangeKind::Dissolved, &[], limits, now_ms)?;
+                let emitted = self.emit(
+                    tx,
+                    &group,
+                    who,
+                    GroupChangeKind::Dissolved,
+                    &[],
+                    limits,
+                    now_ms,
+                )?;
                 (GroupChangeKind::Dissolved, Vec::new(), emitted)
             }
         };
@@ -159,8 +253,15 @@ impl Committer {
         now_ms: i64,
         limits: GroupLimits,
     ) -> Result<GroupOutcome, StoreError> {
-        let id = tx.b.get(Table::Meta, keys::NEXT_GROUP_ID)?.and_then(|v| keys::read_u64(&v)).unwrap_or(1);
-        tx.b.put(Table::Meta, keys::NEXT_GROUP_ID.to_vec(), keys::u64_value(id + 1));
+        let id =
+            tx.b.get(Table::Meta, keys::NEXT_GROUP_ID)?
+                .and_then(|v| keys::read_u64(&v))
+                .unwrap_or(1);
+        tx.b.put(
+            Table::Meta,
+            keys::NEXT_GROUP_ID.to_vec(),
+            keys::u64_value(id + 1),
+        );
         let count = members.len() + 1;
         let group = GroupRecord {
             id,
@@ -177,11 +278,26 @@ impl Committer {
             dissolved: false,
         };
         self.put_group(tx, &group);
-        let mut all = vec![self.join(tx, &group, owner.0, owner.1.clone(), GroupRole::Owner, now_ms)?];
+        let mut all = vec![self.join(
+            tx,
+            &group,
+            owner.0,
+            owner.1.clone(),
+            GroupRole::Owner,
+            now_ms,
+        )?];
         for (uid, uname) in members {
             all.push(self.join(tx, &group, uid, uname, GroupRole::Member, now_ms)?);
         }
-        let emitted = self.emit(tx, &group, (owner.0, &owner.1), GroupChangeKind::Created, &all, limits, now_ms)?;
+        let emitted = self.emit(
+            tx,
+            &group,
+            (owner.0, &owner.1),
+            GroupChangeKind::Created,
+            &all,
+            limits,
+            now_ms,
+        )?;
         Ok(outcome(&group, all, emitted))
     }
 
@@ -190,16 +306,32 @@ impl Committer {
     }
 
     fn put_member(&mut self, tx: &mut Tx<'_>, group: u64, m: &MemberRecord) {
-        tx.b.put(Table::GroupMembers, keys::pair(group, m.user_id), encode_json(m));
+        tx.b.put(
+            Table::GroupMembers,
+            keys::pair(group, m.user_id),
+            encode_json(m),
+        );
     }
 
     /// Makes `user` a member from now on: they see what is sent after this.
-    fn join(&mut self, tx: &mut Tx<'_>, group: &GroupRecord, user: UserId, username: String, role: GroupRole, now_ms: i64) -> Result<Member, StoreError> {
+    fn join(
+        &mut self,
+        tx: &mut Tx<'_>,
+        group: &GroupRecord,
+        user: UserId,
+        username: String,
+        role: GroupRole,
+        now_ms: i64,
+    ) -> Result<Member, StoreError> {
         let conv = groups::conversation_id(group.id);
         let joined_after_conv = self.conv_last(&tx.b, &conv)?;
         // Small groups reach members through their logs; should the group
         // become large later, everything in its stream is after this join.
-        let joined_after_stream = if group.large { self.stream_last(&tx.b)? } else { 0 };
+        let joined_after_stream = if group.large {
+            self.stream_last(&tx.b)?
+        } else {
+            0
+        };
         let record = MemberRecord {
             user_id: user,
             username,
@@ -214,7 +346,11 @@ impl Committer {
         tx.b.put(Table::UserGroups, keys::pair(user, group.id), Vec::new());
         let mut summary = empty_summary(&conv, 0, "");
         summary.read_up_to = joined_after_conv;
-        tx.b.put(Table::ConvState, keys::conv_state(user, &conv), summary.encode_to_vec());
+        tx.b.put(
+            Table::ConvState,
+            keys::conv_state(user, &conv),
+            summary.encode_to_vec(),
+        );
         self.member_cache.remove(&group.id);
         Ok(record.member())
     }
@@ -236,13 +372,20 @@ impl Committer {
         self.put_group(tx, group);
         let affected: Vec<Member> = targets
             .iter()
-            .map(|t| Member { role: GroupRole::None as i32, ..t.member() })
+            .map(|t| Member {
+                role: GroupRole::None as i32,
+                ..t.member()
+            })
             .collect();
         // Emitted while the departing are still members, so they get it.
         let emitted = self.emit(tx, group, who, kind, &affected, limits, now_ms)?;
         let conv = groups::conversation_id(group.id);
         let left_conv = self.conv_last(&tx.b, &conv)?;
-        let left_stream = if group.large { emitted.stream_seq } else { self.stream_last(&tx.b)? };
+        let left_stream = if group.large {
+            emitted.stream_seq
+        } else {
+            self.stream_last(&tx.b)?
+        };
         for mut t in targets {
             t.role = GroupRole::None as i32;
             t.left_conv = left_conv;
@@ -285,7 +428,8 @@ impl Committer {
                 members: chunk.to_vec(),
                 group: Some(group.info()),
             };
-            let (appended, stream) = self.deliver(tx, &audience, now_ms, &event::Kind::GroupChange(change))?;
+            let (appended, stream) =
+                self.deliver(tx, &audience, now_ms, &event::Kind::GroupChange(change))?;
             out.appended.extend(appended);
             if let Some((seq, users)) = stream {
                 out.stream_seq = seq;
@@ -308,5 +452,10 @@ fn outcome(group: &GroupRecord, affected: Vec<Member>, emitted: Emitted) -> Grou
         all.extend(affected.iter().map(|m| m.user_id));
         Arc::<[UserId]>::from(all)
     });
-    GroupOutcome { group: group.info(), affected, appended: emitted.appended, stream_notice: notice }
+    GroupOutcome {
+        group: group.info(),
+        affected,
+        appended: emitted.appended,
+        stream_notice: notice,
+    }
 }

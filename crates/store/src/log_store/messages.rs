@@ -70,12 +70,17 @@ pub(super) enum Audience {
 
 impl Committer {
     /// The current members of a group, from the cache or the batch.
-    pub(super) fn member_ids(&mut self, tx: &Tx<'_>, group: u64) -> Result<Arc<[UserId]>, StoreError> {
+    pub(super) fn member_ids(
+        &mut self,
+        tx: &Tx<'_>,
+        group: u64,
+    ) -> Result<Arc<[UserId]>, StoreError> {
         if let Some(ids) = self.member_cache.get(&group) {
             return Ok(ids.clone());
         }
         let prefix = keys::user_id(group);
-        let rows = tx.b.scan_all(Table::GroupMembers, &prefix, &keys::prefix_end(&prefix))?;
+        let rows =
+            tx.b.scan_all(Table::GroupMembers, &prefix, &keys::prefix_end(&prefix))?;
         let mut ids = Vec::with_capacity(rows.len());
         for (k, v) in rows {
             let m: MemberRecord = decode_json("member", &v)?;
@@ -113,18 +118,31 @@ impl Committer {
     }
 
     fn group_for_write(tx: &Tx<'_>, group_id: u64) -> Result<GroupRecord, StoreError> {
-        tx.b
-            .get_json("group", Table::Groups, &keys::user_id(group_id))?
-            .ok_or_else(|| refused(CoreError::ConversationNotFound(groups::conversation_id(group_id))))
+        tx.b.get_json("group", Table::Groups, &keys::user_id(group_id))?
+            .ok_or_else(|| {
+                refused(CoreError::ConversationNotFound(groups::conversation_id(
+                    group_id,
+                )))
+            })
     }
 
-    fn member_for_write(tx: &Tx<'_>, group: u64, user: UserId) -> Result<Option<MemberRecord>, StoreError> {
+    fn member_for_write(
+        tx: &Tx<'_>,
+        group: u64,
+        user: UserId,
+    ) -> Result<Option<MemberRecord>, StoreError> {
         tx.b.get_json("member", Table::GroupMembers, &keys::pair(group, user))
     }
 
-    pub(super) fn append(&mut self, tx: &mut Tx<'_>, m: AppendMessage) -> Result<AppendOutcome, StoreError> {
+    pub(super) fn append(
+        &mut self,
+        tx: &mut Tx<'_>,
+        m: AppendMessage,
+    ) -> Result<AppendOutcome, StoreError> {
         let dedup_key = keys::dedup(m.sender_id, &m.client_msg_id);
-        if let Some(d) = tx.b.get_json::<DedupRecord>("dedup", Table::Dedup, &dedup_key)? {
+        if let Some(d) =
+            tx.b.get_json::<DedupRecord>("dedup", Table::Dedup, &dedup_key)?
+        {
             return Ok(AppendOutcome {
                 conversation_id: d.conversation_id,
                 conv_seq: d.conv_seq,
@@ -136,8 +154,10 @@ impl Committer {
         }
         let group = if m.group_id != 0 {
             let group = Self::group_for_write(tx, m.group_id)?;
-            let role = Self::member_for_write(tx, group.id, m.sender_id)?.map_or(GroupRole::None, |r| r.role());
-            groups::check(role, GroupAction::Post, &group.settings(), group.dissolved).map_err(refused)?;
+            let role = Self::member_for_write(tx, group.id, m.sender_id)?
+                .map_or(GroupRole::None, |r| r.role());
+            groups::check(role, GroupAction::Post, &group.settings(), group.dissolved)
+                .map_err(refused)?;
             Some(group)
         } else {
             None
@@ -160,16 +180,26 @@ impl Committer {
             recalled: false,
             edited_at_ms: 0,
         };
-        tx.b.put(Table::Timeline, keys::timeline(&conv, conv_seq), message.encode_to_vec());
+        tx.b.put(
+            Table::Timeline,
+            keys::timeline(&conv, conv_seq),
+            message.encode_to_vec(),
+        );
         tx.publish.conv_heads.insert(conv.clone(), conv_seq);
-        let record = DedupRecord { conversation_id: conv.clone(), conv_seq, sent_at_ms: m.now_ms };
+        let record = DedupRecord {
+            conversation_id: conv.clone(),
+            conv_seq,
+            sent_at_ms: m.now_ms,
+        };
         tx.b.put(Table::Dedup, dedup_key, encode_json(&record));
 
         let kind = event::Kind::Message(message.clone());
         let (appended, stream) = match &group {
             Some(g) if g.large => {
                 // One write for everyone; the sender has read their own message.
-                self.update_summary(tx, m.sender_id, &conv, |s| s.read_up_to = s.read_up_to.max(conv_seq))?;
+                self.update_summary(tx, m.sender_id, &conv, |s| {
+                    s.read_up_to = s.read_up_to.max(conv_seq)
+                })?;
                 self.deliver(tx, &Audience::Stream(g.id), m.now_ms, &kind)?
             }
             Some(g) => {
@@ -190,7 +220,11 @@ impl Committer {
                         .unwrap_or_else(|| (*u, m.sender_username.clone()));
                     let key = keys::conv_state(*u, &conv);
                     if tx.b.get(Table::ConvState, &key)?.is_none() {
-                        tx.b.put(Table::ConvState, key, empty_summary(&conv, peer_id, &peer_name).encode_to_vec());
+                        tx.b.put(
+                            Table::ConvState,
+                            key,
+                            empty_summary(&conv, peer_id, &peer_name).encode_to_vec(),
+                        );
                     }
                     self.bump_summary(tx, *u, &message)?;
                 }
@@ -216,10 +250,9 @@ impl Committer {
         f: impl FnOnce(&mut ConversationSummary),
     ) -> Result<(), StoreError> {
         let key = keys::conv_state(user, conv);
-        let mut state = tx
-            .b
-            .get_proto::<ConversationSummary>("conversation", Table::ConvState, &key)?
-            .unwrap_or_else(|| empty_summary(conv, 0, ""));
+        let mut state =
+            tx.b.get_proto::<ConversationSummary>("conversation", Table::ConvState, &key)?
+                .unwrap_or_else(|| empty_summary(conv, 0, ""));
         f(&mut state);
         tx.b.put(Table::ConvState, key, state.encode_to_vec());
         Ok(())
@@ -227,7 +260,12 @@ impl Committer {
 
     /// A new message in a write-diffused conversation: last message and
     /// unread count (writing means having read).
-    fn bump_summary(&mut self, tx: &mut Tx<'_>, user: UserId, message: &Message) -> Result<(), StoreError> {
+    fn bump_summary(
+        &mut self,
+        tx: &mut Tx<'_>,
+        user: UserId,
+        message: &Message,
+    ) -> Result<(), StoreError> {
         self.update_summary(tx, user, &message.conversation_id, |s| {
             s.last_message = Some(message.clone());
             if user == message.sender_id {
@@ -247,11 +285,21 @@ impl Committer {
         }
     }
 
-    pub(super) fn mark_read(&mut self, tx: &mut Tx<'_>, mark: ReadMark) -> Result<MarkReadOutcome, StoreError> {
+    pub(super) fn mark_read(
+        &mut self,
+        tx: &mut Tx<'_>,
+        mark: ReadMark,
+    ) -> Result<MarkReadOutcome, StoreError> {
         let conv = mark.conversation_id.clone();
         let key = keys::conv_state(mark.user, &conv);
-        let Some(mut state) = tx.b.get_proto::<ConversationSummary>("conversation", Table::ConvState, &key)? else {
-            return Ok(MarkReadOutcome { read_up_to: 0, unread_count: 0, appended: Vec::new() });
+        let Some(mut state) =
+            tx.b.get_proto::<ConversationSummary>("conversation", Table::ConvState, &key)?
+        else {
+            return Ok(MarkReadOutcome {
+                read_up_to: 0,
+                unread_count: 0,
+                appended: Vec::new(),
+            });
         };
         let group = Self::group_of_conv(tx, &conv)?;
         let member = match &group {
@@ -268,12 +316,20 @@ impl Committer {
         };
         let target = mark.up_to.min(last);
         if target <= state.read_up_to {
-            return Ok(MarkReadOutcome { read_up_to: state.read_up_to, unread_count: state.unread_count, appended: Vec::new() });
+            return Ok(MarkReadOutcome {
+                read_up_to: state.read_up_to,
+                unread_count: state.unread_count,
+                appended: Vec::new(),
+            });
         }
         let old = state.read_up_to;
         // Unread: others' messages after the new position.
         let mut unread = 0u64;
-        let newer = tx.b.scan_all(Table::Timeline, &keys::timeline(&conv, target + 1), &keys::timeline(&conv, last + 1))?;
+        let newer = tx.b.scan_all(
+            Table::Timeline,
+            &keys::timeline(&conv, target + 1),
+            &keys::timeline(&conv, last + 1),
+        )?;
         for (_, v) in newer.iter().take(UNREAD_COUNT_MAX) {
             if decode_proto::<Message>("message", v)?.sender_id != mark.user {
                 unread += 1;
@@ -283,10 +339,18 @@ impl Committer {
         state.unread_count = unread;
         tx.b.put(Table::ConvState, key, state.encode_to_vec());
 
-        let marker = ReadMarker { conversation_id: conv.clone(), read_up_to: target };
-        let mut appended = vec![self.append_event(tx, mark.user, mark.now_ms, event::Kind::ReadMarker(marker))?];
+        let marker = ReadMarker {
+            conversation_id: conv.clone(),
+            read_up_to: target,
+        };
+        let mut appended =
+            vec![self.append_event(tx, mark.user, mark.now_ms, event::Kind::ReadMarker(marker))?];
         // The newly read messages, newest first, for receipts.
-        let read_now = tx.b.scan_all(Table::Timeline, &keys::timeline(&conv, old + 1), &keys::timeline(&conv, target + 1))?;
+        let read_now = tx.b.scan_all(
+            Table::Timeline,
+            &keys::timeline(&conv, old + 1),
+            &keys::timeline(&conv, target + 1),
+        )?;
         let read_now: Vec<Message> = read_now
             .iter()
             .rev()
@@ -295,16 +359,38 @@ impl Committer {
             .collect::<Result<_, _>>()?;
         match &group {
             Some(g) if g.large => {
-                let seqs: Vec<(u64, UserId)> =
-                    read_now.iter().filter(|m| m.sender_id != mark.user).map(|m| (m.conv_seq, m.sender_id)).collect();
-                appended.extend(self.count_receipts(tx, g, &seqs, ReceiptKind::Read, mark.now_ms)?);
+                let seqs: Vec<(u64, UserId)> = read_now
+                    .iter()
+                    .filter(|m| m.sender_id != mark.user)
+                    .map(|m| (m.conv_seq, m.sender_id))
+                    .collect();
+                appended.extend(self.count_receipts(
+                    tx,
+                    g,
+                    &seqs,
+                    ReceiptKind::Read,
+                    mark.now_ms,
+                )?);
             }
             _ => {
                 let senders = distinct_senders(&read_now, mark.user);
-                appended.extend(self.receipts(tx, &conv, mark.user, &mark.username, ReceiptKind::Read, target, &senders, mark.now_ms)?);
+                appended.extend(self.receipts(
+                    tx,
+                    &conv,
+                    mark.user,
+                    &mark.username,
+                    ReceiptKind::Read,
+                    target,
+                    &senders,
+                    mark.now_ms,
+                )?);
             }
         }
-        Ok(MarkReadOutcome { read_up_to: target, unread_count: unread, appended })
+        Ok(MarkReadOutcome {
+            read_up_to: target,
+            unread_count: unread,
+            appended,
+        })
     }
 
     /// Raises a user's receipt position and tells `senders` (direct and
@@ -322,7 +408,9 @@ impl Committer {
         now_ms: i64,
     ) -> Result<Vec<Appended>, StoreError> {
         let key = keys::position(conv, user);
-        let mut pos = tx.b.get_json::<Positions>("positions", Table::Positions, &key)?.unwrap_or_default();
+        let mut pos =
+            tx.b.get_json::<Positions>("positions", Table::Positions, &key)?
+                .unwrap_or_default();
         let slot = match kind {
             ReceiptKind::Read => &mut pos.read,
             _ => &mut pos.delivered,
@@ -362,7 +450,9 @@ impl Committer {
         let mut out = Vec::new();
         for &(conv_seq, sender) in messages.iter().take(RECEIPT_SCAN_MAX) {
             let key = keys::timeline(&conv, conv_seq);
-            let mut counts = tx.b.get_json::<Counts>("counts", Table::Counts, &key)?.unwrap_or_default();
+            let mut counts =
+                tx.b.get_json::<Counts>("counts", Table::Counts, &key)?
+                    .unwrap_or_default();
             let count = match kind {
                 ReceiptKind::Read => {
                     counts.read += 1;
@@ -382,7 +472,12 @@ impl Committer {
                     read_count: counts.read,
                     member_count: group.member_count,
                 };
-                out.push(self.append_event(tx, sender, now_ms, event::Kind::ReceiptSummary(summary))?);
+                out.push(self.append_event(
+                    tx,
+                    sender,
+                    now_ms,
+                    event::Kind::ReceiptSummary(summary),
+                )?);
             }
         }
         Ok(out)
@@ -403,48 +498,100 @@ impl Committer {
                     // Count each message once per member: only those past
                     // this member's delivered position.
                     let key = keys::position(&d.conversation_id, user);
-                    let mut pos = tx.b.get_json::<Positions>("positions", Table::Positions, &key)?.unwrap_or_default();
+                    let mut pos =
+                        tx.b.get_json::<Positions>("positions", Table::Positions, &key)?
+                            .unwrap_or_default();
                     let mut fresh = Vec::new();
                     for &seq in d.conv_seqs.iter().filter(|&&s| s > pos.delivered) {
-                        if let Some(m) = tx.b.get_proto::<Message>("message", Table::Timeline, &keys::timeline(&d.conversation_id, seq))? {
+                        if let Some(m) = tx.b.get_proto::<Message>(
+                            "message",
+                            Table::Timeline,
+                            &keys::timeline(&d.conversation_id, seq),
+                        )? {
                             fresh.push((seq, m.sender_id));
                         }
                     }
                     pos.delivered = pos.delivered.max(d.up_to);
                     tx.b.put(Table::Positions, key, encode_json(&pos));
-                    out.extend(self.count_receipts(tx, &g, &fresh, ReceiptKind::Delivered, now_ms)?);
+                    out.extend(self.count_receipts(
+                        tx,
+                        &g,
+                        &fresh,
+                        ReceiptKind::Delivered,
+                        now_ms,
+                    )?);
                 }
-                _ => out.extend(self.receipts(tx, &d.conversation_id, user, username, ReceiptKind::Delivered, d.up_to, &d.senders, now_ms)?),
+                _ => out.extend(self.receipts(
+                    tx,
+                    &d.conversation_id,
+                    user,
+                    username,
+                    ReceiptKind::Delivered,
+                    d.up_to,
+                    &d.senders,
+                    now_ms,
+                )?),
             }
         }
         Ok(out)
     }
 
-    pub(super) fn change_message(&mut self, tx: &mut Tx<'_>, c: MessageChange) -> Result<ChangeOutcome, StoreError> {
+    pub(super) fn change_message(
+        &mut self,
+        tx: &mut Tx<'_>,
+        c: MessageChange,
+    ) -> Result<ChangeOutcome, StoreError> {
         let conv = c.conversation_id.clone();
         let tl_key = keys::timeline(&conv, c.conv_seq);
         let not_found = || refused(CoreError::MessageNotFound);
-        let mut message = tx.b.get_proto::<Message>("message", Table::Timeline, &tl_key)?.ok_or_else(not_found)?;
-        let group = if c.group_id != 0 { Some(Self::group_for_write(tx, c.group_id)?) } else { None };
+        let mut message =
+            tx.b.get_proto::<Message>("message", Table::Timeline, &tl_key)?
+                .ok_or_else(not_found)?;
+        let group = if c.group_id != 0 {
+            Some(Self::group_for_write(tx, c.group_id)?)
+        } else {
+            None
+        };
         // Who reads this conversation's events, and whether the actor sees
         // this message at all.
         let audience = match &group {
             Some(g) => {
                 let m = Self::member_for_write(tx, g.id, c.actor)?.ok_or_else(not_found)?;
-                let visible = c.conv_seq > m.joined_after_conv && (m.left_conv == 0 || c.conv_seq <= m.left_conv);
+                let visible = c.conv_seq > m.joined_after_conv
+                    && (m.left_conv == 0 || c.conv_seq <= m.left_conv);
                 if !visible {
                     return Err(not_found());
                 }
-                if g.large { Audience::Stream(g.id) } else { Audience::Logs(self.member_ids(tx, g.id)?.to_vec()) }
+                if g.large {
+                    Audience::Stream(g.id)
+                } else {
+                    Audience::Logs(self.member_ids(tx, g.id)?.to_vec())
+                }
             }
             None => Audience::Logs(c.participants.clone()),
         };
         let (kind, edited_at_ms) = match c.kind {
             MessageChangeKind::DeleteForMe => {
-                tx.b.put(Table::Hidden, keys::hidden(c.actor, &conv, c.conv_seq), Vec::new());
-                let deleted = MessageDeleted { conversation_id: conv.clone(), conv_seq: c.conv_seq };
-                let appended = vec![self.append_event(tx, c.actor, c.now_ms, event::Kind::MessageDeleted(deleted))?];
-                return Ok(ChangeOutcome { edited_at_ms: 0, appended, stream_notice: None });
+                tx.b.put(
+                    Table::Hidden,
+                    keys::hidden(c.actor, &conv, c.conv_seq),
+                    Vec::new(),
+                );
+                let deleted = MessageDeleted {
+                    conversation_id: conv.clone(),
+                    conv_seq: c.conv_seq,
+                };
+                let appended = vec![self.append_event(
+                    tx,
+                    c.actor,
+                    c.now_ms,
+                    event::Kind::MessageDeleted(deleted),
+                )?];
+                return Ok(ChangeOutcome {
+                    edited_at_ms: 0,
+                    appended,
+                    stream_notice: None,
+                });
             }
             MessageChangeKind::Recall { window_ms } => {
                 check_sender_window(&message, c.actor, c.now_ms, window_ms, "recall")?;
@@ -453,7 +600,12 @@ impl Committer {
                 }
                 message.recalled = true;
                 message.content = None;
-                let ev = MessageRecalled { conversation_id: conv.clone(), conv_seq: c.conv_seq, actor_id: c.actor, recalled_at_ms: c.now_ms };
+                let ev = MessageRecalled {
+                    conversation_id: conv.clone(),
+                    conv_seq: c.conv_seq,
+                    actor_id: c.actor,
+                    recalled_at_ms: c.now_ms,
+                };
                 (event::Kind::MessageRecalled(ev), 0)
             }
             MessageChangeKind::Edit { content, window_ms } => {
@@ -462,11 +614,19 @@ impl Committer {
                 }
                 check_sender_window(&message, c.actor, c.now_ms, window_ms, "edit")?;
                 if message.content.as_ref() == Some(&content) {
-                    return Ok(ChangeOutcome { edited_at_ms: message.edited_at_ms, ..Default::default() });
+                    return Ok(ChangeOutcome {
+                        edited_at_ms: message.edited_at_ms,
+                        ..Default::default()
+                    });
                 }
                 message.content = Some(content.clone());
                 message.edited_at_ms = c.now_ms;
-                let ev = MessageEdited { conversation_id: conv.clone(), conv_seq: c.conv_seq, content: Some(content), edited_at_ms: c.now_ms };
+                let ev = MessageEdited {
+                    conversation_id: conv.clone(),
+                    conv_seq: c.conv_seq,
+                    content: Some(content),
+                    edited_at_ms: c.now_ms,
+                };
                 (event::Kind::MessageEdited(ev), c.now_ms)
             }
         };
@@ -476,8 +636,11 @@ impl Committer {
         if let Audience::Logs(users) = &audience {
             for &u in users {
                 let key = keys::conv_state(u, &conv);
-                if let Some(mut s) = tx.b.get_proto::<ConversationSummary>("conversation", Table::ConvState, &key)?
-                    && s.last_message.as_ref().is_some_and(|l| l.conv_seq == c.conv_seq)
+                if let Some(mut s) =
+                    tx.b.get_proto::<ConversationSummary>("conversation", Table::ConvState, &key)?
+                    && s.last_message
+                        .as_ref()
+                        .is_some_and(|l| l.conv_seq == c.conv_seq)
                 {
                     s.last_message = Some(message.clone());
                     tx.b.put(Table::ConvState, key, s.encode_to_vec());
@@ -485,13 +648,25 @@ impl Committer {
             }
         }
         let (appended, stream) = self.deliver(tx, &audience, c.now_ms, &kind)?;
-        Ok(ChangeOutcome { edited_at_ms, appended, stream_notice: stream.map(|(_, u)| u) })
+        Ok(ChangeOutcome {
+            edited_at_ms,
+            appended,
+            stream_notice: stream.map(|(_, u)| u),
+        })
     }
 }
 
-fn check_sender_window(m: &Message, actor: UserId, now_ms: i64, window_ms: i64, what: &'static str) -> Result<(), StoreError> {
+fn check_sender_window(
+    m: &Message,
+    actor: UserId,
+    now_ms: i64,
+    window_ms: i64,
+    what: &'static str,
+) -> Result<(), StoreError> {
     if m.sender_id != actor {
-        return Err(refused(CoreError::Forbidden(format!("only the sender may {what} a message"))));
+        return Err(refused(CoreError::Forbidden(format!(
+            "only the sender may {what} a message"
+        ))));
     }
     if now_ms.saturating_sub(m.sent_at_ms) > window_ms {
         return Err(refused(CoreError::WindowExpired(what)));
@@ -520,6 +695,9 @@ mod tests {
         let reported: Vec<u32> = (1..=1000).filter(|&c| notable(c)).collect();
         assert_eq!(&reported[..12], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 30]);
         assert!(reported.contains(&100) && reported.contains(&200) && !reported.contains(&110));
-        assert_eq!((1..=100_000).filter(|&c| notable(c)).count(), 10 + 8 + 9 + 9 + 9 + 1);
+        assert_eq!(
+            (1..=100_000).filter(|&c| notable(c)).count(),
+            10 + 8 + 9 + 9 + 9 + 1
+        );
     }
 }

@@ -16,35 +16,72 @@ use crate::engine::Table;
 use crate::keys;
 
 impl Shared {
-    pub(super) fn read_log(&self, user: UserId, after: u64, limit: usize, bytes_max: usize) -> Result<LogRead, LogReadError> {
+    pub(super) fn read_log(
+        &self,
+        user: UserId,
+        after: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<LogRead, LogReadError> {
         let mark = self.log_mark(user)?;
         // An empty key (after = 0) means "from the oldest retained event".
-        let after = if after == 0 { mark.trimmed_through } else { after };
+        let after = if after == 0 {
+            mark.trimmed_through
+        } else {
+            after
+        };
         if after < mark.trimmed_through {
-            return Err(LogReadError::Trimmed { trimmed_through: mark.trimmed_through });
+            return Err(LogReadError::Trimmed {
+                trimmed_through: mark.trimmed_through,
+            });
         }
         if after >= mark.head || limit == 0 {
-            return Ok(LogRead { events: Vec::new(), has_more: false });
+            return Ok(LogRead {
+                events: Vec::new(),
+                has_more: false,
+            });
         }
-        let rows = self.engine.scan(Table::Log, &keys::log(user, after + 1), &keys::log(user, mark.head + 1), false, limit + 1)?;
+        let rows = self.engine.scan(
+            Table::Log,
+            &keys::log(user, after + 1),
+            &keys::log(user, mark.head + 1),
+            false,
+            limit + 1,
+        )?;
         // A trim that ran during the scan may have removed entries we needed.
         let now = self.log_mark(user)?;
         if after < now.trimmed_through {
-            return Err(LogReadError::Trimmed { trimmed_through: now.trimmed_through });
+            return Err(LogReadError::Trimmed {
+                trimmed_through: now.trimmed_through,
+            });
         }
-        let (events, has_more) = take_bounded(&rows, limit, bytes_max, |v| decode_proto::<Event>("event", v))?;
+        let (events, has_more) = take_bounded(&rows, limit, bytes_max, |v| {
+            decode_proto::<Event>("event", v)
+        })?;
         Ok(LogRead { events, has_more })
     }
 
     pub(super) fn history(&self, q: &HistoryQuery) -> Result<(Vec<Message>, bool), StoreError> {
         let head = self.conv_head(&q.conversation_id)?;
-        let upper = if q.before == 0 { head } else { head.min(q.before - 1) };
+        let upper = if q.before == 0 {
+            head
+        } else {
+            head.min(q.before - 1)
+        };
         if upper <= q.lower || q.limit == 0 {
             return Ok((Vec::new(), false));
         }
         let conv = &q.conversation_id;
-        let rows = self.engine.scan(Table::Timeline, &keys::timeline(conv, q.lower + 1), &keys::timeline(conv, upper + 1), true, q.limit + 1)?;
-        let (mut messages, has_more) = take_bounded(&rows, q.limit, q.bytes_max, |v| decode_proto::<Message>("message", v))?;
+        let rows = self.engine.scan(
+            Table::Timeline,
+            &keys::timeline(conv, q.lower + 1),
+            &keys::timeline(conv, upper + 1),
+            true,
+            q.limit + 1,
+        )?;
+        let (mut messages, has_more) = take_bounded(&rows, q.limit, q.bytes_max, |v| {
+            decode_proto::<Message>("message", v)
+        })?;
         if let (Some(newest), Some(oldest)) = (messages.first(), messages.last()) {
             let hidden = self.engine.scan(
                 Table::Hidden,
@@ -61,9 +98,19 @@ impl Shared {
         Ok((messages, has_more))
     }
 
-    pub(super) fn list_conversations(&self, user: UserId, limit: usize) -> Result<Vec<ConversationSummary>, StoreError> {
+    pub(super) fn list_conversations(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
         let prefix = keys::user_id(user);
-        let rows = self.engine.scan(Table::ConvState, &prefix, &keys::prefix_end(&prefix), false, CONVERSATIONS_SCAN_MAX)?;
+        let rows = self.engine.scan(
+            Table::ConvState,
+            &prefix,
+            &keys::prefix_end(&prefix),
+            false,
+            CONVERSATIONS_SCAN_MAX,
+        )?;
         let mut all = Vec::with_capacity(rows.len());
         let mut activity = Vec::with_capacity(rows.len());
         for (_, v) in &rows {
@@ -82,25 +129,61 @@ impl Shared {
                 created = group.created_at_ms;
                 s.group = Some(group.info());
             }
-            activity.push(s.last_message.as_ref().map_or((created, 0), |m| (m.sent_at_ms, m.conv_seq)));
+            activity.push(
+                s.last_message
+                    .as_ref()
+                    .map_or((created, 0), |m| (m.sent_at_ms, m.conv_seq)),
+            );
             all.push(s);
         }
         let mut order: Vec<usize> = (0..all.len()).collect();
-        order.sort_by(|&a, &b| activity[b].cmp(&activity[a]).then_with(|| all[a].conversation_id.cmp(&all[b].conversation_id)));
+        order.sort_by(|&a, &b| {
+            activity[b]
+                .cmp(&activity[a])
+                .then_with(|| all[a].conversation_id.cmp(&all[b].conversation_id))
+        });
         let mut slots: Vec<Option<ConversationSummary>> = all.into_iter().map(Some).collect();
-        Ok(order.into_iter().take(limit).filter_map(|i| slots[i].take()).collect())
+        Ok(order
+            .into_iter()
+            .take(limit)
+            .filter_map(|i| slots[i].take())
+            .collect())
     }
 
     /// Large groups keep no per-member summary: read the newest message and
     /// count the unread ones (up to [`UNREAD_COUNT_MAX`]) from the timeline.
-    fn fill_large_summary(&self, s: &mut ConversationSummary, user: UserId, m: &MemberRecord) -> Result<(), StoreError> {
+    fn fill_large_summary(
+        &self,
+        s: &mut ConversationSummary,
+        user: UserId,
+        m: &MemberRecord,
+    ) -> Result<(), StoreError> {
         let conv = s.conversation_id.clone();
         let head = self.conv_head(&conv)?;
-        let upper = if m.left_conv > 0 { m.left_conv.min(head) } else { head };
+        let upper = if m.left_conv > 0 {
+            m.left_conv.min(head)
+        } else {
+            head
+        };
         let lower = s.read_up_to.max(m.joined_after_conv);
-        let newest = self.engine.scan(Table::Timeline, &keys::timeline(&conv, m.joined_after_conv + 1), &keys::timeline(&conv, upper + 1), true, 1)?;
-        s.last_message = newest.first().map(|(_, v)| decode_proto::<Message>("message", v)).transpose()?;
-        let unread = self.engine.scan(Table::Timeline, &keys::timeline(&conv, lower + 1), &keys::timeline(&conv, upper + 1), false, UNREAD_COUNT_MAX)?;
+        let newest = self.engine.scan(
+            Table::Timeline,
+            &keys::timeline(&conv, m.joined_after_conv + 1),
+            &keys::timeline(&conv, upper + 1),
+            true,
+            1,
+        )?;
+        s.last_message = newest
+            .first()
+            .map(|(_, v)| decode_proto::<Message>("message", v))
+            .transpose()?;
+        let unread = self.engine.scan(
+            Table::Timeline,
+            &keys::timeline(&conv, lower + 1),
+            &keys::timeline(&conv, upper + 1),
+            false,
+            UNREAD_COUNT_MAX,
+        )?;
         let mut count = 0;
         for (_, v) in &unread {
             if decode_proto::<Message>("message", v)?.sender_id != user {
@@ -111,14 +194,21 @@ impl Shared {
         Ok(())
     }
 
-    pub(super) fn list_members(&self, group: u64, after: UserId, limit: usize) -> Result<(Vec<MemberRecord>, bool), StoreError> {
+    pub(super) fn list_members(
+        &self,
+        group: u64,
+        after: UserId,
+        limit: usize,
+    ) -> Result<(Vec<MemberRecord>, bool), StoreError> {
         let prefix = keys::user_id(group);
         let mut out = Vec::new();
         let mut start = keys::pair(group, after.saturating_add(1));
         let end = keys::prefix_end(&prefix);
         // Former members are skipped, so read in pages until enough.
         loop {
-            let rows = self.engine.scan(Table::GroupMembers, &start, &end, false, limit + 1)?;
+            let rows = self
+                .engine
+                .scan(Table::GroupMembers, &start, &end, false, limit + 1)?;
             let exhausted = rows.len() <= limit;
             for (k, v) in &rows {
                 let m: MemberRecord = decode_json("member", v)?;
@@ -138,27 +228,57 @@ impl Shared {
 
     /// Events of the user's large groups after stream position `after`,
     /// within each membership's window, merged in stream order.
-    pub(super) fn read_streams(&self, user: UserId, after: u64, limit: usize, bytes_max: usize) -> Result<StreamRead, StoreError> {
+    pub(super) fn read_streams(
+        &self,
+        user: UserId,
+        after: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<StreamRead, StoreError> {
         let committed = self.stream_head.load(Ordering::SeqCst);
         if committed <= after || limit == 0 {
-            return Ok(StreamRead { events: Vec::new(), position: committed.max(after), has_more: false });
+            return Ok(StreamRead {
+                events: Vec::new(),
+                position: committed.max(after),
+                has_more: false,
+            });
         }
         let prefix = keys::user_id(user);
-        let groups_of_user = self.engine.scan(Table::UserGroups, &prefix, &keys::prefix_end(&prefix), false, USER_GROUPS_SCAN_MAX)?;
+        let groups_of_user = self.engine.scan(
+            Table::UserGroups,
+            &prefix,
+            &keys::prefix_end(&prefix),
+            false,
+            USER_GROUPS_SCAN_MAX,
+        )?;
         let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
         for (k, _) in &groups_of_user {
             let gid = keys::pair_second(k);
-            let Some(group) = self.group(gid)? else { continue };
-            let Some(m) = self.member(gid, user)? else { continue };
+            let Some(group) = self.group(gid)? else {
+                continue;
+            };
+            let Some(m) = self.member(gid, user)? else {
+                continue;
+            };
             if !group.large {
                 continue;
             }
             let lower = after.max(m.joined_after_stream);
-            let upper = if m.role() == GroupRole::None { m.left_stream.min(committed) } else { committed };
+            let upper = if m.role() == GroupRole::None {
+                m.left_stream.min(committed)
+            } else {
+                committed
+            };
             if upper <= lower {
                 continue;
             }
-            let found = self.engine.scan(Table::Stream, &keys::pair(gid, lower + 1), &keys::pair(gid, upper + 1), false, limit + 1)?;
+            let found = self.engine.scan(
+                Table::Stream,
+                &keys::pair(gid, lower + 1),
+                &keys::pair(gid, upper + 1),
+                false,
+                limit + 1,
+            )?;
             rows.extend(found.into_iter().map(|(k, v)| (keys::pair_second(&k), v)));
         }
         rows.sort_by_key(|(seq, _)| *seq);
@@ -167,15 +287,27 @@ impl Shared {
         for (i, (_, v)) in rows.iter().enumerate() {
             if i == limit || (!events.is_empty() && bytes + v.len() > bytes_max) {
                 let position = rows[i - 1].0;
-                return Ok(StreamRead { events, position, has_more: true });
+                return Ok(StreamRead {
+                    events,
+                    position,
+                    has_more: true,
+                });
             }
             bytes += v.len();
             events.push(decode_proto::<Event>("event", v)?);
         }
-        Ok(StreamRead { events, position: committed, has_more: false })
+        Ok(StreamRead {
+            events,
+            position: committed,
+            has_more: false,
+        })
     }
 
-    pub(super) fn receipt_counts(&self, conv: &str, conv_seqs: &[u64]) -> Result<Vec<ReceiptSummary>, StoreError> {
+    pub(super) fn receipt_counts(
+        &self,
+        conv: &str,
+        conv_seqs: &[u64],
+    ) -> Result<Vec<ReceiptSummary>, StoreError> {
         let members = match groups::parse_group_id(conv) {
             Some(id) => self.group(id)?.map_or(0, |g| g.member_count),
             None => 0,
@@ -183,7 +315,9 @@ impl Shared {
         conv_seqs
             .iter()
             .map(|&seq| {
-                let c: Counts = self.get_json("counts", Table::Counts, &keys::timeline(conv, seq))?.unwrap_or_default();
+                let c: Counts = self
+                    .get_json("counts", Table::Counts, &keys::timeline(conv, seq))?
+                    .unwrap_or_default();
                 Ok(ReceiptSummary {
                     conversation_id: conv.to_string(),
                     conv_seq: seq,
@@ -198,7 +332,13 @@ impl Shared {
     /// Direct peers and co-members of small groups.
     pub(super) fn contacts(&self, user: UserId, limit: usize) -> Result<Vec<UserId>, StoreError> {
         let prefix = keys::user_id(user);
-        let rows = self.engine.scan(Table::ConvState, &prefix, &keys::prefix_end(&prefix), false, CONVERSATIONS_SCAN_MAX)?;
+        let rows = self.engine.scan(
+            Table::ConvState,
+            &prefix,
+            &keys::prefix_end(&prefix),
+            false,
+            CONVERSATIONS_SCAN_MAX,
+        )?;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (k, _) in rows {
@@ -207,11 +347,17 @@ impl Shared {
                 vec![c.peer_of(user)]
             } else if let Some(gid) = groups::parse_group_id(&conv) {
                 let small = self.group(gid)?.is_some_and(|g| !g.large && !g.dissolved);
-                let member = self.member(gid, user)?.is_some_and(|m| m.role() != GroupRole::None);
+                let member = self
+                    .member(gid, user)?
+                    .is_some_and(|m| m.role() != GroupRole::None);
                 if !(small && member) {
                     continue;
                 }
-                self.list_members(gid, 0, limit)?.0.iter().map(|m| m.user_id).collect()
+                self.list_members(gid, 0, limit)?
+                    .0
+                    .iter()
+                    .map(|m| m.user_id)
+                    .collect()
             } else {
                 continue;
             };
@@ -232,14 +378,28 @@ impl Shared {
             return Ok(true);
         }
         let direct = ConversationId::direct(a, b).to_string();
-        if self.engine.get(Table::ConvState, &keys::conv_state(a, &direct))?.is_some() {
+        if self
+            .engine
+            .get(Table::ConvState, &keys::conv_state(a, &direct))?
+            .is_some()
+        {
             return Ok(true);
         }
         let prefix = keys::user_id(a);
-        let rows = self.engine.scan(Table::UserGroups, &prefix, &keys::prefix_end(&prefix), false, USER_GROUPS_SCAN_MAX)?;
+        let rows = self.engine.scan(
+            Table::UserGroups,
+            &prefix,
+            &keys::prefix_end(&prefix),
+            false,
+            USER_GROUPS_SCAN_MAX,
+        )?;
         for (k, _) in rows {
             let gid = keys::pair_second(&k);
-            let current = |u| -> Result<bool, StoreError> { Ok(self.member(gid, u)?.is_some_and(|m| m.role() != GroupRole::None)) };
+            let current = |u| -> Result<bool, StoreError> {
+                Ok(self
+                    .member(gid, u)?
+                    .is_some_and(|m| m.role() != GroupRole::None))
+            };
             if current(a)? && current(b)? {
                 return Ok(true);
             }

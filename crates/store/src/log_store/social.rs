@@ -28,7 +28,16 @@ impl Committer {
         } else {
             tx.b.delete(Table::Blocks, key);
         }
-        let change = BlockChanged { user_id: blocked.0, username: blocked.1, blocked: block };
-        Ok(vec![self.append_event(tx, blocker, now_ms, event::Kind::BlockChanged(change))?])
+        let change = BlockChanged {
+            user_id: blocked.0,
+            username: blocked.1,
+            blocked: block,
+        };
+        Ok(vec![self.append_event(
+            tx,
+            blocker,
+            now_ms,
+            event::Kind::BlockChanged(change),
+        )?])
     }
 }
