@@ -45,10 +45,32 @@ pub fn validate_password(password: &str) -> Result<(), CoreError> {
     }
 }
 
+/// Argon2id cost settings. The defaults are the algorithm's recommended
+/// ones (19 MiB, 2 passes); lower them only for tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashCost {
+    /// Memory in KiB (at least 8).
+    pub memory_kib: u32,
+    /// Passes (at least 1).
+    pub iterations: u32,
+}
+
+impl Default for HashCost {
+    fn default() -> Self {
+        HashCost {
+            memory_kib: argon2::Params::DEFAULT_M_COST,
+            iterations: argon2::Params::DEFAULT_T_COST,
+        }
+    }
+}
+
 /// Hashes a password with Argon2id and a random salt (CPU-heavy: call it off
-/// the async threads).
-pub fn hash_password(password: &str) -> Result<String, CoreError> {
-    Argon2::default()
+/// the async threads). Verification reads the cost from the stored hash, so
+/// changing the cost keeps old hashes valid.
+pub fn hash_password(password: &str, cost: HashCost) -> Result<String, CoreError> {
+    let params = argon2::Params::new(cost.memory_kib, cost.iterations, 1, None)
+        .map_err(|e| CoreError::InvalidArgument(format!("password hash cost: {e}")))?;
+    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
         .hash_password(password.as_bytes())
         .map(|h| h.to_string())
         .map_err(|e| CoreError::InvalidPassword(e.to_string()))
@@ -104,7 +126,19 @@ mod tests {
     /// Checks a hash verifies its own password only, and tokens are fresh.
     #[test]
     fn password_hash_and_tokens() {
-        let h = hash_password("correct horse").unwrap();
+        let h = hash_password("correct horse", HashCost::default()).unwrap();
+        let cheap = hash_password(
+            "correct horse",
+            HashCost {
+                memory_kib: 8,
+                iterations: 1,
+            },
+        )
+        .unwrap();
+        assert!(
+            verify_password("correct horse", &cheap),
+            "verification reads the cost from the hash"
+        );
         assert!(h.starts_with("$argon2id$"));
         assert!(verify_password("correct horse", &h));
         assert!(!verify_password("wrong horse", &h));

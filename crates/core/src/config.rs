@@ -22,6 +22,8 @@ pub struct CoreConfig {
     pub conversations_list_max: u32,
     /// How many password hashes may be computed at once (they are CPU-heavy).
     pub password_hash_concurrency_max: usize,
+    /// Argon2id cost of new password hashes.
+    pub password_hash_cost: crate::accounts::HashCost,
     /// Groups with more members than this are read-diffused.
     pub group_large_threshold: u32,
     /// The most members a group may have.
@@ -61,6 +63,7 @@ impl Default for CoreConfig {
             history_page_max: 100,
             conversations_list_max: 500,
             password_hash_concurrency_max: 2,
+            password_hash_cost: crate::accounts::HashCost::default(),
             group_large_threshold: 500,
             group_members_max: 100_000,
             group_members_per_request_max: 1000,

@@ -82,7 +82,9 @@ impl Service {
         config: CoreConfig,
     ) -> Result<Service, CoreError> {
         let secret = store.secret(SYNC_KEY_SECRET).await?;
-        let dummy_hash = blocking(|| accounts::hash_password("pigeon-dummy-password")).await?;
+        let cost = config.password_hash_cost;
+        let dummy_hash =
+            blocking(move || accounts::hash_password("pigeon-dummy-password", cost)).await?;
         Ok(Service {
             store,
             notifier,
@@ -126,7 +128,8 @@ impl Service {
                 .await
                 .expect("semaphore is never closed");
             let password = password.to_string();
-            blocking(move || accounts::hash_password(&password)).await?
+            let cost = self.config.password_hash_cost;
+            blocking(move || accounts::hash_password(&password, cost)).await?
         };
         let user = self
             .store
@@ -370,6 +373,10 @@ impl Service {
             cursor.stream = streams.position.max(after.stream);
             has_more = streams.has_more;
             events.extend(streams.events);
+        } else if !has_more {
+            // The own log filled the batch; the shared logs were not looked
+            // at, so there may be more.
+            has_more = true;
         }
         self.delivered(session, &events);
         Ok(SyncOutcome {

@@ -52,6 +52,20 @@ pub(crate) struct Config {
     pub(crate) shutdown_grace_secs: u64,
     /// Log format on stderr: "text" or "json".
     pub(crate) log_format: String,
+    /// Groups above this many members are read-diffused.
+    pub(crate) group_large_threshold: u32,
+    /// The most members a group may have.
+    pub(crate) group_members_max: u32,
+    /// How long the sender may recall a message.
+    pub(crate) recall_window_secs: u64,
+    /// How long the sender may edit a message.
+    pub(crate) edit_window_secs: u64,
+    /// Shortest interval between typing pushes per user and conversation.
+    pub(crate) typing_throttle_ms: u64,
+    /// Argon2id memory of new password hashes, KiB (lower only for tests).
+    pub(crate) password_hash_memory_kib: u32,
+    /// Argon2id passes of new password hashes.
+    pub(crate) password_hash_iterations: u32,
 }
 
 impl Default for Config {
@@ -77,6 +91,13 @@ impl Default for Config {
             connections_max: gw.connections_max,
             shutdown_grace_secs: 10,
             log_format: "text".into(),
+            group_large_threshold: core.group_large_threshold,
+            group_members_max: core.group_members_max,
+            recall_window_secs: (core.recall_window_ms / 1000) as u64,
+            edit_window_secs: (core.edit_window_ms / 1000) as u64,
+            typing_throttle_ms: core.typing_throttle_ms as u64,
+            password_hash_memory_kib: core.password_hash_cost.memory_kib,
+            password_hash_iterations: core.password_hash_cost.iterations,
         }
     }
 }
@@ -150,6 +171,14 @@ impl Config {
         if self.idle_timeout_ms <= self.heartbeat_interval_ms {
             bail!("idle_timeout_ms must be longer than heartbeat_interval_ms");
         }
+        if self.group_members_max < 2 || self.group_large_threshold == 0 {
+            bail!("group_members_max must be at least 2 and group_large_threshold at least 1");
+        }
+        if self.password_hash_memory_kib < 8 || self.password_hash_iterations == 0 {
+            bail!(
+                "password_hash_memory_kib must be at least 8 and password_hash_iterations at least 1"
+            );
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be \"text\" or \"json\"");
         }
@@ -165,6 +194,15 @@ impl Config {
             sync_batch_events_max: self.sync_batch_events_max,
             sync_batch_bytes_max: self.frame_bytes_max / 2,
             history_page_max: self.history_page_max,
+            group_large_threshold: self.group_large_threshold,
+            group_members_max: self.group_members_max,
+            recall_window_ms: (self.recall_window_secs as i64).saturating_mul(1000),
+            edit_window_ms: (self.edit_window_secs as i64).saturating_mul(1000),
+            typing_throttle_ms: self.typing_throttle_ms as i64,
+            password_hash_cost: pigeon_core::accounts::HashCost {
+                memory_kib: self.password_hash_memory_kib,
+                iterations: self.password_hash_iterations,
+            },
             ..CoreConfig::default()
         }
     }

@@ -50,10 +50,11 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "listen = \"{}\"\nhttp = \"{}\"\ndata = \"{}\"\n{}\n",
+                "listen = \"{}\"\nhttp = \"{}\"\ndata = \"{}\"\n{}\n{}\n",
                 self.tcp,
                 self.http,
                 self.dir.join("data").display(),
+                CHEAP_HASHES,
                 self.extra
             ),
         )
@@ -150,6 +151,24 @@ impl Drop for Server {
 }
 
 pub const PASSWORD: &str = "correct horse battery";
+
+/// Tests register thousands of users: cheap password hashes keep that
+/// quick (the default cost is exercised by the core unit tests).
+const CHEAP_HASHES: &str = "password_hash_memory_kib = 8\npassword_hash_iterations = 1";
+
+/// Registers `names` over a few connections, many requests in flight.
+pub async fn register_many(url: &str, names: &[String]) {
+    let conns: Vec<Connection> = futures_util::future::join_all((0..4).map(|_| anon(url))).await;
+    for chunk in names.chunks(256) {
+        let calls = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, n)| conns[i % conns.len()].register(n, PASSWORD));
+        for r in futures_util::future::join_all(calls).await {
+            r.expect("register");
+        }
+    }
+}
 
 /// Connects anonymously.
 pub async fn anon(url: &str) -> Connection {
