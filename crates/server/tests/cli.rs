@@ -114,3 +114,80 @@ fn serve_exits_cleanly_on_sigterm() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["text"], "note to self");
 }
+
+/// The group commands of the CLI: create with members, add, send to the
+/// group, read, recall, role changes, and the events they produce.
+#[test]
+fn group_commands_with_the_cli() {
+    let server = Server::start("");
+    let home = tempfile::tempdir().unwrap();
+    let p = |n: &str| home.path().join(n);
+    for name in ["olga", "pete", "quin"] {
+        pigeon(&server, &p(name), &["register", name]);
+        pigeon(&server, &p(name), &["login", name]);
+    }
+    let group = json_lines(&pigeon(
+        &server,
+        &p("olga"),
+        &["group", "create", "book club", "--members", "pete"],
+    ));
+    let id = group[0]["conversation_id"].as_str().unwrap().to_string();
+    assert_eq!(group[0]["member_count"], 2);
+    pigeon(&server, &p("olga"), &["group", "add", &id, "quin"]);
+    pigeon(
+        &server,
+        &p("olga"),
+        &["group", "role", &id, "pete", "admin"],
+    );
+    let ack = json_lines(&pigeon(
+        &server,
+        &p("olga"),
+        &["send", "--group", &id, "first chapter"],
+    ));
+    let seq = ack[0]["conv_seq"].as_u64().unwrap().to_string();
+    pigeon(
+        &server,
+        &p("olga"),
+        &["send", "--group", &id, "second chapter"],
+    );
+
+    let events = json_lines(&pigeon(&server, &p("quin"), &["sync"]));
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        vec!["group_change", "group_change", "message", "message"]
+    );
+    assert_eq!(events[1]["kind"], "role_changed");
+    let read = json_lines(&pigeon(&server, &p("quin"), &["read", &id]));
+    assert_eq!(read[0]["unread_count"], 0);
+
+    pigeon(&server, &p("olga"), &["recall", &id, &seq]);
+    let events = json_lines(&pigeon(&server, &p("quin"), &["sync"]));
+    assert!(events.iter().any(|e| e["type"] == "message_recalled"));
+    let history = json_lines(&pigeon(&server, &p("pete"), &["history", "--group", &id]));
+    assert_eq!(history[0]["recalled"], true);
+    let info = json_lines(&pigeon(&server, &p("pete"), &["group", "info", &id]));
+    assert_eq!(info[0]["my_role"], "admin");
+    let members = json_lines(&pigeon(&server, &p("pete"), &["group", "members", &id]));
+    assert_eq!(members.len(), 3);
+    pigeon(&server, &p("quin"), &["group", "leave", &id]);
+    let out = Command::new(env!("CARGO_BIN_EXE_pigeon"))
+        .args([
+            "send",
+            "--group",
+            &id,
+            "still here?",
+            "--server",
+            &server.tcp_url(),
+            "--profile",
+        ])
+        .arg(p("quin"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("FORBIDDEN"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
