@@ -23,9 +23,13 @@ pub enum StoreError {
     /// No such session.
     #[error("session not found")]
     SessionNotFound,
-    /// The store is closed or failed and accepts no more writes.
+    /// The store is shut down and accepts no more writes.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A commit failed (disk error); the store refuses writes until the
+    /// process restarts and recovers.
+    #[error("store failed: {0}")]
+    Failed(String),
     /// Too many writes are queued; retry later.
     #[error("store overloaded")]
     Overloaded,

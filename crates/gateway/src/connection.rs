@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use pigeon_core::config::{HISTORY_PAGE_CEILING, SYNC_BATCH_EVENTS_CEILING};
 use pigeon_core::{CoreError, Position, PushBatch, Session};
 use pigeon_proto::Body;
 use pigeon_proto::v1::{self, EventsPush, Limits, Pong, SyncNotice, Welcome};
@@ -74,7 +75,8 @@ pub(crate) async fn run(
             }
         }
     });
-    let (out_tx, out_rx) = mpsc::channel(gw.config.outbound_queue_frames_max.max(1));
+    // One slot more than the limit: room for the goodbye to a slow reader.
+    let (out_tx, out_rx) = mpsc::channel(gw.config.outbound_queue_frames_max.max(1) + 1);
     let mut writer_task = tokio::spawn(write_loop(writer, out_rx, gw.config.write_timeout));
 
     let mut conn = Conn {
@@ -146,13 +148,18 @@ type Sent = Result<(), Close>;
 
 impl Conn {
     fn send(&self, frame: Frame) -> Sent {
+        // The last slot is kept for the goodbye that tells a slow reader why
+        // it is cut off.
+        if self.out.capacity() <= 1 {
+            tracing::info!("closing a connection whose reader is too slow");
+            return Err(bye(
+                ErrorCode::SlowConsumer,
+                "you did not read your frames fast enough; reconnect and sync",
+            ));
+        }
         match self.out.try_send(frame) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::info!("closing a connection whose reader is too slow");
-                Err(Close::Silent)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Close::Silent),
+            Err(_) => Err(Close::Silent),
         }
     }
 
@@ -198,27 +205,27 @@ impl Conn {
     }
 
     async fn handshake(&mut self, in_rx: &mut mpsc::Receiver<Inbound>) -> Sent {
-        let first = match timeout(self.gw.config.handshake_timeout, in_rx.recv()).await {
-            Err(_) => {
+        let deadline = Instant::now() + self.gw.config.handshake_timeout;
+        let (id, hello) = loop {
+            let Ok(first) = tokio::time::timeout_at(deadline, in_rx.recv()).await else {
                 return Err(bye(ErrorCode::HandshakeTimeout, "no Hello in time"));
+            };
+            match first {
+                Some(Inbound::Frame(Frame {
+                    request_id,
+                    body: Some(Body::Hello(h)),
+                })) => break (request_id, h),
+                // WebSocket keep-alives may come before the Hello.
+                Some(Inbound::Activity) => continue,
+                Some(Inbound::Frame(_)) => {
+                    return Err(bye(
+                        ErrorCode::HandshakeRequired,
+                        "the first frame must be a Hello",
+                    ));
+                }
+                Some(Inbound::Violation(code, reason)) => return Err(bye(code, reason)),
+                Some(Inbound::Closed) | None => return Err(Close::Silent),
             }
-            Ok(first) => first,
-        };
-        let (id, hello) = match first {
-            Some(Inbound::Frame(Frame {
-                request_id,
-                body: Some(Body::Hello(h)),
-            })) => (request_id, h),
-            Some(Inbound::Frame(_)) | Some(Inbound::Activity) => {
-                return Err(bye(
-                    ErrorCode::HandshakeRequired,
-                    "the first frame must be a Hello",
-                ));
-            }
-            Some(Inbound::Violation(code, reason)) => {
-                return Err(bye(code, reason));
-            }
-            Some(Inbound::Closed) | None => return Err(Close::Silent),
         };
         let Some(version) = negotiate(
             hello.min_version,
@@ -257,8 +264,8 @@ impl Conn {
             limits: Some(Limits {
                 frame_bytes_max: config.frame_bytes_max as u32,
                 message_bytes_max: core.message_bytes_max as u32,
-                sync_batch_events_max: core.sync_batch_events_max,
-                history_page_max: core.history_page_max,
+                sync_batch_events_max: core.sync_batch_events_max.min(SYNC_BATCH_EVENTS_CEILING),
+                history_page_max: core.history_page_max.min(HISTORY_PAGE_CEILING),
                 inflight_requests_max: config.inflight_requests_max as u32,
                 client_msg_id_bytes_max: limits::CLIENT_MSG_ID_BYTES_MAX as u32,
             }),
@@ -293,6 +300,12 @@ impl Conn {
 
     async fn on_frame(&mut self, frame: Frame) -> Sent {
         let id = frame.request_id;
+        if id != 0 && self.inflight_ids.contains(&id) {
+            return Err(bye(
+                ErrorCode::BadRequestId,
+                format!("request_id {id} is already in flight"),
+            ));
+        }
         let Some(body) = frame.body else {
             // A body this version does not know. With an id it is a request
             // we must answer; without one, a newer client's notification we
@@ -317,12 +330,6 @@ impl Conn {
             return Err(bye(
                 ErrorCode::BadRequestId,
                 "requests must carry a non-zero request_id",
-            ));
-        }
-        if self.inflight_ids.contains(&id) {
-            return Err(bye(
-                ErrorCode::BadRequestId,
-                format!("request_id {id} is already in flight"),
             ));
         }
         let service = self.gw.service.clone();
@@ -368,6 +375,12 @@ impl Conn {
                 let Some(session) = self.session.clone() else {
                     return self.send(Frame::error(id, ErrorCode::Unauthenticated, "log in first"));
                 };
+                if session.expires_at_ms <= now_ms() {
+                    return Err(bye(
+                        ErrorCode::TokenExpired,
+                        "the session has expired; log in again",
+                    ));
+                }
                 self.on_authed_request(id, body, session).await
             }
         }

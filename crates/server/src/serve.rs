@@ -55,7 +55,10 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
 
     let tcp_task = tokio::spawn(gateway.clone().serve_tcp(tcp));
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let app = router(gateway.clone());
+    let app = router(App {
+        gateway: gateway.clone(),
+        store: store.clone(),
+    });
     let http_task = tokio::spawn(async move {
         axum::serve(
             http,
@@ -83,25 +86,39 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn router(gateway: Arc<Gateway>) -> Router {
+/// What the HTTP handlers need.
+#[derive(Clone)]
+struct App {
+    gateway: Arc<Gateway>,
+    store: Arc<pigeon_store::LogStore>,
+}
+
+fn router(app: App) -> Router {
     Router::new()
         .route("/ws", get(websocket))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .with_state(gateway)
+        .with_state(app)
 }
 
 async fn websocket(
-    State(gw): State<Arc<Gateway>>,
+    State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    gw.upgrade_websocket(ws, peer.to_string())
+    app.gateway.upgrade_websocket(ws, peer.to_string())
 }
 
-async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
-    if gw.is_shutting_down() {
+/// Ready unless draining or the store failed (then restart the process).
+async fn ready(State(app): State<App>) -> Response {
+    if app.gateway.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else if !app.store.healthy() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage failed; restart the server",
+        )
+            .into_response()
     } else {
         "ready".into_response()
     }

@@ -52,6 +52,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::engine::{Engine, Entries, Op, Table};
 use crate::keys;
 
+/// Why jobs are refused after [`LogStore::shutdown`].
+const SHUT_DOWN: &str = "store is shut down";
+
 /// Most jobs folded into one group commit.
 pub const WRITE_BATCH_COMMANDS_MAX: usize = 1024;
 /// Most jobs waiting for the committer; senders wait beyond it.
@@ -114,6 +117,8 @@ struct Shared {
     convs: Mutex<HashMap<String, u64>>,
     /// The newest durable position of the shared stream.
     stream_head: AtomicU64,
+    /// A commit failed.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -239,6 +244,7 @@ impl LogStore {
             logs: Mutex::default(),
             convs: Mutex::default(),
             stream_head: AtomicU64::new(stream_head),
+            failed: Default::default(),
         });
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_COMMANDS_MAX);
         let stats = Arc::new(StoreStats::default());
@@ -270,6 +276,12 @@ impl LogStore {
         &self.stats
     }
 
+    /// False once a commit has failed: the process should be restarted
+    /// (recovery replays the journal) and traffic sent elsewhere.
+    pub fn healthy(&self) -> bool {
+        !self.shared.failed.load(Ordering::SeqCst)
+    }
+
     /// Commits everything queued so far, stops the committer and waits for
     /// it. Later writes fail with [`StoreError::Unavailable`].
     pub async fn shutdown(&self) {
@@ -296,7 +308,12 @@ impl LogStore {
         let (reply, rx) = oneshot::channel::<Result<T, StoreError>>();
         let job: JobFn = Box::new(move |c, tx, refused| {
             if let Some(reason) = refused {
-                let _ = reply.send(Err(StoreError::Unavailable(reason.to_string())));
+                let e = if reason == SHUT_DOWN {
+                    StoreError::Unavailable(reason.into())
+                } else {
+                    StoreError::Failed(reason.into())
+                };
+                let _ = reply.send(Err(e));
                 return;
             }
             let save = tx.savepoint();
@@ -306,7 +323,7 @@ impl LogStore {
             }
             tx.after.reply(reply, result);
         });
-        let gone = || StoreError::Unavailable("store is shut down".into());
+        let gone = || StoreError::Unavailable(SHUT_DOWN.into());
         self.tx.send(Cmd::Job(job)).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
@@ -558,13 +575,18 @@ struct Alloc {
     hw: u64,
 }
 
+/// A key in a batch's overlay.
+type OverlayKey = (Table, Vec<u8>);
+/// A value in a batch's overlay: `None` is a deletion.
+type OverlayValue = Option<Vec<u8>>;
+
 /// The writes of one group commit, readable before they are applied.
 struct Batch<'e> {
     engine: &'e dyn Engine,
     ops: Vec<Op>,
-    overlay: HashMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    overlay: HashMap<OverlayKey, OverlayValue>,
     /// Previous overlay values, to undo a failed job's writes.
-    undo: Vec<((Table, Vec<u8>), Option<Option<Vec<u8>>>)>,
+    undo: Vec<(OverlayKey, Option<OverlayValue>)>,
 }
 
 impl Batch<'_> {
@@ -744,8 +766,7 @@ impl Committer {
                 match cmd {
                     Cmd::Shutdown(reply) => {
                         stop = Some(reply);
-                        self.failed
-                            .get_or_insert_with(|| "store is shut down".into());
+                        self.failed.get_or_insert_with(|| SHUT_DOWN.into());
                     }
                     Cmd::Job(job) => {
                         let failed = self.failed.clone();
@@ -794,6 +815,7 @@ impl Committer {
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed; refusing further writes");
                 self.failed = Some(format!("a commit failed: {e}"));
+                self.shared.failed.store(true, Ordering::SeqCst);
             }
         }
         for reply in after.0 {

@@ -57,8 +57,12 @@ pub fn notable(count: u32) -> bool {
     while count / unit >= 10 {
         unit *= 10;
     }
-    count % unit == 0
+    count.is_multiple_of(unit)
 }
+
+/// An event written to a large group's shared stream: its stream seq and
+/// the members to tell.
+pub(super) type StreamWrite = (u64, Arc<[UserId]>);
 
 /// Where a conversation's events go.
 pub(super) enum Audience {
@@ -101,7 +105,7 @@ impl Committer {
         audience: &Audience,
         now_ms: i64,
         kind: &event::Kind,
-    ) -> Result<(Vec<Appended>, Option<(u64, Arc<[UserId]>)>), StoreError> {
+    ) -> Result<(Vec<Appended>, Option<StreamWrite>), StoreError> {
         match audience {
             Audience::Logs(users) => {
                 let mut appended = Vec::with_capacity(users.len());
