@@ -25,7 +25,10 @@ async fn device(url: &str, name: &str) -> anyhow::Result<Connection> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let url = args.get(1).cloned().unwrap_or_else(|| "tcp://127.0.0.1:7700".into());
+    let url = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "tcp://127.0.0.1:7700".into());
     let members: usize = args.get(2).map_or(Ok(100_000), |s| s.parse())?;
     let messages: usize = args.get(3).map_or(Ok(200), |s| s.parse())?;
     let tag = std::process::id();
@@ -35,23 +38,34 @@ async fn main() -> anyhow::Result<()> {
     let conns = futures_util::future::join_all((0..8).map(|_| anon(&url))).await;
     let conns: Vec<Connection> = conns.into_iter().collect::<Result<_, _>>()?;
     for chunk in names.chunks(512) {
-        let calls = chunk.iter().enumerate().map(|(i, n)| conns[i % conns.len()].register(n, PASSWORD));
+        let calls = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, n)| conns[i % conns.len()].register(n, PASSWORD));
         for r in futures_util::future::join_all(calls).await {
             r?;
         }
     }
-    println!("registered {members} users in {:.1}s", t.elapsed().as_secs_f64());
+    println!(
+        "registered {members} users in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
 
     let owner = device(&url, &names[0]).await?;
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let t = Instant::now();
     let first = refs.len().min(1001);
-    let group = owner.create_group("channel", "", &refs[1..first], None).await?;
+    let group = owner
+        .create_group("channel", "", &refs[1..first], None)
+        .await?;
     let id = group.conversation_id;
     for chunk in refs[first..].chunks(1000) {
         owner.add_members(&id, chunk).await?;
     }
-    println!("built a {members}-member group in {:.1}s", t.elapsed().as_secs_f64());
+    println!(
+        "built a {members}-member group in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
 
     let mut online = Vec::new();
     for n in refs.iter().skip(1).take(10) {
@@ -71,7 +85,9 @@ async fn main() -> anyhow::Result<()> {
     let mut fanout = Vec::with_capacity(messages);
     for i in 0..messages {
         let t = Instant::now();
-        owner.send(&format!("m{i}"), to_group(&id), text("hello, everyone")).await?;
+        owner
+            .send(&format!("m{i}"), to_group(&id), text("hello, everyone"))
+            .await?;
         acks.push(t.elapsed());
         // Time until every online member was told and has synced it.
         for (c, key) in &mut online {
