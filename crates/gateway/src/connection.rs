@@ -140,8 +140,11 @@ struct Conn {
     /// Request ids of the requests running as tasks.
     inflight_ids: HashSet<u64>,
     /// Answers of requests running as tasks.
-    done: (mpsc::Sender<Frame>, mpsc::Receiver<Frame>),
+    done: (mpsc::Sender<Answer>, mpsc::Receiver<Answer>),
 }
+
+/// The answer of a request that ran as a task, with its in-flight permit.
+type Answer = (Frame, OwnedSemaphorePermit);
 
 /// The outcome of queueing a frame: a full queue ends the connection.
 type Sent = Result<(), Close>;
@@ -174,7 +177,7 @@ impl Conn {
             let flags = self.registration.as_ref().map(|r| r.flags.clone());
             let step = tokio::select! {
                 _ = crate::stopped(&mut shutdown) => return self.drain().await,
-                Some(frame) = self.done.1.recv() => {
+                Some((frame, _permit)) = self.done.1.recv() => {
                     self.inflight_ids.remove(&frame.request_id);
                     self.send(frame)
                 }
@@ -466,9 +469,11 @@ impl Conn {
                 Ok(body) => Frame::new(id, body),
                 Err(e) => error_frame(id, &e),
             };
-            // Capacity equals the in-flight limit, and we hold a permit.
-            let _ = done.try_send(frame);
-            drop(permit);
+            // The permit travels with the answer and is released once the
+            // answer is queued for the socket, so a client that waits for
+            // answers never exceeds the limit; and since each queued answer
+            // holds a permit, the channel (sized to the limit) never fills.
+            let _ = done.try_send((frame, permit));
         });
         Ok(())
     }
@@ -531,7 +536,7 @@ impl Conn {
             )
             .await
             {
-                Ok(Some(frame)) => {
+                Ok(Some((frame, _permit))) => {
                     if self.send(frame).is_err() {
                         return Close::Silent;
                     }

@@ -320,3 +320,34 @@ async fn logout_revokes_the_session() {
     .expect_err("revoked token refused");
     assert_eq!(err.code(), Some(v1::ErrorCode::TokenRevoked));
 }
+
+/// A client that keeps the in-flight limit full (a new send as soon as an
+/// answer arrives) is never refused with TOO_MANY_REQUESTS, and every send
+/// is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_at_the_limit_are_never_refused() {
+    let server = Server::start("");
+    let url = server.tcp_url();
+    let alice = std::sync::Arc::new(connect(&url, &register_and_login(&url, "alice").await).await);
+    let bob_token = register_and_login(&url, "bob").await;
+    let window = alice.welcome().limits.unwrap().inflight_requests_max as usize;
+    let tasks: Vec<_> = (0..window)
+        .map(|w| {
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                for i in 0..40 {
+                    alice
+                        .send(&format!("{w}-{i}"), to_user("bob"), content("x"))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let bob = connect(&url, &bob_token).await;
+    let (events, _) = sync_all(&bob, &[]).await;
+    assert_eq!(texts(&events).len(), window * 40);
+}
