@@ -12,7 +12,7 @@
 //! room: a full queue means the peer does not read, and the connection is
 //! closed (`SLOW_CONSUMER`) rather than allowed to grow memory or stall.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -65,6 +65,7 @@ pub(crate) async fn run(
     peer: String,
     _permit: OwnedSemaphorePermit,
 ) {
+    crate::metrics::connection(1);
     let (in_tx, mut in_rx) = mpsc::channel(INBOUND_QUEUE_FRAMES_MAX);
     let reader_task = tokio::spawn(async move {
         loop {
@@ -83,6 +84,7 @@ pub(crate) async fn run(
         inflight: Arc::new(Semaphore::new(gw.config.inflight_requests_max)),
         done: mpsc::channel(gw.config.inflight_requests_max.max(1)),
         inflight_ids: HashSet::new(),
+        started: HashMap::new(),
         gw,
         out: out_tx,
         session: None,
@@ -109,6 +111,7 @@ pub(crate) async fn run(
     }
     drop(conn);
     let _ = timeout(Duration::from_secs(2), writer_task).await;
+    crate::metrics::connection(-1);
 }
 
 async fn write_loop(
@@ -117,6 +120,7 @@ async fn write_loop(
     write_timeout: Duration,
 ) {
     while let Some(frame) = rx.recv().await {
+        crate::metrics::queued(-1);
         let last = matches!(frame.body, Some(Body::Goodbye(_)));
         match timeout(write_timeout, writer.write(&frame)).await {
             Ok(Ok(())) if !last => {}
@@ -139,6 +143,9 @@ struct Conn {
     inflight: Arc<Semaphore>,
     /// Request ids of the requests running as tasks.
     inflight_ids: HashSet<u64>,
+    /// Requests read and not yet answered: type and arrival, so that every
+    /// answer is counted and timed here, where requests are dispatched.
+    started: HashMap<u64, (&'static str, std::time::Instant)>,
     /// Answers of requests running as tasks.
     done: (mpsc::Sender<Answer>, mpsc::Receiver<Answer>),
 }
@@ -150,10 +157,16 @@ type Answer = (Frame, OwnedSemaphorePermit);
 type Sent = Result<(), Close>;
 
 impl Conn {
-    fn send(&self, frame: Frame) -> Sent {
+    fn send(&mut self, frame: Frame) -> Sent {
+        if frame.request_id != 0
+            && let Some((kind, at)) = self.started.remove(&frame.request_id)
+        {
+            crate::metrics::answered(kind, &frame, at.elapsed());
+        }
         // The last slot is kept for the goodbye that tells a slow reader why
         // it is cut off.
         if self.out.capacity() <= 1 {
+            crate::metrics::slow_consumer();
             tracing::info!("closing a connection whose reader is too slow");
             return Err(bye(
                 ErrorCode::SlowConsumer,
@@ -161,7 +174,10 @@ impl Conn {
             ));
         }
         match self.out.try_send(frame) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                crate::metrics::queued(1);
+                Ok(())
+            }
             Err(_) => Err(Close::Silent),
         }
     }
@@ -193,7 +209,10 @@ impl Conn {
                 Some(push) = recv_push(&mut self.registration) => match push {
                     Push::Events(batch) => self.on_push(&batch),
                     Push::Notice => self.notice(),
-                    Push::Ephemeral(body) => self.send(Frame::push((*body).clone())),
+                    Push::Ephemeral(body) => {
+                        crate::metrics::pushed(if matches!(*body, Body::TypingPush(_)) { "typing" } else { "presence" });
+                        self.send(Frame::push((*body).clone()))
+                    }
                 },
                 _ = wake(flags.as_deref()) => self.on_flags(),
                 _ = sleep_until(deadline) => Err(bye(
@@ -303,6 +322,15 @@ impl Conn {
 
     async fn on_frame(&mut self, frame: Frame) -> Sent {
         let id = frame.request_id;
+        if id != 0 && self.started.len() <= self.gw.config.inflight_requests_max {
+            self.started.insert(
+                id,
+                (
+                    pigeon_proto::body_name(frame.body.as_ref()),
+                    std::time::Instant::now(),
+                ),
+            );
+        }
         if id != 0 && self.inflight_ids.contains(&id) {
             return Err(bye(
                 ErrorCode::BadRequestId,
@@ -493,6 +521,7 @@ impl Conn {
                     key: self.gw.service.key_for(user, after),
                 };
                 self.cursor = Some(after);
+                crate::metrics::pushed("events");
                 self.send(Frame::push(Body::EventsPush(push)))?;
                 if let Some(session) = &self.session {
                     self.gw.service.delivered(session, &batch.events);
@@ -508,6 +537,7 @@ impl Conn {
             return Ok(());
         }
         self.notice_pending = true;
+        crate::metrics::pushed("notice");
         self.send(Frame::push(Body::SyncNotice(SyncNotice {})))
     }
 

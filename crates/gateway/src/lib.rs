@@ -2,6 +2,8 @@
 //!
 //! Layout:
 //! - [`config`]: [`GatewayConfig`], every connection limit.
+//! - [`metrics`]: what the access layer counts and times (Prometheus
+//!   names), recorded once at dispatch rather than in each handler.
 //! - [`registry`]: [`Registry`], the online devices by user; it implements
 //!   `pigeon_core::Notifier`, turning committed events into pushes.
 //! - [`connection`]: one connection's life: handshake, auth, dispatch,
@@ -15,6 +17,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod metrics;
 pub mod registry;
 pub mod transport;
 

@@ -13,6 +13,7 @@ use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use pigeon_core::{Service, SystemClock};
 use pigeon_gateway::{Gateway, Registry};
 use tokio::net::TcpListener;
@@ -23,6 +24,7 @@ use crate::config::Config;
 /// Runs the server until a signal.
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
+    let metrics = install_metrics()?;
     let store = Arc::new(
         pigeon_store::open_embedded(&config.data, config.store())
             .with_context(|| format!("opening the data directory {}", config.data.display()))?,
@@ -58,6 +60,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let app = router(App {
         gateway: gateway.clone(),
         store: store.clone(),
+        metrics,
     });
     let http_task = tokio::spawn(async move {
         axum::serve(
@@ -91,6 +94,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
 struct App {
     gateway: Arc<Gateway>,
     store: Arc<pigeon_store::LogStore>,
+    metrics: PrometheusHandle,
 }
 
 fn router(app: App) -> Router {
@@ -98,6 +102,7 @@ fn router(app: App) -> Router {
         .route("/ws", get(websocket))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(render_metrics))
         .with_state(app)
 }
 
@@ -122,6 +127,53 @@ async fn ready(State(app): State<App>) -> Response {
     } else {
         "ready".into_response()
     }
+}
+
+/// Histogram buckets for durations, in seconds: 100 µs to 10 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+/// Buckets for jobs per group commit.
+const JOBS_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// Installs the process-wide Prometheus recorder that every crate's
+/// `metrics::` calls report to.
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_jobs".into()), JOBS_BUCKETS)?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    metrics::describe_counter!(
+        pigeon_gateway::metrics::REQUESTS_TOTAL,
+        "Requests answered, by type and outcome"
+    );
+    metrics::describe_histogram!(
+        pigeon_gateway::metrics::REQUEST_DURATION_SECONDS,
+        "Time from reading a request to queueing its answer"
+    );
+    Ok(handle)
+}
+
+async fn render_metrics(State(app): State<App>) -> Response {
+    app.metrics.run_upkeep();
+    let mut text = app.metrics.render();
+    // Gauges that are read rather than pushed.
+    text.push_str(&format!(
+        "# TYPE pigeon_open_connections gauge\npigeon_open_connections {}\n",
+        app.gateway.open_connections()
+    ));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn signal() {

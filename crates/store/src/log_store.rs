@@ -52,6 +52,15 @@ use tokio::sync::{mpsc, oneshot};
 use crate::engine::{Engine, Entries, Op, Table};
 use crate::keys;
 
+/// Group commits that wrote something (one fsync each).
+pub const COMMITS_TOTAL: &str = "pigeon_store_commits_total";
+/// Jobs per group commit.
+pub const COMMIT_JOBS: &str = "pigeon_store_commit_jobs";
+/// Time to apply and fsync one group commit.
+pub const COMMIT_SECONDS: &str = "pigeon_store_commit_seconds";
+/// Jobs waiting for the committer when it starts a batch.
+pub const WRITE_QUEUE_JOBS: &str = "pigeon_store_write_queue_jobs";
+
 /// Why jobs are refused after [`LogStore::shutdown`].
 const SHUT_DOWN: &str = "store is shut down";
 
@@ -749,6 +758,8 @@ impl Committer {
             if rx.blocking_recv_many(&mut cmds, WRITE_BATCH_COMMANDS_MAX) == 0 {
                 return;
             }
+            metrics::gauge!(WRITE_QUEUE_JOBS).set(rx.len() as f64);
+            metrics::histogram!(COMMIT_JOBS).record(cmds.len() as f64);
             let mut stop = None;
             let engine = self.shared.engine.clone();
             let mut tx = Tx {
@@ -790,10 +801,15 @@ impl Committer {
             Ok(())
         } else {
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
-            self.shared
+            metrics::counter!(COMMITS_TOTAL).increment(1);
+            let started = std::time::Instant::now();
+            let r = self
+                .shared
                 .engine
                 .apply(b.ops)
-                .and_then(|()| self.shared.engine.sync())
+                .and_then(|()| self.shared.engine.sync());
+            metrics::histogram!(COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+            r
         };
         self.stats
             .commands

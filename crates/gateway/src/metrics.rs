@@ -1,0 +1,51 @@
+//! The access layer's metrics, recorded where requests are dispatched and
+//! frames queued, so no handler counts anything by hand. Names follow
+//! Prometheus conventions; the server installs the exporter.
+
+use std::time::Duration;
+
+use pigeon_proto::{Body, Frame};
+
+/// Requests answered, by `type` and `outcome` (`ok` or the error code).
+pub const REQUESTS_TOTAL: &str = "pigeon_requests_total";
+/// Time from reading a request to queueing its answer, by `type`.
+pub const REQUEST_DURATION_SECONDS: &str = "pigeon_request_duration_seconds";
+/// Open connections.
+pub const CONNECTIONS: &str = "pigeon_connections";
+/// Frames queued for sockets across all connections.
+pub const OUTBOUND_QUEUE_FRAMES: &str = "pigeon_outbound_queue_frames";
+/// Connections closed because they did not read fast enough.
+pub const SLOW_CONSUMERS_TOTAL: &str = "pigeon_slow_consumers_total";
+/// Pushes sent, by `kind` (events, notice, presence, typing).
+pub const PUSHES_TOTAL: &str = "pigeon_pushes_total";
+
+pub(crate) fn answered(kind: &'static str, answer: &Frame, took: Duration) {
+    let code = |c: i32| {
+        pigeon_proto::ErrorCode::try_from(c).map_or("UNKNOWN", |c| {
+            c.as_str_name().trim_start_matches("ERROR_CODE_")
+        })
+    };
+    let outcome = match &answer.body {
+        Some(Body::Error(e)) => code(e.code),
+        Some(Body::Goodbye(g)) => code(g.code),
+        _ => "ok",
+    };
+    metrics::counter!(REQUESTS_TOTAL, "type" => kind, "outcome" => outcome).increment(1);
+    metrics::histogram!(REQUEST_DURATION_SECONDS, "type" => kind).record(took.as_secs_f64());
+}
+
+pub(crate) fn queued(delta: i64) {
+    metrics::gauge!(OUTBOUND_QUEUE_FRAMES).increment(delta as f64);
+}
+
+pub(crate) fn slow_consumer() {
+    metrics::counter!(SLOW_CONSUMERS_TOTAL).increment(1);
+}
+
+pub(crate) fn connection(delta: i64) {
+    metrics::gauge!(CONNECTIONS).increment(delta as f64);
+}
+
+pub(crate) fn pushed(kind: &'static str) {
+    metrics::counter!(PUSHES_TOTAL, "kind" => kind).increment(1);
+}

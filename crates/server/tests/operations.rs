@@ -1,0 +1,89 @@
+//! Operating the server: health, readiness and Prometheus metrics.
+
+mod common;
+
+use common::*;
+use pigeon_client::{text as content, to_user};
+
+/// The value of a sample line `name{labels} value` whose name and labels
+/// contain every given fragment.
+fn sample(metrics: &str, fragments: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| fragments.iter().all(|f| l.contains(f)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Scrapes `/metrics` before and after traffic: request counters by type
+/// and outcome, the latency histograms, commit and connection figures move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic() {
+    let server = Server::start("");
+    assert_eq!(http_get(&server.http, "/healthz").await.0, 200);
+    assert_eq!(http_get(&server.http, "/readyz").await.0, 200);
+    let url = server.tcp_url();
+    let alice = connect(&url, &register_and_login(&url, "alice").await).await;
+    register_and_login(&url, "bob").await;
+    let (status, before) = http_get(&server.http, "/metrics").await;
+    assert_eq!(status, 200);
+    let sends_before = sample(
+        &before,
+        &["pigeon_requests_total{", "type=\"send\"", "outcome=\"ok\""],
+    )
+    .unwrap_or(0.0);
+
+    // Up to date, so her own sends come back as event pushes.
+    sync_all(&alice, &[]).await;
+    for i in 0..25 {
+        alice
+            .send(&format!("m{i}"), to_user("bob"), content("hi"))
+            .await
+            .unwrap();
+    }
+    let _ = alice.send("bad", to_user("nobody"), content("hi")).await;
+    sync_all(&alice, &[]).await;
+
+    let (_, after) = http_get(&server.http, "/metrics").await;
+    let sends = sample(
+        &after,
+        &["pigeon_requests_total{", "type=\"send\"", "outcome=\"ok\""],
+    )
+    .unwrap();
+    assert_eq!(sends - sends_before, 25.0, "{after}");
+    assert_eq!(
+        sample(
+            &after,
+            &[
+                "pigeon_requests_total{",
+                "type=\"send\"",
+                "outcome=\"USER_NOT_FOUND\""
+            ]
+        ),
+        Some(1.0)
+    );
+    assert!(sample(&after, &["pigeon_requests_total{", "type=\"sync\""]).unwrap() >= 1.0);
+    let latency_count = sample(
+        &after,
+        &["pigeon_request_duration_seconds_count", "type=\"send\""],
+    )
+    .unwrap();
+    assert!(latency_count >= 26.0);
+    assert!(
+        sample(
+            &after,
+            &[
+                "pigeon_request_duration_seconds_bucket",
+                "type=\"send\"",
+                "le=\"+Inf\""
+            ]
+        )
+        .unwrap()
+            >= 26.0
+    );
+    assert!(sample(&after, &["pigeon_store_commits_total"]).unwrap() >= 25.0);
+    assert!(sample(&after, &["pigeon_store_commit_seconds_count"]).unwrap() >= 25.0);
+    assert!(sample(&after, &["pigeon_open_connections"]).unwrap() >= 1.0);
+    assert!(sample(&after, &["pigeon_pushes_total{", "kind=\"events\""]).unwrap() >= 25.0);
+}
