@@ -144,6 +144,11 @@ impl Service {
         conversation_id: &str,
         usernames: &[String],
     ) -> Result<AddMembersResponse, CoreError> {
+        if usernames.is_empty() {
+            return Err(CoreError::InvalidArgument(
+                "name at least one user to add".into(),
+            ));
+        }
         let group = self.group_of(conversation_id).await?;
         let users = self.users(usernames).await?;
         let out = self
@@ -162,6 +167,11 @@ impl Service {
         conversation_id: &str,
         usernames: &[String],
     ) -> Result<RemoveMembersResponse, CoreError> {
+        if usernames.is_empty() {
+            return Err(CoreError::InvalidArgument(
+                "name at least one user to remove".into(),
+            ));
+        }
         let group = self.group_of(conversation_id).await?;
         let users = self
             .users(usernames)

@@ -302,22 +302,36 @@ impl Service {
         Ok(out)
     }
 
-    /// Shows or hides the caller's presence.
+    /// Shows or hides the caller's presence; contacts are told at once
+    /// (UNKNOWN when hidden, the current state when shown again).
     pub async fn set_privacy(
         &self,
         session: &Session,
         hide_presence: bool,
     ) -> Result<bool, CoreError> {
         let prefs = self.store.prefs(session.user_id).await?;
-        self.store
-            .set_prefs(
-                session.user_id,
-                UserPrefs {
-                    hide_presence,
-                    ..prefs
-                },
-            )
-            .await?;
+        if prefs.hide_presence == hide_presence {
+            return Ok(hide_presence);
+        }
+        let prefs = UserPrefs {
+            hide_presence,
+            ..prefs
+        };
+        self.store.set_prefs(session.user_id, prefs).await?;
+        let state = if hide_presence {
+            PresenceState::Unknown
+        } else if self.notifier.is_online(session.user_id) {
+            PresenceState::Online
+        } else {
+            PresenceState::Offline
+        };
+        self.announce(
+            session.user_id,
+            &session.username,
+            state,
+            prefs.last_seen_ms,
+        )
+        .await?;
         Ok(hide_presence)
     }
 
@@ -337,12 +351,29 @@ impl Service {
         if prefs.hide_presence {
             return Ok(());
         }
-        let mut contacts = self
+        let state = if online {
+            PresenceState::Online
+        } else {
+            PresenceState::Offline
+        };
+        self.announce(user, username, state, prefs.last_seen_ms)
+            .await
+    }
+
+    /// Pushes a presence state to the user's contacts (not those they block).
+    async fn announce(
+        &self,
+        user: UserId,
+        username: &str,
+        state: PresenceState,
+        last_seen_ms: i64,
+    ) -> Result<(), CoreError> {
+        let contacts = self
             .store
             .contacts(user, self.config.presence_fanout_max)
             .await?;
         let mut visible = Vec::with_capacity(contacts.len());
-        for c in contacts.drain(..) {
+        for c in contacts {
             if !self.store.is_blocked(user, c).await? {
                 visible.push(c);
             }
@@ -350,12 +381,12 @@ impl Service {
         let presence = Presence {
             user_id: user,
             username: username.to_string(),
-            state: if online {
-                PresenceState::Online
+            state: state as i32,
+            last_seen_ms: if state == PresenceState::Offline {
+                last_seen_ms
             } else {
-                PresenceState::Offline
-            } as i32,
-            last_seen_ms: if online { 0 } else { prefs.last_seen_ms },
+                0
+            },
         };
         self.notifier.push_ephemeral(
             &visible,

@@ -158,6 +158,7 @@ type Sent = Result<(), Close>;
 
 impl Conn {
     fn send(&mut self, frame: Frame) -> Sent {
+        let frame = self.fit(frame);
         if frame.request_id != 0
             && let Some((kind, at)) = self.started.remove(&frame.request_id)
         {
@@ -179,6 +180,32 @@ impl Conn {
                 Ok(())
             }
             Err(_) => Err(Close::Silent),
+        }
+    }
+
+    /// Never sends a frame the peer would refuse as too large: an answer
+    /// becomes an error saying so, an events push a sync notice (syncs are
+    /// bounded by bytes).
+    fn fit(&mut self, frame: Frame) -> Frame {
+        let max = self.gw.config.frame_bytes_max;
+        if prost::Message::encoded_len(&frame) <= max {
+            return frame;
+        }
+        tracing::warn!(
+            kind = pigeon_proto::body_name(frame.body.as_ref()),
+            "answer larger than the frame limit"
+        );
+        match frame.body {
+            Some(Body::EventsPush(_)) => {
+                self.notice_pending = true;
+                Frame::push(Body::SyncNotice(SyncNotice {}))
+            }
+            _ if frame.request_id != 0 => Frame::error(
+                frame.request_id,
+                ErrorCode::Internal,
+                format!("the answer exceeds the frame limit of {max} bytes; ask for fewer items"),
+            ),
+            _ => Frame::push(Body::SyncNotice(SyncNotice {})),
         }
     }
 

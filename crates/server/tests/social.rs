@@ -368,3 +368,53 @@ async fn blocking() {
         .await
         .unwrap();
 }
+
+/// Changing a message after the fact respects membership: a member who
+/// joined later does not hear of an edit to an older message, a former
+/// member may no longer recall, and deleting for oneself twice is one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_changes_respect_membership() {
+    let server = Server::start("");
+    let url = server.tcp_url();
+    register_many(&url, &["olga".into(), "pete".into(), "late".into()]).await;
+    let (olga, pete) = (device(&url, "olga").await, device(&url, "pete").await);
+    let g = olga.create_group("g", "", &["pete"], None).await.unwrap();
+    let id = g.conversation_id;
+    let old = pete
+        .send("p1", to_group(&id), content("before late joined"))
+        .await
+        .unwrap();
+    olga.add_members(&id, &["late"]).await.unwrap();
+    let late = device(&url, "late").await;
+    let (_, key) = sync_all(&late, &[]).await;
+    pete.edit(&id, old.conv_seq, content("edited"))
+        .await
+        .unwrap();
+    let (events, _) = sync_all(&late, &key).await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.kind, Some(event::Kind::MessageEdited(_)))),
+        "the edit of a message from before joining is not sent: {events:?}"
+    );
+    olga.remove_members(&id, &["pete"]).await.unwrap();
+    let err = pete.recall(&id, old.conv_seq).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    let err = olga.remove_members(&id, &[]).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument));
+
+    let (_, key) = sync_all(&olga, &[]).await;
+    olga.delete_for_me(&id, old.conv_seq).await.unwrap();
+    olga.delete_for_me(&id, old.conv_seq).await.unwrap();
+    let (events, _) = sync_all(&olga, &key).await;
+    let deleted = events
+        .iter()
+        .filter(|e| matches!(e.kind, Some(event::Kind::MessageDeleted(_))))
+        .count();
+    assert_eq!(deleted, 1);
+    let page = olga.history(to_group(&id), 0, 0).await.unwrap();
+    assert!(
+        page.messages.is_empty() && !page.has_more,
+        "the only message is deleted for olga"
+    );
+}

@@ -313,7 +313,14 @@ impl Committer {
         // The newest message this user may see.
         let last = match (&group, &member) {
             (Some(g), Some(m)) if g.large => match m.left_conv {
-                0 => self.conv_last(&tx.b, &conv)?,
+                // The newest stored message (allocated seqs may run
+                // ahead of it after a restart).
+                0 => tx
+                    .publish
+                    .conv_heads
+                    .get(&conv)
+                    .copied()
+                    .map_or_else(|| self.shared.conv_head(&conv), Ok)?,
                 left => left,
             },
             _ => state.last_message.as_ref().map_or(0, |m| m.conv_seq),
@@ -566,16 +573,46 @@ impl Committer {
                 if !visible {
                     return Err(not_found());
                 }
+                if !matches!(c.kind, MessageChangeKind::DeleteForMe) {
+                    // Changing a message for everyone needs a current
+                    // membership of a live group.
+                    if m.role() == GroupRole::None {
+                        return Err(refused(CoreError::Forbidden(
+                            "you are no longer a member of this group".into(),
+                        )));
+                    }
+                    if g.dissolved {
+                        return Err(refused(CoreError::Forbidden(
+                            "the group was dissolved".into(),
+                        )));
+                    }
+                }
                 if g.large {
                     Audience::Stream(g.id)
                 } else {
-                    Audience::Logs(self.member_ids(tx, g.id)?.to_vec())
+                    // Only members who could see the message hear of it.
+                    let mut who = Vec::new();
+                    for &u in self.member_ids(tx, g.id)?.iter() {
+                        if Self::member_for_write(tx, g.id, u)?
+                            .is_some_and(|r| r.joined_after_conv < c.conv_seq)
+                        {
+                            who.push(u);
+                        }
+                    }
+                    Audience::Logs(who)
                 }
             }
             None => Audience::Logs(c.participants.clone()),
         };
         let (kind, edited_at_ms) = match c.kind {
             MessageChangeKind::DeleteForMe => {
+                if tx
+                    .b
+                    .get(Table::Hidden, &keys::hidden(c.actor, &conv, c.conv_seq))?
+                    .is_some()
+                {
+                    return Ok(ChangeOutcome::default());
+                }
                 tx.b.put(
                     Table::Hidden,
                     keys::hidden(c.actor, &conv, c.conv_seq),

@@ -8,7 +8,7 @@ use pigeon_core::conversation::ConversationId;
 use pigeon_core::groups;
 use pigeon_core::store::{HistoryQuery, LogRead, LogReadError, MemberRecord, StreamRead};
 use pigeon_core::{StoreError, UserId};
-use pigeon_proto::v1::{ConversationSummary, Event, GroupRole, Message, ReceiptSummary};
+use pigeon_proto::v1::{ConversationSummary, Event, GroupRole, Message, ReceiptSummary, event};
 
 use super::messages::{Counts, UNREAD_COUNT_MAX};
 use super::{CONVERSATIONS_SCAN_MAX, Shared, USER_GROUPS_SCAN_MAX, decode_json, decode_proto};
@@ -63,30 +63,37 @@ impl Shared {
 
     pub(super) fn history(&self, q: &HistoryQuery) -> Result<(Vec<Message>, bool), StoreError> {
         let head = self.conv_head(&q.conversation_id)?;
-        let upper = if q.before == 0 {
+        let mut upper = if q.before == 0 {
             head
         } else {
             head.min(q.before - 1)
         };
-        if upper <= q.lower || q.limit == 0 {
-            return Ok((Vec::new(), false));
-        }
         let conv = &q.conversation_id;
-        let rows = self.engine.scan(
-            Table::Timeline,
-            &keys::timeline(conv, q.lower + 1),
-            &keys::timeline(conv, upper + 1),
-            true,
-            q.limit + 1,
-        )?;
-        let (mut messages, has_more) = take_bounded(&rows, q.limit, q.bytes_max, |v| {
-            decode_proto::<Message>("message", v)
-        })?;
-        if let (Some(newest), Some(oldest)) = (messages.first(), messages.last()) {
+        // Messages the viewer deleted for themselves are left out; keep
+        // reading until the page holds something or the timeline ends, so a
+        // page is never empty while older messages exist.
+        loop {
+            if upper <= q.lower || q.limit == 0 {
+                return Ok((Vec::new(), false));
+            }
+            let rows = self.engine.scan(
+                Table::Timeline,
+                &keys::timeline(conv, q.lower + 1),
+                &keys::timeline(conv, upper + 1),
+                true,
+                q.limit + 1,
+            )?;
+            let (mut messages, has_more) = take_bounded(&rows, q.limit, q.bytes_max, |v| {
+                decode_proto::<Message>("message", v)
+            })?;
+            let Some(oldest) = messages.last().map(|m| m.conv_seq) else {
+                return Ok((messages, false));
+            };
+            let newest = messages[0].conv_seq;
             let hidden = self.engine.scan(
                 Table::Hidden,
-                &keys::hidden(q.viewer, conv, oldest.conv_seq),
-                &keys::hidden(q.viewer, conv, newest.conv_seq + 1),
+                &keys::hidden(q.viewer, conv, oldest),
+                &keys::hidden(q.viewer, conv, newest + 1),
                 false,
                 usize::MAX,
             )?;
@@ -94,8 +101,11 @@ impl Shared {
                 let hidden: HashSet<Vec<u8>> = hidden.into_iter().map(|(k, _)| k).collect();
                 messages.retain(|m| !hidden.contains(&keys::hidden(q.viewer, conv, m.conv_seq)));
             }
+            if !messages.is_empty() || !has_more {
+                return Ok((messages, has_more));
+            }
+            upper = oldest - 1;
         }
-        Ok((messages, has_more))
     }
 
     pub(super) fn list_conversations(
@@ -251,7 +261,8 @@ impl Shared {
             false,
             USER_GROUPS_SCAN_MAX,
         )?;
-        let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
+        // (stream seq, what the member saw before joining, event bytes)
+        let mut rows: Vec<(u64, u64, Vec<u8>)> = Vec::new();
         for (k, _) in &groups_of_user {
             let gid = keys::pair_second(k);
             let Some(group) = self.group(gid)? else {
@@ -279,12 +290,17 @@ impl Shared {
                 false,
                 limit + 1,
             )?;
-            rows.extend(found.into_iter().map(|(k, v)| (keys::pair_second(&k), v)));
+            let before_joining = m.joined_after_conv;
+            rows.extend(
+                found
+                    .into_iter()
+                    .map(|(k, v)| (keys::pair_second(&k), before_joining, v)),
+            );
         }
-        rows.sort_by_key(|(seq, _)| *seq);
+        rows.sort_by_key(|(seq, _, _)| *seq);
         let mut events = Vec::new();
         let mut bytes = 0;
-        for (i, (_, v)) in rows.iter().enumerate() {
+        for (i, (_, before_joining, v)) in rows.iter().enumerate() {
             if i == limit || (!events.is_empty() && bytes + v.len() > bytes_max) {
                 let position = rows[i - 1].0;
                 return Ok(StreamRead {
@@ -293,8 +309,19 @@ impl Shared {
                     has_more: true,
                 });
             }
+            let event = decode_proto::<Event>("event", v)?;
+            // A recall or edit of a message from before the member joined
+            // is not theirs to see.
+            let about = match &event.kind {
+                Some(event::Kind::MessageRecalled(r)) => r.conv_seq,
+                Some(event::Kind::MessageEdited(e)) => e.conv_seq,
+                _ => u64::MAX,
+            };
+            if about <= *before_joining {
+                continue;
+            }
             bytes += v.len();
-            events.push(decode_proto::<Event>("event", v)?);
+            events.push(event);
         }
         Ok(StreamRead {
             events,
