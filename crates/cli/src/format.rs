@@ -366,6 +366,13 @@ struct BlockJson<'a> {
 }
 
 #[derive(Serialize)]
+struct FlagsChangedEventJson<'a> {
+    #[serde(flatten)]
+    head: EventHead,
+    enabled: &'a [String],
+}
+
+#[derive(Serialize)]
 struct BlockChangedEventJson<'a> {
     #[serde(flatten)]
     head: EventHead,
@@ -570,6 +577,10 @@ pub fn event_json(event: &v1::Event) -> String {
                 user_id: Some(b.user_id),
                 blocked: b.blocked,
             },
+        }),
+        Some(Kind::FlagsChanged(f)) => to_line(&FlagsChangedEventJson {
+            head: head("flags_changed"),
+            enabled: &f.enabled,
         }),
         None => to_line(&head("unknown")),
     }

@@ -46,6 +46,12 @@ pub struct ClientOptions {
     pub backoff_max: Duration,
     /// Overall deadline of [`Client::send`], retries included.
     pub send_timeout: Duration,
+    /// Other protocol URLs of the same service, tried in turn when
+    /// `connect.url` cannot be reached.
+    pub endpoints: Vec<String>,
+    /// An `http://host:port/v1/endpoints` address to learn the service's
+    /// gateways from when none of the known ones answers.
+    pub endpoints_url: Option<String>,
 }
 
 impl ClientOptions {
@@ -57,6 +63,8 @@ impl ClientOptions {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             send_timeout: Duration::from_secs(60),
+            endpoints: Vec::new(),
+            endpoints_url: None,
         }
     }
 
@@ -421,6 +429,12 @@ fn retry_for(error: &ClientError, backoff: &mut Backoff) -> Retry {
 enum SessionEnd {
     /// Reconnect after a backoff.
     Lost(String),
+    /// The server asked us to reconnect, perhaps elsewhere, perhaps later.
+    Redirected {
+        reason: String,
+        to: Vec<String>,
+        after: Duration,
+    },
     /// Stop for good.
     Fatal(ClientError),
 }
@@ -433,14 +447,64 @@ fn end_for(error: ClientError) -> SessionEnd {
     }
 }
 
+/// The endpoints to try, the current one first.
+struct Endpoints {
+    urls: std::collections::VecDeque<String>,
+}
+
+impl Endpoints {
+    fn new(opts: &ClientOptions) -> Self {
+        let mut e = Endpoints {
+            urls: Default::default(),
+        };
+        e.learn(
+            std::iter::once(opts.connect.url.clone()).chain(opts.endpoints.iter().cloned()),
+            false,
+        );
+        e
+    }
+
+    fn current(&self) -> String {
+        self.urls.front().cloned().unwrap_or_default()
+    }
+
+    /// Tries the next endpoint next time.
+    fn rotate(&mut self) {
+        self.urls.rotate_left(1.min(self.urls.len()));
+    }
+
+    /// Adds URLs, first in line if `prefer`; keeps each once.
+    fn learn(&mut self, urls: impl IntoIterator<Item = String>, prefer: bool) {
+        let mut fresh: Vec<String> = Vec::new();
+        for u in urls {
+            if !u.is_empty() && !fresh.contains(&u) {
+                fresh.push(u);
+            }
+        }
+        self.urls.retain(|u| !fresh.contains(u));
+        if prefer {
+            for u in fresh.into_iter().rev() {
+                self.urls.push_front(u);
+            }
+        } else {
+            self.urls.extend(fresh);
+        }
+    }
+}
+
 /// The background task: connect, run a session, back off, repeat.
 async fn run(shared: Arc<Shared>, opts: ClientOptions, events: mpsc::Sender<ClientEvent>) {
     let mut backoff = Backoff::new(opts.backoff_min, opts.backoff_max);
     let mut rng = StdRng::from_os_rng();
+    let mut endpoints = Endpoints::new(&opts);
+    let mut failures = 0usize;
     loop {
-        let end = match Connection::connect(&opts.connect).await {
+        let mut connect = opts.connect.clone();
+        connect.url = endpoints.current();
+        let end = match Connection::connect(&connect).await {
             Ok(conn) => {
                 backoff.reset();
+                failures = 0;
                 let conn = Arc::new(conn);
                 shared.set_state(LinkState::Up(conn.clone()));
                 let end = Session::new(&conn, &shared, &events).run().await;
@@ -448,8 +512,22 @@ async fn run(shared: Arc<Shared>, opts: ClientOptions, events: mpsc::Sender<Clie
                 conn.close().await;
                 end
             }
-            Err(error) => end_for(error),
+            Err(error) => {
+                // Unreachable: try the next known endpoint, and once all
+                // have failed, ask the service for its current list.
+                failures += 1;
+                endpoints.rotate();
+                if failures >= endpoints.urls.len()
+                    && let Some(url) = &opts.endpoints_url
+                    && let Ok(list) = crate::discovery::fetch_endpoints(url).await
+                {
+                    endpoints.learn(list, false);
+                    failures = 0;
+                }
+                end_for(error)
+            }
         };
+        let mut wait = backoff.next_delay(&mut rng);
         match end {
             SessionEnd::Fatal(error) => {
                 tracing::warn!(%error, "client stopped");
@@ -461,8 +539,15 @@ async fn run(shared: Arc<Shared>, opts: ClientOptions, events: mpsc::Sender<Clie
                 tracing::debug!(%reason, "disconnected");
                 let _ = events.send(ClientEvent::Disconnected { reason }).await;
             }
+            SessionEnd::Redirected { reason, to, after } => {
+                tracing::debug!(%reason, ?to, "redirected");
+                endpoints.learn(to, true);
+                // The server said when: no need to back off further.
+                wait = after;
+                let _ = events.send(ClientEvent::Disconnected { reason }).await;
+            }
         }
-        sleep(backoff.next_delay(&mut rng)).await;
+        sleep(wait).await;
     }
 }
 
@@ -527,7 +612,16 @@ impl<'a> Session<'a> {
                     self.deliver(ClientEvent::Typing(typing), None).await?;
                 }
                 Some(Body::Goodbye(goodbye)) => {
-                    return Err(end_for(ClientError::from_goodbye(goodbye)));
+                    let (to, after) = (goodbye.redirect_to.clone(), goodbye.retry_after_ms);
+                    let error = ClientError::from_goodbye(goodbye);
+                    if error.is_fatal() {
+                        return Err(SessionEnd::Fatal(error));
+                    }
+                    return Err(SessionEnd::Redirected {
+                        reason: error.to_string(),
+                        to,
+                        after: Duration::from_millis(u64::from(after)),
+                    });
                 }
                 Some(_) => {}
             }
@@ -638,6 +732,28 @@ impl<'a> Session<'a> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Checks the endpoint list: the configured URL first, rotation on
+    /// failure, redirects tried first, each URL kept once.
+    #[test]
+    fn endpoints_rotate_and_prefer_redirects() {
+        let mut o = ClientOptions::new(ConnectOptions::new("tcp://a:1"));
+        o.endpoints = vec!["tcp://b:1".into(), "tcp://a:1".into()];
+        let mut e = Endpoints::new(&o);
+        assert_eq!(e.current(), "tcp://a:1");
+        e.rotate();
+        assert_eq!(e.current(), "tcp://b:1");
+        e.rotate();
+        assert_eq!(e.current(), "tcp://a:1");
+        e.learn(vec!["tcp://c:1".into(), "tcp://b:1".into()], true);
+        assert_eq!(
+            e.urls.iter().cloned().collect::<Vec<_>>(),
+            vec!["tcp://c:1", "tcp://b:1", "tcp://a:1"]
+        );
+        e.learn(vec!["tcp://d:1".into()], false);
+        assert_eq!(e.urls.back().map(String::as_str), Some("tcp://d:1"));
+    }
+
     use super::*;
     use crate::fake_server::{FakePeer, FakeServer, WAIT};
     use crate::{text, to_user};

@@ -148,6 +148,7 @@ mod tests {
         let g = ClientError::from_goodbye(v1::Goodbye {
             code: 9999,
             message: "future".into(),
+            ..Default::default()
         });
         assert_eq!(g.code(), Some(ErrorCode::Unspecified));
         assert!(ClientError::Closed.code().is_none());

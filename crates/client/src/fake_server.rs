@@ -126,6 +126,7 @@ pub(crate) fn welcome() -> v1::Welcome {
             client_msg_id_bytes_max: 64,
         }),
         server_name: "fake".into(),
+        flags: Vec::new(),
     }
 }
 

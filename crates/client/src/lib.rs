@@ -12,6 +12,7 @@
 //! - `transport.rs`: TCP (length-prefixed) and WebSocket frame I/O.
 //! - `endpoint.rs`: parsing `tcp://` and `ws://` server URLs.
 //! - `backoff.rs`: exponential backoff with full jitter.
+//! - `discovery.rs`: [`fetch_endpoints`], the service's gateway list.
 //! - [`ClientError`] (`error.rs`): the one error type.
 //!
 //! Nothing here panics on what a server sends: bad frames end the
@@ -20,6 +21,7 @@
 mod backoff;
 mod client;
 mod connection;
+mod discovery;
 mod endpoint;
 mod error;
 mod transport;
@@ -29,6 +31,7 @@ mod fake_server;
 
 pub use client::{Client, ClientEvent, ClientOptions};
 pub use connection::{ConnectOptions, Connection};
+pub use discovery::fetch_endpoints;
 pub use error::{ClientError, code_label};
 pub use pigeon_proto::v1;
 

@@ -28,6 +28,11 @@ pub struct GatewayConfig {
     pub connections_max: usize,
     /// Time allowed for writing one frame to a socket.
     pub write_timeout: Duration,
+    /// Where clients of a draining server should reconnect (protocol URLs).
+    pub redirect_to: Vec<String>,
+    /// Clients of a draining server are asked to wait a random time up to
+    /// this before reconnecting, so they do not all arrive at once.
+    pub drain_reconnect_spread: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -42,6 +47,8 @@ impl Default for GatewayConfig {
             push_queue_batches_max: 256,
             connections_max: 15_000,
             write_timeout: Duration::from_secs(10),
+            redirect_to: Vec::new(),
+            drain_reconnect_spread: Duration::from_secs(1),
         }
     }
 }

@@ -41,6 +41,8 @@ const SERVER_NAME: &str = concat!("pigeon/", env!("CARGO_PKG_VERSION"));
 enum Close {
     /// Say goodbye with this code and reason, then close.
     Goodbye(ErrorCode, String),
+    /// Send this goodbye (with redirects), then close.
+    Frame(Box<Frame>),
     /// Close without a word (the peer left, or cannot be written to).
     Silent,
 }
@@ -96,9 +98,15 @@ pub(crate) async fn run(
         close = conn.serve(&mut in_rx) => close,
         _ = &mut writer_task => Close::Silent,
     };
-    if let Close::Goodbye(code, reason) = close {
-        tracing::debug!(%peer, ?code, %reason, "closing connection");
-        let frame = Frame::goodbye(code, reason);
+    let goodbye = match close {
+        Close::Goodbye(code, reason) => {
+            tracing::debug!(%peer, ?code, %reason, "closing connection");
+            Some(Frame::goodbye(code, reason))
+        }
+        Close::Frame(frame) => Some(*frame),
+        Close::Silent => None,
+    };
+    if let Some(frame) = goodbye {
         // The queue may be full (slow consumer): then the goodbye is lost,
         // which is fine, the socket closes anyway.
         let _ = conn.out.try_send(frame);
@@ -319,6 +327,7 @@ impl Conn {
                 client_msg_id_bytes_max: limits::CLIENT_MSG_ID_BYTES_MAX as u32,
             }),
             server_name: SERVER_NAME.to_string(),
+            flags: Vec::new(),
         };
         self.send(Frame::new(id, Body::Welcome(welcome)))
     }
@@ -601,10 +610,20 @@ impl Conn {
                 _ => break,
             }
         }
-        bye(
-            ErrorCode::ShuttingDown,
-            "server is shutting down; reconnect",
-        )
+        let config = &self.gw.config;
+        // Spread the reconnections of a draining node's clients.
+        let spread = config.drain_reconnect_spread.as_millis() as u64;
+        let retry_after_ms = if spread == 0 {
+            0
+        } else {
+            rand::random_range(0..spread) as u32
+        };
+        Close::Frame(Box::new(Frame::push(Body::Goodbye(v1::Goodbye {
+            code: ErrorCode::ShuttingDown as i32,
+            message: "server is shutting down; reconnect".into(),
+            redirect_to: config.redirect_to.clone(),
+            retry_after_ms,
+        }))))
     }
 }
 

@@ -130,6 +130,7 @@ impl Frame {
         Frame::push(Body::Goodbye(v1::Goodbye {
             code: code as i32,
             message: message.into(),
+            ..Default::default()
         }))
     }
 }

@@ -66,6 +66,14 @@ pub(crate) struct Config {
     pub(crate) password_hash_memory_kib: u32,
     /// Argon2id passes of new password hashes.
     pub(crate) password_hash_iterations: u32,
+    /// Client-facing protocol URLs listed by `GET /v1/endpoints` (empty:
+    /// derived from the request's host and the listen ports).
+    pub(crate) advertise_endpoints: Vec<String>,
+    /// Where clients of a draining server are told to reconnect (empty:
+    /// anywhere, e.g. the same address once restarted).
+    pub(crate) drain_redirect_to: Vec<String>,
+    /// Draining clients wait a random time up to this before reconnecting.
+    pub(crate) drain_reconnect_spread_ms: u64,
 }
 
 impl Default for Config {
@@ -98,6 +106,9 @@ impl Default for Config {
             typing_throttle_ms: core.typing_throttle_ms as u64,
             password_hash_memory_kib: core.password_hash_cost.memory_kib,
             password_hash_iterations: core.password_hash_cost.iterations,
+            advertise_endpoints: Vec::new(),
+            drain_redirect_to: Vec::new(),
+            drain_reconnect_spread_ms: gw.drain_reconnect_spread.as_millis() as u64,
         }
     }
 }
@@ -132,6 +143,14 @@ impl Config {
                         raw.trim()
                             .parse()
                             .with_context(|| format!("{var} must be true or false, got {raw:?}"))?,
+                    ),
+                    // Lists: comma-separated.
+                    toml::Value::Array(_) => toml::Value::Array(
+                        raw.split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(|s| toml::Value::String(s.to_string()))
+                            .collect(),
                     ),
                     _ => toml::Value::String(raw),
                 };
@@ -217,6 +236,8 @@ impl Config {
             outbound_queue_frames_max: self.outbound_queue_frames_max,
             inflight_requests_max: self.inflight_requests_max,
             connections_max: self.connections_max,
+            redirect_to: self.drain_redirect_to.clone(),
+            drain_reconnect_spread: Duration::from_millis(self.drain_reconnect_spread_ms),
             ..GatewayConfig::default()
         }
     }

@@ -48,9 +48,10 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let http = TcpListener::bind(&config.http)
         .await
         .with_context(|| format!("binding {}", config.http))?;
+    let (tcp_addr, http_addr) = (tcp.local_addr()?, http.local_addr()?);
     tracing::info!(
-        tcp = %tcp.local_addr()?,
-        http = %http.local_addr()?,
+        tcp = %tcp_addr,
+        http = %http_addr,
         data = %config.data.display(),
         "pigeon listening"
     );
@@ -61,6 +62,11 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         gateway: gateway.clone(),
         store: store.clone(),
         metrics,
+        endpoints: Arc::new(Endpoints {
+            advertised: config.advertise_endpoints.clone(),
+            tcp_port: tcp_addr.port(),
+            http_port: http_addr.port(),
+        }),
     });
     let http_task = tokio::spawn(async move {
         axum::serve(
@@ -95,7 +101,21 @@ struct App {
     gateway: Arc<Gateway>,
     store: Arc<pigeon_store::LogStore>,
     metrics: PrometheusHandle,
+    endpoints: Arc<Endpoints>,
 }
+
+/// What `GET /v1/endpoints` answers with.
+struct Endpoints {
+    /// Configured client-facing URLs, if any.
+    advertised: Vec<String>,
+    /// The bound protocol and HTTP ports, to derive URLs from a request's
+    /// host when none are configured.
+    tcp_port: u16,
+    http_port: u16,
+}
+
+/// How long clients may cache the endpoint list.
+const ENDPOINTS_TTL_SECS: u64 = 300;
 
 fn router(app: App) -> Router {
     Router::new()
@@ -103,6 +123,7 @@ fn router(app: App) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(render_metrics))
+        .route("/v1/endpoints", get(endpoints))
         .with_state(app)
 }
 
@@ -172,6 +193,29 @@ async fn render_metrics(State(app): State<App>) -> Response {
             "text/plain; version=0.0.4",
         )],
         text,
+    )
+        .into_response()
+}
+
+/// The gateways a client should use: `{"endpoints": [...], "ttl_secs": N}`.
+async fn endpoints(State(app): State<App>, headers: axum::http::HeaderMap) -> Response {
+    let list = if app.endpoints.advertised.is_empty() {
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name).to_string())
+            .unwrap_or_else(|| "127.0.0.1".into());
+        vec![
+            format!("tcp://{host}:{}", app.endpoints.tcp_port),
+            format!("ws://{host}:{}/ws", app.endpoints.http_port),
+        ]
+    } else {
+        app.endpoints.advertised.clone()
+    };
+    let body = serde_json::json!({ "endpoints": list, "ttl_secs": ENDPOINTS_TTL_SECS });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
     )
         .into_response()
 }

@@ -115,11 +115,17 @@ impl Server {
 
     /// Sends SIGTERM and returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("server running");
+        let c = self.child.as_ref().expect("server running");
         Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
             .status()
             .unwrap();
+        self.terminate_wait()
+    }
+
+    /// Waits for the process to exit (after a signal) and returns its status.
+    pub fn terminate_wait(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("server running");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(s) = c.try_wait().unwrap() {
