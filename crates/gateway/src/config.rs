@@ -33,6 +33,8 @@ pub struct GatewayConfig {
     /// Clients of a draining server are asked to wait a random time up to
     /// this before reconnecting, so they do not all arrive at once.
     pub drain_reconnect_spread: Duration,
+    /// Overload control and rate limits.
+    pub admission: crate::admission::AdmissionConfig,
 }
 
 impl Default for GatewayConfig {
@@ -49,6 +51,7 @@ impl Default for GatewayConfig {
             write_timeout: Duration::from_secs(10),
             redirect_to: Vec::new(),
             drain_reconnect_spread: Duration::from_secs(1),
+            admission: Default::default(),
         }
     }
 }

@@ -27,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::Gateway;
+use crate::admission::{self, Priority};
 use crate::registry::{ConnFlags, Push, Registration};
 use crate::transport::{FrameReader, FrameWriter, Inbound};
 
@@ -153,7 +154,7 @@ struct Conn {
     inflight_ids: HashSet<u64>,
     /// Requests read and not yet answered: type and arrival, so that every
     /// answer is counted and timed here, where requests are dispatched.
-    started: HashMap<u64, (&'static str, std::time::Instant)>,
+    started: HashMap<u64, (&'static str, std::time::Instant, Priority)>,
     /// Answers of requests running as tasks.
     done: (mpsc::Sender<Answer>, mpsc::Receiver<Answer>),
 }
@@ -168,9 +169,13 @@ impl Conn {
     fn send(&mut self, frame: Frame) -> Sent {
         let frame = self.fit(frame);
         if frame.request_id != 0
-            && let Some((kind, at)) = self.started.remove(&frame.request_id)
+            && let Some((kind, at, priority)) = self.started.remove(&frame.request_id)
         {
-            crate::metrics::answered(kind, &frame, at.elapsed());
+            let took = at.elapsed();
+            crate::metrics::answered(kind, &frame, took);
+            if priority == Priority::Normal {
+                self.gw.admission.observe(took);
+            }
         }
         // The last slot is kept for the goodbye that tells a slow reader why
         // it is cut off.
@@ -358,14 +363,14 @@ impl Conn {
 
     async fn on_frame(&mut self, frame: Frame) -> Sent {
         let id = frame.request_id;
+        let priority = frame
+            .body
+            .as_ref()
+            .map_or(Priority::Normal, admission::priority);
         if id != 0 && self.started.len() <= self.gw.config.inflight_requests_max {
-            self.started.insert(
-                id,
-                (
-                    pigeon_proto::body_name(frame.body.as_ref()),
-                    std::time::Instant::now(),
-                ),
-            );
+            let kind = pigeon_proto::body_name(frame.body.as_ref());
+            self.started
+                .insert(id, (kind, std::time::Instant::now(), priority));
         }
         if id != 0 && self.inflight_ids.contains(&id) {
             return Err(bye(
@@ -442,6 +447,12 @@ impl Conn {
                 let Some(session) = self.session.clone() else {
                     return self.send(Frame::error(id, ErrorCode::Unauthenticated, "log in first"));
                 };
+                if let Err(wait) = self.gw.admission.user_request(session.user_id) {
+                    return self.send(busy(id, wait, "you are sending requests too fast"));
+                }
+                if let Err(wait) = self.gw.admission.admit(priority) {
+                    return self.send(busy(id, wait, "the server is overloaded"));
+                }
                 if session.expires_at_ms <= now_ms() {
                     return Err(bye(
                         ErrorCode::TokenExpired,
@@ -794,6 +805,18 @@ fn social_request(service: Arc<pigeon_core::Service>, s: Session, body: Body) ->
         }),
         _ => return None,
     })
+}
+
+/// A BUSY answer with a retry-after.
+fn busy(id: u64, retry_after_ms: u32, why: &str) -> Frame {
+    Frame::new(
+        id,
+        Body::Error(v1::Error {
+            code: ErrorCode::Busy as i32,
+            message: format!("{why}; retry after {retry_after_ms} ms"),
+            retry_after_ms,
+        }),
+    )
 }
 
 /// The one place a domain error becomes a wire error.

@@ -2,6 +2,8 @@
 //!
 //! Layout:
 //! - [`config`]: [`GatewayConfig`], every connection limit.
+//! - [`admission`]: overload control by priority, per-user and per-IP rate
+//!   limits.
 //! - [`metrics`]: what the access layer counts and times (Prometheus
 //!   names), recorded once at dispatch rather than in each handler.
 //! - [`registry`]: [`Registry`], the online devices by user; it implements
@@ -15,6 +17,7 @@
 //! Boundary: the gateway knows framing and sockets and nothing about
 //! storage; it reaches state only through `pigeon_core::Service`.
 
+pub mod admission;
 pub mod config;
 pub mod connection;
 pub mod metrics;
@@ -40,6 +43,7 @@ pub struct Gateway {
     registry: Arc<Registry>,
     config: GatewayConfig,
     connections: Arc<Semaphore>,
+    admission: admission::Admission,
     shutdown_tx: watch::Sender<bool>,
     shutdown_rx: watch::Receiver<bool>,
 }
@@ -63,6 +67,7 @@ impl Gateway {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         Arc::new(Gateway {
             connections: Arc::new(Semaphore::new(config.connections_max)),
+            admission: admission::Admission::new(config.admission.clone()),
             service,
             registry,
             config,
@@ -107,6 +112,16 @@ impl Gateway {
             let gw = self.clone();
             tokio::spawn(async move {
                 let (reader, writer) = transport::tcp(stream, gw.config.frame_bytes_max);
+                if let Err(wait) = gw.admission.ip_connection(peer.ip()) {
+                    let mut bye = Frame::goodbye(
+                        ErrorCode::Busy,
+                        "too many new connections from your address",
+                    );
+                    if let Some(pigeon_proto::Body::Goodbye(g)) = &mut bye.body {
+                        g.retry_after_ms = wait;
+                    }
+                    return connection::refuse(writer, bye).await;
+                }
                 match gw.connections.clone().try_acquire_owned() {
                     Ok(permit) => {
                         connection::run(gw, reader, writer, peer.to_string(), permit).await
@@ -127,6 +142,20 @@ impl Gateway {
     pub fn upgrade_websocket(self: Arc<Self>, ws: WebSocketUpgrade, peer: String) -> Response {
         if self.is_shutting_down() {
             return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+        }
+        if let Some(ip) = peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
+            && let Err(wait) = self.admission.ip_connection(ip)
+        {
+            let retry = [(
+                axum::http::header::RETRY_AFTER,
+                wait.div_ceil(1000).max(1).to_string(),
+            )];
+            return (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                retry,
+                "too many new connections from your address",
+            )
+                .into_response();
         }
         let Ok(permit) = self.connections.clone().try_acquire_owned() else {
             return (

@@ -16,6 +16,9 @@ pub const CONNECTIONS: &str = "pigeon_connections";
 pub const OUTBOUND_QUEUE_FRAMES: &str = "pigeon_outbound_queue_frames";
 /// Connections closed because they did not read fast enough.
 pub const SLOW_CONSUMERS_TOTAL: &str = "pigeon_slow_consumers_total";
+/// The overload admission level (0: admit all; 1: refuse low priority;
+/// 2: refuse all but login, sync, ping and logout).
+pub const ADMISSION_LEVEL: &str = "pigeon_admission_level";
 /// Pushes sent, by `kind` (events, notice, presence, typing).
 pub const PUSHES_TOTAL: &str = "pigeon_pushes_total";
 

@@ -74,6 +74,17 @@ pub(crate) struct Config {
     pub(crate) drain_redirect_to: Vec<String>,
     /// Draining clients wait a random time up to this before reconnecting.
     pub(crate) drain_reconnect_spread_ms: u64,
+    /// Average answer time of writes above which low and then normal
+    /// priority requests are refused with BUSY.
+    pub(crate) overload_latency_ms: u64,
+    /// Sustained requests per second per user (0: unlimited).
+    pub(crate) user_requests_per_sec: u32,
+    /// Requests per user in a burst.
+    pub(crate) user_requests_burst: u32,
+    /// Sustained new connections per second per IP address (0: unlimited).
+    pub(crate) ip_connections_per_sec: u32,
+    /// New connections per IP address in a burst.
+    pub(crate) ip_connections_burst: u32,
 }
 
 impl Default for Config {
@@ -109,6 +120,11 @@ impl Default for Config {
             advertise_endpoints: Vec::new(),
             drain_redirect_to: Vec::new(),
             drain_reconnect_spread_ms: gw.drain_reconnect_spread.as_millis() as u64,
+            overload_latency_ms: gw.admission.overload_latency.as_millis() as u64,
+            user_requests_per_sec: gw.admission.user_requests_per_sec,
+            user_requests_burst: gw.admission.user_requests_burst,
+            ip_connections_per_sec: gw.admission.ip_connections_per_sec,
+            ip_connections_burst: gw.admission.ip_connections_burst,
         }
     }
 }
@@ -238,6 +254,13 @@ impl Config {
             connections_max: self.connections_max,
             redirect_to: self.drain_redirect_to.clone(),
             drain_reconnect_spread: Duration::from_millis(self.drain_reconnect_spread_ms),
+            admission: pigeon_gateway::admission::AdmissionConfig {
+                overload_latency: Duration::from_millis(self.overload_latency_ms),
+                user_requests_per_sec: self.user_requests_per_sec,
+                user_requests_burst: self.user_requests_burst,
+                ip_connections_per_sec: self.ip_connections_per_sec,
+                ip_connections_burst: self.ip_connections_burst,
+            },
             ..GatewayConfig::default()
         }
     }

@@ -50,11 +50,16 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "listen = \"{}\"\nhttp = \"{}\"\ndata = \"{}\"\n{}\n{}\n",
+                "listen = \"{}\"\nhttp = \"{}\"\ndata = \"{}\"\n{}\n{}\n{}\n",
                 self.tcp,
                 self.http,
                 self.dir.join("data").display(),
                 CHEAP_HASHES,
+                if self.extra.contains("_per_sec") {
+                    ""
+                } else {
+                    NO_RATE_LIMITS
+                },
                 self.extra
             ),
         )
@@ -161,6 +166,11 @@ pub const PASSWORD: &str = "correct horse battery";
 /// Tests register thousands of users: cheap password hashes keep that
 /// quick (the default cost is exercised by the core unit tests).
 const CHEAP_HASHES: &str = "password_hash_memory_kib = 8\npassword_hash_iterations = 1";
+
+/// Tests drive traffic far beyond a person's pace from one address: the
+/// rate limits are off unless a test sets them (the `limits` keys below are
+/// then given by that test instead).
+const NO_RATE_LIMITS: &str = "user_requests_per_sec = 0\nip_connections_per_sec = 0";
 
 /// Registers `names` over a few connections, many requests in flight.
 pub async fn register_many(url: &str, names: &[String]) {
