@@ -45,6 +45,8 @@ pub struct CoreConfig {
     pub presence_fanout_max: usize,
     /// The most usernames one GetPresence request may name.
     pub presence_query_max: usize,
+    /// Webhook endpoints and what each wants to hear of.
+    pub hooks: Vec<crate::store::HookTarget>,
 }
 
 /// Hard ceiling on events per sync batch, whatever the config says.
@@ -74,6 +76,7 @@ impl Default for CoreConfig {
             typing_throttle_ms: 2000,
             presence_fanout_max: 5000,
             presence_query_max: 500,
+            hooks: Vec::new(),
         }
     }
 }

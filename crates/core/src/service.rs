@@ -297,6 +297,7 @@ impl Service {
                 participants,
                 content,
                 now_ms: self.clock.now_ms(),
+                hooks: self.config.hooks.clone(),
             })
             .await?;
         self.publish(outcome.appended, outcome.stream_notice);

@@ -114,6 +114,76 @@ pub struct AppendMessage {
     pub content: Content,
     /// Acceptance time, Unix ms.
     pub now_ms: i64,
+    /// Webhook deliveries to queue durably with the message.
+    pub hooks: Vec<HookTarget>,
+}
+
+/// A webhook endpoint that wants to hear of a kind of event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookTarget {
+    /// The endpoint's URL (it identifies the endpoint in the outbox).
+    pub endpoint: String,
+    /// What it wants.
+    pub kind: HookKind,
+}
+
+/// Kinds of webhook events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HookKind {
+    /// A message was stored (for bots and integrations).
+    #[serde(rename = "message.created")]
+    MessageCreated,
+    /// A recipient may need a push notification (the relay turns it into
+    /// APNs or FCM); sent only if they have no device online at delivery.
+    #[serde(rename = "push.needed")]
+    PushNeeded,
+}
+
+impl HookKind {
+    /// The event name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::MessageCreated => "message.created",
+            HookKind::PushNeeded => "push.needed",
+        }
+    }
+}
+
+/// A queued webhook delivery, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Unique, increasing.
+    pub id: u64,
+    /// Endpoint URL.
+    pub endpoint: String,
+    /// What happened.
+    pub kind: HookKind,
+    /// The message it is about.
+    pub conversation_id: String,
+    /// Its position.
+    pub conv_seq: u64,
+    /// For push.needed: who (0: every offline member of a large group).
+    pub recipient: UserId,
+    /// When it was queued, Unix ms.
+    pub created_at_ms: i64,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Not before this time, Unix ms.
+    pub next_attempt_ms: i64,
+    /// pending, delivered or failed.
+    pub status: DeliveryStatus,
+    /// Why the last attempt failed.
+    pub last_error: String,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting for its next attempt.
+    Pending,
+    /// Given up after the attempt limit (kept with the reason).
+    Failed,
 }
 
 /// Events newly appended to one user's log by a write.
@@ -322,6 +392,27 @@ pub trait Store: Send + Sync + 'static {
     async fn shares_conversation(&self, a: UserId, b: UserId) -> Result<bool, StoreError>;
     /// A random secret of 32 bytes stored under `name`, created on first use.
     async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError>;
+    /// Pending webhook deliveries due at `now_ms`, oldest due first.
+    async fn deliveries_due(&self, now_ms: i64, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+    /// Records the outcome of an attempt: `Ok` removes the delivery; an
+    /// error either schedules the next attempt or, past the limit, marks it
+    /// failed with the reason.
+    async fn delivery_attempted(
+        &self,
+        id: u64,
+        outcome: Result<(), String>,
+        next_attempt_ms: Option<i64>,
+    ) -> Result<(), StoreError>;
+    /// Pending deliveries (up to `limit`), for the backlog gauge.
+    async fn deliveries_pending(&self, limit: usize) -> Result<usize, StoreError>;
+    /// Failed deliveries, newest first (up to `limit`).
+    async fn deliveries_failed(&self, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+    /// One stored message.
+    async fn message(
+        &self,
+        conversation_id: &str,
+        conv_seq: u64,
+    ) -> Result<Option<Message>, StoreError>;
 }
 
 /// Why [`Store::read_log`] failed.

@@ -85,6 +85,17 @@ pub(crate) struct Config {
     pub(crate) ip_connections_per_sec: u32,
     /// New connections per IP address in a burst.
     pub(crate) ip_connections_burst: u32,
+    /// Webhook endpoints: `[[webhooks]]` tables with `url`, `secret` and
+    /// `events` (`message.created`, `push.needed`).
+    pub(crate) webhooks: Vec<crate::webhooks::Endpoint>,
+    /// Attempts per webhook delivery before it is recorded as failed.
+    pub(crate) webhook_attempts_max: u32,
+    /// First retry delay of a failed delivery (doubling, with jitter).
+    pub(crate) webhook_backoff_initial_ms: u64,
+    /// Longest retry delay.
+    pub(crate) webhook_backoff_max_ms: u64,
+    /// Time an endpoint has to answer.
+    pub(crate) webhook_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -125,6 +136,11 @@ impl Default for Config {
             user_requests_burst: gw.admission.user_requests_burst,
             ip_connections_per_sec: gw.admission.ip_connections_per_sec,
             ip_connections_burst: gw.admission.ip_connections_burst,
+            webhooks: Vec::new(),
+            webhook_attempts_max: 12,
+            webhook_backoff_initial_ms: 1000,
+            webhook_backoff_max_ms: 3_600_000,
+            webhook_timeout_ms: 10_000,
         }
     }
 }
@@ -160,7 +176,13 @@ impl Config {
                             .parse()
                             .with_context(|| format!("{var} must be true or false, got {raw:?}"))?,
                     ),
-                    // Lists: comma-separated.
+                    // Lists: a TOML array (`[{url = "..."}]`) or comma-separated.
+                    toml::Value::Array(_) if raw.trim_start().starts_with('[') => {
+                        let parsed: toml::Table = format!("v = {raw}")
+                            .parse()
+                            .with_context(|| format!("{var} must be a TOML array, got {raw:?}"))?;
+                        parsed["v"].clone()
+                    }
                     toml::Value::Array(_) => toml::Value::Array(
                         raw.split(',')
                             .map(str::trim)
@@ -214,6 +236,20 @@ impl Config {
                 "password_hash_memory_kib must be at least 8 and password_hash_iterations at least 1"
             );
         }
+        for w in &self.webhooks {
+            if !w.url.starts_with("http://") {
+                bail!(
+                    "webhook url {:?}: only http:// endpoints are supported (put a TLS proxy in front)",
+                    w.url
+                );
+            }
+            if w.secret.is_empty() {
+                bail!("webhook url {:?} needs a secret to sign its bodies", w.url);
+            }
+        }
+        if self.webhook_attempts_max == 0 || self.webhook_backoff_initial_ms == 0 {
+            bail!("webhook_attempts_max and webhook_backoff_initial_ms must be at least 1");
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be \"text\" or \"json\"");
         }
@@ -234,6 +270,16 @@ impl Config {
             recall_window_ms: (self.recall_window_secs as i64).saturating_mul(1000),
             edit_window_ms: (self.edit_window_secs as i64).saturating_mul(1000),
             typing_throttle_ms: self.typing_throttle_ms as i64,
+            hooks: self
+                .webhooks
+                .iter()
+                .flat_map(|w| {
+                    w.events.iter().map(|&kind| pigeon_core::store::HookTarget {
+                        endpoint: w.url.clone(),
+                        kind,
+                    })
+                })
+                .collect(),
             password_hash_cost: pigeon_core::accounts::HashCost {
                 memory_kib: self.password_hash_memory_kib,
                 iterations: self.password_hash_iterations,
@@ -262,6 +308,20 @@ impl Config {
                 ip_connections_burst: self.ip_connections_burst,
             },
             ..GatewayConfig::default()
+        }
+    }
+
+    /// The webhook deliverer's settings.
+    pub(crate) fn webhooks(&self) -> crate::webhooks::Settings {
+        crate::webhooks::Settings {
+            endpoints: self.webhooks.clone(),
+            attempts_max: self.webhook_attempts_max,
+            backoff_initial: Duration::from_millis(self.webhook_backoff_initial_ms),
+            backoff_max: Duration::from_millis(
+                self.webhook_backoff_max_ms
+                    .max(self.webhook_backoff_initial_ms),
+            ),
+            timeout: Duration::from_millis(self.webhook_timeout_ms),
         }
     }
 

@@ -7,6 +7,7 @@
 
 mod config;
 mod serve;
+mod webhooks;
 
 use std::path::PathBuf;
 

@@ -40,7 +40,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("starting the service")?,
     );
-    let gateway = Gateway::new(service, registry, config.gateway());
+    let gateway = Gateway::new(service, registry.clone(), config.gateway());
 
     let tcp = TcpListener::bind(&config.listen)
         .await
@@ -58,6 +58,12 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
 
     let tcp_task = tokio::spawn(gateway.clone().serve_tcp(tcp));
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    let webhooks_task = tokio::spawn(crate::webhooks::run(
+        store.clone(),
+        registry.clone(),
+        config.webhooks(),
+        stop_rx.clone(),
+    ));
     let app = router(App {
         gateway: gateway.clone(),
         store: store.clone(),
@@ -89,6 +95,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         .await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), webhooks_task).await;
     tcp_task.abort();
     store.shutdown().await;
     tracing::info!("stopped");

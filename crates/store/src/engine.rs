@@ -39,11 +39,15 @@ pub enum Table {
     Positions,
     /// (conversation, conv seq) -> delivered and read counts (large groups)
     Counts,
+    /// delivery id -> queued webhook delivery
+    Outbox,
+    /// (next attempt time, delivery id) -> nothing: pending deliveries by due time
+    Due,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 16] = [
+    pub const ALL: [Table; 18] = [
         Table::Users,
         Table::UserIds,
         Table::Sessions,
@@ -60,6 +64,8 @@ impl Table {
         Table::Blocks,
         Table::Positions,
         Table::Counts,
+        Table::Outbox,
+        Table::Due,
     ];
 
     /// The table's name on disk.
@@ -81,6 +87,8 @@ impl Table {
             Table::Blocks => "blocks",
             Table::Positions => "positions",
             Table::Counts => "counts",
+            Table::Outbox => "outbox",
+            Table::Due => "due",
         }
     }
 

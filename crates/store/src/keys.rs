@@ -132,3 +132,11 @@ pub const STREAM_HEAD: &[u8] = b"stream_head";
 pub fn prefs(user: UserId) -> Vec<u8> {
     format!("prefs/{user}").into_bytes()
 }
+
+/// Meta key of the webhook delivery id high-water mark.
+pub const HW_OUTBOX: &[u8] = b"hw/outbox";
+
+/// A pending delivery by due time: `next_attempt_ms ++ id`.
+pub fn due(next_attempt_ms: i64, id: u64) -> Vec<u8> {
+    pair(next_attempt_ms.max(0) as u64, id)
+}

@@ -27,10 +27,12 @@
 
 mod groups;
 mod messages;
+mod outbox;
 mod reads;
 mod social;
 
 pub use messages::{RECEIPT_SCAN_MAX, UNREAD_COUNT_MAX, notable};
+pub use outbox::FAILED_SCAN_MAX;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,9 +41,9 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use pigeon_core::store::{
-    AppendMessage, AppendOutcome, Appended, ChangeOutcome, Delivered, GroupOp, GroupOutcome,
-    GroupRecord, HistoryQuery, LogRead, LogReadError, MarkReadOutcome, MemberRecord, MessageChange,
-    NewSession, ReadMark, SessionRecord, StreamRead, UserPrefs, UserRecord,
+    AppendMessage, AppendOutcome, Appended, ChangeOutcome, Delivered, Delivery, GroupOp,
+    GroupOutcome, GroupRecord, HistoryQuery, LogRead, LogReadError, MarkReadOutcome, MemberRecord,
+    MessageChange, NewSession, ReadMark, SessionRecord, StreamRead, UserPrefs, UserRecord,
 };
 use pigeon_core::{Store, StoreError, UserId};
 use pigeon_proto::v1::{ConversationSummary, Event, Message, ReceiptSummary, event};
@@ -264,6 +266,7 @@ impl LogStore {
             user_alloc: HashMap::new(),
             conv_alloc: HashMap::new(),
             stream_alloc: None,
+            outbox_alloc: None,
             next_user_id: None,
             member_cache: HashMap::new(),
             failed: None,
@@ -566,6 +569,43 @@ impl Store for LogStore {
         self.shared.read_streams(user, after, limit, bytes_max)
     }
 
+    async fn deliveries_due(&self, now_ms: i64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.shared.deliveries_due(now_ms, limit)
+    }
+
+    async fn delivery_attempted(
+        &self,
+        id: u64,
+        outcome: Result<(), String>,
+        next_attempt_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.exec(move |c, tx| c.delivery_attempted(tx, id, outcome, next_attempt_ms))
+            .await
+    }
+
+    async fn deliveries_pending(&self, limit: usize) -> Result<usize, StoreError> {
+        self.shared.deliveries_pending(limit)
+    }
+
+    async fn deliveries_failed(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.shared.deliveries_failed(limit)
+    }
+
+    async fn message(
+        &self,
+        conversation_id: &str,
+        conv_seq: u64,
+    ) -> Result<Option<Message>, StoreError> {
+        match self
+            .shared
+            .engine
+            .get(Table::Timeline, &keys::timeline(conversation_id, conv_seq))?
+        {
+            Some(v) => Ok(Some(decode_proto("message", &v)?)),
+            None => Ok(None),
+        }
+    }
+
     async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
         let name = name.to_string();
         self.exec(move |_, tx| secret(tx, &name)).await
@@ -742,6 +782,7 @@ struct Committer {
     user_alloc: HashMap<UserId, Alloc>,
     conv_alloc: HashMap<String, Alloc>,
     stream_alloc: Option<Alloc>,
+    outbox_alloc: Option<Alloc>,
     next_user_id: Option<u64>,
     /// Current member ids per group, rebuilt after membership changes.
     member_cache: HashMap<u64, Arc<[UserId]>>,

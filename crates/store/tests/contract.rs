@@ -44,6 +44,7 @@ fn msg(sender: (u64, &str), to: (u64, &str), id: &str, text: &str, now: i64) -> 
             ..Default::default()
         },
         now_ms: now,
+        hooks: Vec::new(),
     }
 }
 
@@ -99,6 +100,7 @@ contract!(
     reads_are_bounded_by_count_and_bytes,
     secrets_are_stable,
     concurrent_writes_share_commits,
+    webhook_deliveries_are_queued_retried_and_failed,
 );
 
 /// Creates accounts and checks uniqueness and both lookups.
@@ -609,5 +611,82 @@ async fn concurrent_writes_share_commits(make: fn(StoreConfig) -> Backend) {
             .events
             .len(),
         200
+    );
+}
+
+/// Checks a message with hooks queues one delivery per event and recipient,
+/// that a failed attempt waits for its next time, a success removes it, and
+/// a delivery given up on is listed as failed with its reason.
+async fn webhook_deliveries_are_queued_retried_and_failed(make: fn(StoreConfig) -> Backend) {
+    use pigeon_core::store::{DeliveryStatus, HookKind, HookTarget};
+    let b = make(StoreConfig::default());
+    let a = b.store.create_user("alice", "h", 0).await.unwrap();
+    let c = b.store.create_user("carol", "h", 0).await.unwrap();
+    let mut m = msg((a.id, "alice"), (c.id, "carol"), "m1", "hello", 1000);
+    m.hooks = vec![
+        HookTarget {
+            endpoint: "http://bot".into(),
+            kind: HookKind::MessageCreated,
+        },
+        HookTarget {
+            endpoint: "http://push".into(),
+            kind: HookKind::PushNeeded,
+        },
+    ];
+    let out = b.store.append_message(m).await.unwrap();
+    let due = b.store.deliveries_due(1000, 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    let push = due.iter().find(|d| d.kind == HookKind::PushNeeded).unwrap();
+    assert_eq!(
+        (push.recipient, push.conv_seq),
+        (c.id, out.conv_seq),
+        "a push for the recipient, not the sender"
+    );
+    assert_eq!(b.store.deliveries_pending(100).await.unwrap(), 2);
+    let (first, second) = (due[0].id, due[1].id);
+    b.store
+        .delivery_attempted(first, Err("503".into()), Some(5000))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.store.deliveries_due(1000, 10).await.unwrap().len(),
+        1,
+        "waits for its next attempt"
+    );
+    let later = b.store.deliveries_due(5000, 10).await.unwrap();
+    assert_eq!(later.len(), 2);
+    assert_eq!(later.iter().find(|d| d.id == first).unwrap().attempts, 1);
+    b.store
+        .delivery_attempted(second, Ok(()), None)
+        .await
+        .unwrap();
+    b.store
+        .delivery_attempted(first, Err("connection refused".into()), None)
+        .await
+        .unwrap();
+    assert!(
+        b.store
+            .deliveries_due(i64::MAX / 2, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(b.store.deliveries_pending(100).await.unwrap(), 0);
+    let failed = b.store.deliveries_failed(10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (failed[0].status, failed[0].last_error.as_str()),
+        (DeliveryStatus::Failed, "connection refused")
+    );
+    assert_eq!(
+        b.store
+            .message(&out.conversation_id, out.conv_seq)
+            .await
+            .unwrap()
+            .unwrap()
+            .content
+            .unwrap()
+            .text,
+        "hello"
     );
 }

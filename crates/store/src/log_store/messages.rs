@@ -198,6 +198,24 @@ impl Committer {
         tx.b.put(Table::Dedup, dedup_key, encode_json(&record));
 
         let kind = event::Kind::Message(message.clone());
+        if !m.hooks.is_empty() {
+            let recipients: Vec<UserId> = match &group {
+                Some(g) if g.large => vec![0],
+                Some(g) => self
+                    .member_ids(tx, g.id)?
+                    .iter()
+                    .copied()
+                    .filter(|&u| u != m.sender_id)
+                    .collect(),
+                None => m
+                    .participants
+                    .iter()
+                    .map(|(id, _)| *id)
+                    .filter(|&u| u != m.sender_id)
+                    .collect(),
+            };
+            self.enqueue_hooks(tx, &m.hooks, &conv, conv_seq, &recipients, m.now_ms)?;
+        }
         let (appended, stream) = match &group {
             Some(g) if g.large => {
                 // One write for everyone; the sender has read their own message.
