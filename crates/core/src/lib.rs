@@ -13,6 +13,8 @@
 //! - [`accounts`]: username and password rules, password hashing, tokens.
 //! - [`conversation`]: conversation ids.
 //! - [`groups`]: who may do what in a group.
+//! - [`flags`]: feature flags for gray release, evaluated the same way
+//!   everywhere.
 //! - [`error`]: [`CoreError`] and its mapping to wire error codes.
 //! - [`config`]: the limits and settings the rules need.
 
@@ -21,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod conversation;
 pub mod error;
+pub mod flags;
 pub mod group_service;
 pub mod groups;
 pub mod notify;

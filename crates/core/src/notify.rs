@@ -36,6 +36,10 @@ pub trait Notifier: Send + Sync + 'static {
     /// devices of `users`; nothing is stored. Must not block.
     fn push_ephemeral(&self, users: &[UserId], body: Body);
 
+    /// Tells every online device there is something to sync (a server-wide
+    /// event such as a feature flag change).
+    fn notify_everyone(&self);
+
     /// Whether `user` has a device online on this server.
     fn is_online(&self, user: UserId) -> bool;
 }
@@ -48,6 +52,7 @@ impl Notifier for NullNotifier {
     fn notify(&self, _batch: Arc<PushBatch>) {}
     fn notify_stream(&self, _users: Arc<[UserId]>) {}
     fn push_ephemeral(&self, _users: &[UserId], _body: Body) {}
+    fn notify_everyone(&self) {}
     fn is_online(&self, _user: UserId) -> bool {
         false
     }

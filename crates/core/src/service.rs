@@ -15,6 +15,7 @@ use crate::accounts;
 use crate::config::{CoreConfig, HISTORY_PAGE_CEILING, SYNC_BATCH_EVENTS_CEILING};
 use crate::conversation::ConversationId;
 use crate::error::CoreError;
+use crate::flags::{self, Flag};
 use crate::groups::{self, GroupAction};
 use crate::notify::{Notifier, PushBatch};
 use crate::store::{
@@ -57,6 +58,8 @@ pub struct Service {
     keys: SyncKeys,
     hashing: Semaphore,
     pub(crate) typing: crate::social_service::TypingThrottle,
+    /// The feature flags, read once and refreshed when they change here.
+    flags: std::sync::RwLock<Option<Arc<Vec<Flag>>>>,
     /// Verified against when a login names an unknown user, so that the
     /// answer takes as long as for a wrong password.
     dummy_hash: String,
@@ -93,6 +96,7 @@ impl Service {
             config,
             keys: SyncKeys::new(secret),
             typing: Default::default(),
+            flags: Default::default(),
             dummy_hash,
         })
     }
@@ -198,6 +202,7 @@ impl Service {
             username: user.username,
             device_id: record.device_id,
             expires_at_ms: record.expires_at_ms,
+            flags: self.enabled_flags(user.id, &session.username).await?,
         };
         Ok((response, session))
     }
@@ -380,6 +385,20 @@ impl Service {
             has_more = true;
         }
         self.delivered(session, &events);
+        // Flag changes are one marker for everyone: fill in this user's set.
+        if events
+            .iter()
+            .any(|e| matches!(e.kind, Some(event::Kind::FlagsChanged(_))))
+        {
+            let enabled = self
+                .enabled_flags(session.user_id, &session.username)
+                .await?;
+            for e in &mut events {
+                if let Some(event::Kind::FlagsChanged(f)) = &mut e.kind {
+                    f.enabled = enabled.clone();
+                }
+            }
+        }
         Ok(SyncOutcome {
             response: SyncResponse {
                 events,
@@ -397,6 +416,59 @@ impl Service {
         if !marks.is_empty() {
             self.record_delivered(session.user_id, &session.username, marks);
         }
+    }
+
+    /// The feature flags enabled for a user (Welcome, FlagsChanged).
+    pub async fn enabled_flags(
+        &self,
+        user: UserId,
+        username: &str,
+    ) -> Result<Vec<String>, CoreError> {
+        let cached = self.flags.read().expect("flags lock poisoned").clone();
+        let all = match cached {
+            Some(all) => all,
+            None => {
+                let all = Arc::new(self.store.flags().await?);
+                *self.flags.write().expect("flags lock poisoned") = Some(all.clone());
+                all
+            }
+        };
+        Ok(all
+            .iter()
+            .filter(|f| flags::enabled(f, user, username))
+            .map(|f| f.name.clone())
+            .collect())
+    }
+
+    /// Every feature flag.
+    pub async fn list_flags(&self) -> Result<Vec<Flag>, CoreError> {
+        Ok(self.store.flags().await?)
+    }
+
+    /// Creates or changes a flag (`None`: removes it) and tells everyone.
+    pub async fn set_flag(
+        &self,
+        name: &str,
+        setting: Option<(u8, Vec<String>)>,
+    ) -> Result<Option<Flag>, CoreError> {
+        let flag = match setting {
+            Some((percent, allow)) => {
+                flags::validate(name, percent, &allow)?;
+                Some(Flag {
+                    name: name.to_string(),
+                    percent,
+                    allow,
+                    updated_at_ms: self.clock.now_ms(),
+                })
+            }
+            None => None,
+        };
+        self.store
+            .set_flag(name, flag.clone(), self.clock.now_ms())
+            .await?;
+        *self.flags.write().expect("flags lock poisoned") = None;
+        self.notifier.notify_everyone();
+        Ok(flag)
     }
 
     /// The key of a position (for pushes).

@@ -407,6 +407,16 @@ pub trait Store: Send + Sync + 'static {
     async fn deliveries_pending(&self, limit: usize) -> Result<usize, StoreError>;
     /// Failed deliveries, newest first (up to `limit`).
     async fn deliveries_failed(&self, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+    /// Sets (or with `None` settings, removes) a feature flag and tells every
+    /// user's devices through the system stream.
+    async fn set_flag(
+        &self,
+        name: &str,
+        flag: Option<crate::flags::Flag>,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Every feature flag.
+    async fn flags(&self) -> Result<Vec<crate::flags::Flag>, StoreError>;
     /// One stored message.
     async fn message(
         &self,

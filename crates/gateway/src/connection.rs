@@ -332,7 +332,15 @@ impl Conn {
                 client_msg_id_bytes_max: limits::CLIENT_MSG_ID_BYTES_MAX as u32,
             }),
             server_name: SERVER_NAME.to_string(),
-            flags: Vec::new(),
+            flags: match &self.session {
+                Some(s) => self
+                    .gw
+                    .service
+                    .enabled_flags(s.user_id, &s.username)
+                    .await
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            },
         };
         self.send(Frame::new(id, Body::Welcome(welcome)))
     }

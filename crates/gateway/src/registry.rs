@@ -177,6 +177,19 @@ impl Notifier for Registry {
         }
     }
 
+    fn notify_everyone(&self) {
+        let users: Vec<UserId> = self
+            .users
+            .read()
+            .expect("registry lock poisoned")
+            .keys()
+            .copied()
+            .collect();
+        for u in users {
+            self.push_to(u, &Push::Notice);
+        }
+    }
+
     fn is_online(&self, user: UserId) -> bool {
         self.online(user) > 0
     }

@@ -140,3 +140,14 @@ pub const HW_OUTBOX: &[u8] = b"hw/outbox";
 pub fn due(next_attempt_ms: i64, id: u64) -> Vec<u8> {
     pair(next_attempt_ms.max(0) as u64, id)
 }
+
+/// Meta key of a feature flag.
+pub fn flag(name: &str) -> Vec<u8> {
+    format!("flag/{name}").into_bytes()
+}
+
+/// The prefix of every feature flag's meta key.
+pub const FLAG_PREFIX: &[u8] = b"flag/";
+
+/// The "group" of the system stream, read by every user.
+pub const SYSTEM_STREAM: u64 = 0;

@@ -591,6 +591,38 @@ impl Store for LogStore {
         self.shared.deliveries_failed(limit)
     }
 
+    async fn set_flag(
+        &self,
+        name: &str,
+        flag: Option<pigeon_core::flags::Flag>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.exec(move |c, tx| {
+            match flag {
+                Some(f) => tx.b.put(Table::Meta, keys::flag(&name), encode_json(&f)),
+                None => tx.b.delete(Table::Meta, keys::flag(&name)),
+            }
+            // One marker for everyone; each reader gets their own flag set.
+            let marker = event::Kind::FlagsChanged(pigeon_proto::v1::FlagsChanged::default());
+            c.append_stream(tx, keys::SYSTEM_STREAM, now_ms, marker)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn flags(&self) -> Result<Vec<pigeon_core::flags::Flag>, StoreError> {
+        let prefix = keys::FLAG_PREFIX;
+        let rows = self.shared.engine.scan(
+            Table::Meta,
+            prefix,
+            &keys::prefix_end(prefix),
+            false,
+            pigeon_core::flags::FLAGS_MAX,
+        )?;
+        rows.iter().map(|(_, v)| decode_json("flag", v)).collect()
+    }
+
     async fn message(
         &self,
         conversation_id: &str,
