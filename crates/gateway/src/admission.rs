@@ -68,6 +68,11 @@ pub struct AdmissionConfig {
     pub ip_connections_per_sec: u32,
     /// New connections an IP address may open in a burst.
     pub ip_connections_burst: u32,
+    /// Sustained login and register attempts per second per IP address
+    /// (0: unlimited); slows down password guessing.
+    pub ip_logins_per_sec: u32,
+    /// Login and register attempts per IP address in a burst.
+    pub ip_logins_burst: u32,
 }
 
 impl Default for AdmissionConfig {
@@ -78,6 +83,8 @@ impl Default for AdmissionConfig {
             user_requests_burst: 200,
             ip_connections_per_sec: 20,
             ip_connections_burst: 100,
+            ip_logins_per_sec: 5,
+            ip_logins_burst: 20,
         }
     }
 }
@@ -140,6 +147,7 @@ pub struct Admission {
     window_start_us: AtomicU64,
     users: Mutex<HashMap<u128, Bucket>>,
     ips: Mutex<HashMap<u128, Bucket>>,
+    logins: Mutex<HashMap<u128, Bucket>>,
 }
 
 impl Admission {
@@ -154,6 +162,7 @@ impl Admission {
             window_start_us: AtomicU64::new(0),
             users: Mutex::default(),
             ips: Mutex::default(),
+            logins: Mutex::default(),
         }
     }
 
@@ -248,18 +257,33 @@ impl Admission {
 
     /// One new connection from `ip` against its rate limit.
     pub fn ip_connection(&self, ip: IpAddr) -> Result<(), u32> {
-        let key = match ip {
-            IpAddr::V4(v4) => u128::from(v4.to_bits()),
-            IpAddr::V6(v6) => v6.to_bits(),
-        };
         let c = &self.config;
         take(
             &self.ips,
-            key,
+            ip_key(ip),
             c.ip_connections_per_sec,
             c.ip_connections_burst,
             Instant::now(),
         )
+    }
+
+    /// One login or register attempt from `ip` against its rate limit.
+    pub fn ip_login(&self, ip: IpAddr) -> Result<(), u32> {
+        let c = &self.config;
+        take(
+            &self.logins,
+            ip_key(ip),
+            c.ip_logins_per_sec,
+            c.ip_logins_burst,
+            Instant::now(),
+        )
+    }
+}
+
+fn ip_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_bits()),
+        IpAddr::V6(v6) => v6.to_bits(),
     }
 }
 

@@ -83,7 +83,9 @@ pub(crate) async fn run(
     let (out_tx, out_rx) = mpsc::channel(gw.config.outbound_queue_frames_max.max(1) + 1);
     let mut writer_task = tokio::spawn(write_loop(writer, out_rx, gw.config.write_timeout));
 
+    let peer_ip = peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
     let mut conn = Conn {
+        peer_ip,
         inflight: Arc::new(Semaphore::new(gw.config.inflight_requests_max)),
         done: mpsc::channel(gw.config.inflight_requests_max.max(1)),
         inflight_ids: HashSet::new(),
@@ -141,6 +143,8 @@ async fn write_loop(
 
 struct Conn {
     gw: Arc<Gateway>,
+    /// The peer's address, for per-address limits.
+    peer_ip: Option<std::net::IpAddr>,
     out: mpsc::Sender<Frame>,
     session: Option<Session>,
     registration: Option<Registration>,
@@ -411,6 +415,12 @@ impl Conn {
                 ErrorCode::BadRequestId,
                 "requests must carry a non-zero request_id",
             ));
+        }
+        if matches!(body, Body::LoginRequest(_) | Body::RegisterRequest(_))
+            && let Some(ip) = self.peer_ip
+            && let Err(wait) = self.gw.admission.ip_login(ip)
+        {
+            return self.send(busy(id, wait, "too many login attempts from your address"));
         }
         let service = self.gw.service.clone();
         match body {

@@ -85,6 +85,10 @@ pub(crate) struct Config {
     pub(crate) ip_connections_per_sec: u32,
     /// New connections per IP address in a burst.
     pub(crate) ip_connections_burst: u32,
+    /// Sustained login and register attempts per second per IP address (0: unlimited).
+    pub(crate) ip_logins_per_sec: u32,
+    /// Login and register attempts per IP address in a burst.
+    pub(crate) ip_logins_burst: u32,
     /// Webhook endpoints: `[[webhooks]]` tables with `url`, `secret` and
     /// `events` (`message.created`, `push.needed`).
     pub(crate) webhooks: Vec<crate::webhooks::Endpoint>,
@@ -136,6 +140,8 @@ impl Default for Config {
             user_requests_burst: gw.admission.user_requests_burst,
             ip_connections_per_sec: gw.admission.ip_connections_per_sec,
             ip_connections_burst: gw.admission.ip_connections_burst,
+            ip_logins_per_sec: gw.admission.ip_logins_per_sec,
+            ip_logins_burst: gw.admission.ip_logins_burst,
             webhooks: Vec::new(),
             webhook_attempts_max: 12,
             webhook_backoff_initial_ms: 1000,
@@ -306,6 +312,8 @@ impl Config {
                 user_requests_burst: self.user_requests_burst,
                 ip_connections_per_sec: self.ip_connections_per_sec,
                 ip_connections_burst: self.ip_connections_burst,
+                ip_logins_per_sec: self.ip_logins_per_sec,
+                ip_logins_burst: self.ip_logins_burst,
             },
             ..GatewayConfig::default()
         }
@@ -337,6 +345,23 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The example config in deploy/ is accepted and names every key, so it
+    /// cannot fall behind the code.
+    #[test]
+    fn example_config_lists_every_key() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/pigeon.toml");
+        Config::load(Some(&path), |_| None).expect("deploy/pigeon.toml loads");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let keys = toml::Table::try_from(Config::default()).unwrap();
+        for key in keys.keys() {
+            assert!(
+                text.contains(&format!("{key} =")) || text.contains(&format!("[[{key}]]")),
+                "deploy/pigeon.toml lacks {key}"
+            );
+        }
+    }
 
     /// Checks the precedence default < file < environment, and that bad
     /// values and unknown keys are refused with a message.

@@ -40,6 +40,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("starting the service")?,
     );
+    metrics::gauge!("pigeon_connections_max").set(config.connections_max as f64);
     let gateway = Gateway::new(service, registry.clone(), config.gateway());
 
     let tcp = TcpListener::bind(&config.listen)
@@ -85,7 +86,15 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         .await
     });
 
-    signal().await;
+    let failed = tokio::select! {
+        _ = signal() => false,
+        _ = store_failure(&store) => true,
+    };
+    if failed {
+        tracing::error!(
+            "the store failed a commit; draining and exiting so that a supervisor restarts the server (recovery replays the journal)"
+        );
+    }
     tracing::info!(
         open = gateway.open_connections(),
         "shutting down: draining connections"
@@ -99,6 +108,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     tcp_task.abort();
     store.shutdown().await;
     tracing::info!("stopped");
+    if failed {
+        anyhow::bail!("stopped after a storage failure");
+    }
     Ok(())
 }
 
@@ -225,6 +237,14 @@ async fn endpoints(State(app): State<App>, headers: axum::http::HeaderMap) -> Re
         body.to_string(),
     )
         .into_response()
+}
+
+/// Resolves when the store has failed a commit: it then refuses every
+/// write, so the process is better restarted than kept running.
+async fn store_failure(store: &pigeon_store::LogStore) {
+    while store.healthy() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 async fn signal() {

@@ -170,4 +170,22 @@ async fn rate_limits_per_user_and_address() {
         }
     }
     assert!(goodbyes >= 1, "connections beyond the burst are refused");
+
+    // Password guessing from one address is slowed down.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let c = pigeon_client::Connection::connect(&pigeon_client::ConnectOptions::new(&url))
+        .await
+        .unwrap();
+    let mut busy = 0;
+    for _ in 0..30 {
+        match c.login("alice", "wrong password", "guess").await {
+            Err(e) if e.code() == Some(ErrorCode::Busy) => busy += 1,
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::InvalidCredentials)),
+            Ok(_) => panic!("wrong password accepted"),
+        }
+    }
+    assert!(
+        busy >= 5,
+        "login attempts beyond the burst are refused: {busy}"
+    );
 }

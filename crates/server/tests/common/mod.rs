@@ -170,7 +170,8 @@ const CHEAP_HASHES: &str = "password_hash_memory_kib = 8\npassword_hash_iteratio
 /// Tests drive traffic far beyond a person's pace from one address: the
 /// rate limits are off unless a test sets them (the `limits` keys below are
 /// then given by that test instead).
-const NO_RATE_LIMITS: &str = "user_requests_per_sec = 0\nip_connections_per_sec = 0";
+const NO_RATE_LIMITS: &str =
+    "user_requests_per_sec = 0\nip_connections_per_sec = 0\nip_logins_per_sec = 0";
 
 /// Registers `names` over a few connections, many requests in flight.
 pub async fn register_many(url: &str, names: &[String]) {
