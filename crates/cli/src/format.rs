@@ -922,6 +922,7 @@ mod tests {
             username: "alice".into(),
             device_id: 2,
             expires_at_ms: 3,
+            flags: Vec::new(),
         };
         assert_eq!(
             logged_in_json(&login),
