@@ -8,9 +8,10 @@
 //!   `pigeon_core::Notifier`, turning committed events into pushes.
 //! - [`connection`]: one connection's life: handshake, auth, dispatch,
 //!   heartbeats and idle timeout, pushes, bounded outbound queue, drain.
-//! - [`transport`]: frame readers and writers for TCP (length-prefixed) and
-//!   WebSocket (one binary message per frame).
-//! - [`Gateway`] (here): accept loops, the connection cap and shutdown.
+//! - [`transport`]: frame readers and writers for byte streams (TCP or TLS,
+//!   length-prefixed) and WebSocket (one binary message per frame).
+//! - [`Gateway`] (here): accept loops (plain TCP and TLS), the connection
+//!   cap and shutdown.
 //!
 //! Boundary: the gateway knows framing and sockets and nothing about
 //! storage; it reaches state only through `pigeon_core::Service`.
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod registry;
 pub mod transport;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +30,10 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::response::{IntoResponse, Response};
 use pigeon_core::Service;
 use pigeon_proto::{ErrorCode, Frame};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 pub use config::GatewayConfig;
 pub use registry::Registry;
@@ -88,6 +92,18 @@ impl Gateway {
 
     /// Accepts TCP connections until shutdown.
     pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
+        self.accept_loop(listener, None).await
+    }
+
+    /// Accepts TLS connections until shutdown; inside TLS the framing is
+    /// the same as on plain TCP. Each TLS handshake runs in its
+    /// connection's own task, so a slow or failed one holds up no one else,
+    /// and it counts against `handshake_timeout` together with the Hello.
+    pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, tls: TlsAcceptor) {
+        self.accept_loop(listener, Some(tls)).await
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
         let mut shutdown = self.shutdown_rx.clone();
         loop {
             let accepted = tokio::select! {
@@ -104,22 +120,49 @@ impl Gateway {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let gw = self.clone();
-            tokio::spawn(async move {
-                let (reader, writer) = transport::tcp(stream, gw.config.frame_bytes_max);
-                match gw.connections.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        connection::run(gw, reader, writer, peer.to_string(), permit).await
+            tokio::spawn(self.clone().open(stream, peer, tls.clone()));
+        }
+    }
+
+    /// Runs one accepted connection: the TLS handshake if any, then the
+    /// protocol, or a `BUSY` goodbye at the connection limit.
+    async fn open(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+        let accepted = Instant::now();
+        let max = self.config.frame_bytes_max;
+        // Taken before the TLS handshake, so handshakes in progress count
+        // under the connection cap too.
+        let permit = self.connections.clone().try_acquire_owned();
+        let (reader, writer) = match tls {
+            None => transport::tcp(stream, max),
+            Some(acceptor) => {
+                let deadline = accepted + self.config.handshake_timeout;
+                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                    Ok(Ok(session)) => transport::stream(session, max),
+                    Ok(Err(e)) => {
+                        // Scanners and plain-TCP clients end here: not worth a warning.
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        crate::metrics::tls_handshake_failed("tcp", false);
+                        return;
                     }
                     Err(_) => {
-                        connection::refuse(
-                            writer,
-                            Frame::goodbye(ErrorCode::Busy, "server is at its connection limit"),
-                        )
-                        .await
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        crate::metrics::tls_handshake_failed("tcp", true);
+                        return;
                     }
                 }
-            });
+            }
+        };
+        match permit {
+            Ok(permit) => {
+                connection::run(self, reader, writer, peer.to_string(), permit, accepted).await
+            }
+            Err(_) => {
+                connection::refuse(
+                    writer,
+                    Frame::goodbye(ErrorCode::Busy, "server is at its connection limit"),
+                )
+                .await
+            }
         }
     }
 
@@ -141,7 +184,7 @@ impl Gateway {
             .max_write_buffer_size(max.saturating_mul(4))
             .on_upgrade(move |socket| async move {
                 let (reader, writer) = transport::websocket(socket);
-                connection::run(self, reader, writer, peer, permit).await;
+                connection::run(self, reader, writer, peer, permit, Instant::now()).await;
             })
     }
 
