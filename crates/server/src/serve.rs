@@ -1,7 +1,7 @@
-//! `pigeon serve`: opens the store, wires core, gateway and the HTTP side,
-//! and shuts down in order on SIGTERM or SIGINT: stop accepting, let
-//! connections finish their in-flight requests and say goodbye, commit what
-//! is queued, exit 0.
+//! `pigeon serve`: opens the store, wires core, gateway and the HTTP side
+//! (each over TLS when `tls_cert` and `tls_key` are set), and shuts down in
+//! order on SIGTERM or SIGINT: stop accepting, let connections finish their
+//! in-flight requests and say goodbye, commit what is queued, exit 0.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +24,11 @@ use crate::config::Config;
 /// Runs the server until a signal.
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
+    // Before the store opens, so a bad certificate fails at once.
+    let tls = match config.tls() {
+        Some((cert, key)) => Some(crate::tls::load(cert, key)?),
+        None => None,
+    };
     let metrics = install_metrics()?;
     let store = Arc::new(
         pigeon_store::open_embedded(&config.data, config.store())
@@ -51,27 +56,43 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         tcp = %tcp.local_addr()?,
         http = %http.local_addr()?,
+        tls = tls.is_some(),
         data = %config.data.display(),
         "pigeon listening"
     );
 
-    let tcp_task = tokio::spawn(gateway.clone().serve_tcp(tcp));
+    let tcp_task = match &tls {
+        Some(tls) => tokio::spawn(gateway.clone().serve_tls(tcp, tls.protocol.clone())),
+        None => tokio::spawn(gateway.clone().serve_tcp(tcp)),
+    };
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let app = router(App {
         gateway: gateway.clone(),
         store: store.clone(),
         metrics,
     });
-    let http_task = tokio::spawn(async move {
-        axum::serve(
+    let http_task = match tls {
+        Some(tls) => tokio::spawn(crate::tls::serve_https(
             http,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.wait_for(|s| *s).await.map(|_| ());
-        })
-        .await
-    });
+            tls.http,
+            app,
+            stop_rx,
+            gateway.config().handshake_timeout,
+        )),
+        None => tokio::spawn(async move {
+            let served = axum::serve(
+                http,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|s| *s).await.map(|_| ());
+            })
+            .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the HTTP server failed");
+            }
+        }),
+    };
 
     signal().await;
     tracing::info!(
