@@ -322,8 +322,8 @@ mod tests {
         ]);
         assert_eq!(cli.args.profile, Some(PathBuf::from("/tmp/p")));
         assert_eq!(cli.args.ca, None);
-        let cli = Cli::parse_from(["pigeon", "sync", "--ca", "/etc/ca.pem"]);
-        assert_eq!(cli.args.ca, Some(PathBuf::from("/etc/ca.pem")));
+        let with_ca = Cli::parse_from(["pigeon", "sync", "--ca", "/etc/ca.pem"]);
+        assert_eq!(with_ca.args.ca, Some(PathBuf::from("/etc/ca.pem")));
         assert!(matches!(
             cli.cmd,
             ClientCommand::History {

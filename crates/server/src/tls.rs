@@ -172,3 +172,43 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send; drop it here.
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn self_signed() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Checks a matching certificate and key load, and that a missing file,
+    /// a file without a certificate and a key of another certificate are
+    /// refused with messages naming the config key.
+    #[test]
+    fn loads_matching_files_and_explains_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let (cert, key) = self_signed();
+        let (_, other_key) = self_signed();
+        std::fs::write(path("cert.pem"), &cert).unwrap();
+        std::fs::write(path("key.pem"), &key).unwrap();
+        std::fs::write(path("other-key.pem"), &other_key).unwrap();
+        std::fs::write(path("empty.pem"), "").unwrap();
+
+        load(&path("cert.pem"), &path("key.pem")).unwrap();
+        let err = |cert: &str, key: &str| {
+            let e = load(&path(cert), &path(key)).err().expect("refused");
+            format!("{e:#}")
+        };
+        assert!(err("missing.pem", "key.pem").contains("tls_cert"));
+        assert!(err("cert.pem", "missing.pem").contains("tls_key"));
+        assert!(err("empty.pem", "key.pem").contains("no PEM certificate"));
+        assert!(err("cert.pem", "cert.pem").contains("tls_key"));
+        assert!(err("cert.pem", "other-key.pem").contains("cannot be used together"));
+    }
+}
