@@ -15,7 +15,7 @@ const SYNC_LIMIT: u32 = 0;
 
 pub(crate) async fn run(args: ClientArgs, cmd: ClientCommand) -> anyhow::Result<()> {
     let dir = ProfileDir::resolve(args.profile.as_deref());
-    let server = args.server.as_str();
+    let server = &Remote::from_args(&args)?;
     match cmd {
         ClientCommand::Register { username } => register(server, &username).await,
         ClientCommand::Login { username, device } => login(server, &dir, &username, &device).await,
@@ -206,7 +206,7 @@ pub(crate) fn changed_settings(
     current
 }
 
-async fn group(server: &str, dir: &ProfileDir, cmd: GroupCommand) -> anyhow::Result<()> {
+async fn group(server: &Remote, dir: &ProfileDir, cmd: GroupCommand) -> anyhow::Result<()> {
     let line = match cmd {
         GroupCommand::Create {
             name,
@@ -327,25 +327,49 @@ async fn group(server: &str, dir: &ProfileDir, cmd: GroupCommand) -> anyhow::Res
     print_lines([line])
 }
 
-fn connect_options(server: &str, token: Option<&str>) -> ConnectOptions {
-    let mut opts = ConnectOptions::new(server);
+/// The server to talk to: its URL and the extra CA to trust (`--ca`).
+pub(crate) struct Remote {
+    url: String,
+    ca_pem: Option<Vec<u8>>,
+}
+
+impl Remote {
+    /// Reads the `--ca` file, if given, so every command trusts it.
+    fn from_args(args: &ClientArgs) -> anyhow::Result<Remote> {
+        let ca_pem = match &args.ca {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading the CA file {} (--ca)", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Remote {
+            url: args.server.clone(),
+            ca_pem,
+        })
+    }
+}
+
+fn connect_options(server: &Remote, token: Option<&str>) -> ConnectOptions {
+    let mut opts = ConnectOptions::new(&server.url);
+    opts.ca_pem = server.ca_pem.clone();
     opts.client_name = concat!("pigeon-cli/", env!("CARGO_PKG_VERSION")).to_string();
     opts.token = token.map(str::to_string);
     opts
 }
 
-async fn connect(server: &str, token: Option<&str>) -> anyhow::Result<Connection> {
+async fn connect(server: &Remote, token: Option<&str>) -> anyhow::Result<Connection> {
     Ok(Connection::connect(&connect_options(server, token)).await?)
 }
 
-async fn connect_logged_in(server: &str, dir: &ProfileDir) -> anyhow::Result<Connection> {
+async fn connect_logged_in(server: &Remote, dir: &ProfileDir) -> anyhow::Result<Connection> {
     let (_, token) = dir.load_logged_in()?;
     connect(server, Some(&token)).await
 }
 
 /// Connects with the profile's session, runs `f`, and closes the connection.
 async fn with_conn<T>(
-    server: &str,
+    server: &Remote,
     dir: &ProfileDir,
     f: impl AsyncFnOnce(&Connection) -> Result<T, ClientError>,
 ) -> anyhow::Result<T> {
@@ -387,7 +411,7 @@ async fn read_password() -> anyhow::Result<String> {
     .context("reading the password")?
 }
 
-async fn register(server: &str, username: &str) -> anyhow::Result<()> {
+async fn register(server: &Remote, username: &str) -> anyhow::Result<()> {
     let password = read_password().await?;
     let conn = connect(server, None).await?;
     let registered = conn.register(username, &password).await?;
@@ -395,13 +419,18 @@ async fn register(server: &str, username: &str) -> anyhow::Result<()> {
     print_lines([format::registered_json(&registered)])
 }
 
-async fn login(server: &str, dir: &ProfileDir, username: &str, device: &str) -> anyhow::Result<()> {
+async fn login(
+    server: &Remote,
+    dir: &ProfileDir,
+    username: &str,
+    device: &str,
+) -> anyhow::Result<()> {
     let password = read_password().await?;
     let conn = connect(server, None).await?;
     let session = conn.login(username, &password, device).await?;
     conn.close().await;
     dir.save(&Profile {
-        server: server.to_string(),
+        server: server.url.clone(),
         username: session.username.clone(),
         user_id: session.user_id,
         device_id: session.device_id,
@@ -413,7 +442,7 @@ async fn login(server: &str, dir: &ProfileDir, username: &str, device: &str) -> 
     print_lines([format::logged_in_json(&session)])
 }
 
-async fn logout(server: &str, dir: &ProfileDir) -> anyhow::Result<()> {
+async fn logout(server: &Remote, dir: &ProfileDir) -> anyhow::Result<()> {
     let (mut profile, token) = dir.load_logged_in()?;
     match Connection::connect(&connect_options(server, Some(&token))).await {
         Ok(conn) => {
@@ -438,7 +467,7 @@ async fn logout(server: &str, dir: &ProfileDir) -> anyhow::Result<()> {
 }
 
 async fn send(
-    server: &str,
+    server: &Remote,
     dir: &ProfileDir,
     target: v1::Target,
     text: &str,
@@ -458,7 +487,7 @@ fn is_stale_key(e: &ClientError) -> bool {
 
 const RESYNC_NOTE: &str = "note: the stored sync key is no longer valid; syncing from the oldest retained event (reload history for older messages)";
 
-async fn sync(server: &str, dir: &ProfileDir) -> anyhow::Result<()> {
+async fn sync(server: &Remote, dir: &ProfileDir) -> anyhow::Result<()> {
     let conn = connect_logged_in(server, dir).await?;
     let mut key = dir.load_sync_key()?;
     loop {
@@ -487,7 +516,7 @@ async fn sync(server: &str, dir: &ProfileDir) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn listen(server: &str, dir: &ProfileDir) -> anyhow::Result<()> {
+async fn listen(server: &Remote, dir: &ProfileDir) -> anyhow::Result<()> {
     let (_, token) = dir.load_logged_in()?;
     let opts = ClientOptions::new(connect_options(server, Some(&token)))
         .with_sync_key(dir.load_sync_key()?);
@@ -503,8 +532,8 @@ async fn listen(server: &str, dir: &ProfileDir) -> anyhow::Result<()> {
             None => break,
             Some(ClientEvent::Connected { welcome }) => {
                 eprintln!(
-                    "connected to {server} as {} (device {})",
-                    welcome.username, welcome.device_id
+                    "connected to {} as {} (device {})",
+                    server.url, welcome.username, welcome.device_id
                 );
             }
             Some(ClientEvent::Disconnected { reason }) => {
@@ -530,7 +559,7 @@ async fn listen(server: &str, dir: &ProfileDir) -> anyhow::Result<()> {
 }
 
 async fn history(
-    server: &str,
+    server: &Remote,
     dir: &ProfileDir,
     target: v1::Target,
     before: u64,
@@ -544,7 +573,7 @@ async fn history(
     print_lines(page.messages.iter().rev().map(format::message_json))
 }
 
-async fn conversations(server: &str, dir: &ProfileDir, limit: u32) -> anyhow::Result<()> {
+async fn conversations(server: &Remote, dir: &ProfileDir, limit: u32) -> anyhow::Result<()> {
     let conn = connect_logged_in(server, dir).await?;
     let list: v1::ListConversationsResponse = conn.list_conversations(limit).await?;
     conn.close().await;
@@ -625,6 +654,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let args = ClientArgs {
             server: format!("tcp://{}", listener.local_addr().unwrap()),
+            ca: None,
             profile: Some(tmp.path().to_path_buf()),
         };
         let dir = ProfileDir::resolve(Some(tmp.path()));

@@ -21,7 +21,8 @@ use std::path::PathBuf;
 /// Where the server is and where the CLI keeps its state.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// Server URL: tcp://host:port or ws://host:port/ws.
+    /// Server URL: tcp://host:port or ws://host:port/ws, or over TLS
+    /// tls://host:port or wss://host:port/ws.
     #[arg(
         long,
         env = "PIGEON_SERVER",
@@ -32,6 +33,10 @@ pub struct ClientArgs {
     /// Profile directory holding the login and the sync key [default: $HOME/.pigeon].
     #[arg(long, env = "PIGEON_PROFILE", global = true)]
     pub profile: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for tls:// and wss://, besides
+    /// the built-in web roots (for a server with a private CA).
+    #[arg(long, env = "PIGEON_CA", value_name = "FILE", global = true)]
+    pub ca: Option<PathBuf>,
 }
 
 /// The client commands.
@@ -316,6 +321,9 @@ mod tests {
             "5",
         ]);
         assert_eq!(cli.args.profile, Some(PathBuf::from("/tmp/p")));
+        assert_eq!(cli.args.ca, None);
+        let with_ca = Cli::parse_from(["pigeon", "sync", "--ca", "/etc/ca.pem"]);
+        assert_eq!(with_ca.args.ca, Some(PathBuf::from("/etc/ca.pem")));
         assert!(matches!(
             cli.cmd,
             ClientCommand::History {

@@ -421,7 +421,7 @@ fn retry_for(error: &ClientError, backoff: &mut Backoff) -> Retry {
             ErrorCode::Internal => Retry::After(backoff.next_delay(&mut rand::rng())),
             _ => Retry::Never,
         },
-        ClientError::InvalidUrl(_) | ClientError::Protocol(_) => Retry::Never,
+        ClientError::InvalidUrl(_) | ClientError::Tls(_) | ClientError::Protocol(_) => Retry::Never,
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::endpoint::Endpoint;
 use crate::error::ClientError;
-use crate::transport::{FrameReader, FrameWriter, dial};
+use crate::transport::{DialOptions, FrameReader, FrameWriter, dial};
 
 /// Unwraps the expected answer variant, or reports what came instead.
 macro_rules! expect {
@@ -62,8 +62,12 @@ const _: () = assert!(FRAME_BYTES_MAX_FLOOR <= FRAME_BYTES_MAX_DEFAULT);
 /// How to reach a server and how long to wait for it.
 #[derive(Clone)]
 pub struct ConnectOptions {
-    /// `tcp://host[:port]` (default port 7700) or `ws://host[:port][/path]` (default 7780, `/ws`).
+    /// `tcp://host[:port]` (default port 7700) or `ws://host[:port][/path]`
+    /// (default 7780, `/ws`); `tls://` and `wss://` for the same over TLS.
     pub url: String,
+    /// PEM certificates of CAs to trust for `tls://` and `wss://` besides
+    /// the built-in webpki (Mozilla) roots: for servers with a private CA.
+    pub ca_pem: Option<Vec<u8>>,
     /// A session token from `LoginResponse`; `None` for an anonymous connection.
     pub token: Option<String>,
     /// Sent in the Hello, for the server's logs.
@@ -81,6 +85,7 @@ impl ConnectOptions {
     pub fn new(url: impl Into<String>) -> Self {
         ConnectOptions {
             url: url.into(),
+            ca_pem: None,
             token: None,
             client_name: concat!("pigeon-rust/", env!("CARGO_PKG_VERSION")).to_string(),
             connect_timeout: Duration::from_secs(10),
@@ -94,6 +99,14 @@ impl ConnectOptions {
         self.token = Some(token.into());
         self
     }
+
+    /// The same options also trusting the CA certificates in `pem` (one or
+    /// more `-----BEGIN CERTIFICATE-----` blocks) for `tls://` and `wss://`.
+    /// Bad PEM is reported by `connect` as [`ClientError::Tls`].
+    pub fn with_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
 }
 
 impl fmt::Debug for ConnectOptions {
@@ -101,6 +114,10 @@ impl fmt::Debug for ConnectOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnectOptions")
             .field("url", &self.url)
+            .field(
+                "ca_pem",
+                &self.ca_pem.as_ref().map(|p| format!("{} bytes", p.len())),
+            )
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("client_name", &self.client_name)
             .field("connect_timeout", &self.connect_timeout)
@@ -843,7 +860,12 @@ async fn handshake(
     opts: &ConnectOptions,
     frame_bytes_max: usize,
 ) -> Result<(FrameReader, FrameWriter, v1::Welcome), ClientError> {
-    let (mut reader, mut writer) = dial(endpoint, frame_bytes_max).await?;
+    let (mut reader, mut writer) = dial(&DialOptions {
+        endpoint,
+        extra_ca_pem: opts.ca_pem.as_deref(),
+        frame_bytes_max,
+    })
+    .await?;
     let hello = Frame::new(
         HELLO_REQUEST_ID,
         Body::Hello(v1::Hello {

@@ -1,24 +1,39 @@
 //! Server URLs: `tcp://host[:port]` (length-prefixed frames) and
-//! `ws://host[:port][/path]` (one binary WebSocket message per frame).
+//! `ws://host[:port][/path]` (one binary WebSocket message per frame), and
+//! their TLS forms `tls://` and `wss://` (the same framing inside TLS, the
+//! certificate checked against the host).
 
 use crate::error::ClientError;
 
-/// The TCP port a `tcp://` URL without a port uses.
+/// The TCP port a `tcp://` or `tls://` URL without a port uses.
 pub(crate) const TCP_PORT_DEFAULT: u16 = 7700;
-/// The HTTP port a `ws://` URL without a port uses.
+/// The HTTP port a `ws://` or `wss://` URL without a port uses.
 pub(crate) const WS_PORT_DEFAULT: u16 = 7780;
-/// The WebSocket path a `ws://` URL without a path uses.
+/// The WebSocket path a `ws://` or `wss://` URL without a path uses.
 pub(crate) const WS_PATH_DEFAULT: &str = "/ws";
 /// Longest URL accepted; anything longer is a mistake, not a server.
 const URL_BYTES_MAX: usize = 2048;
 
 /// Where and how to dial.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Endpoint {
-    /// A TCP stream; `addr` is `host:port` (IPv6 hosts in brackets).
-    Tcp { addr: String },
-    /// A WebSocket; `url` is the full `ws://host:port/path` to request.
-    Ws { url: String },
+pub(crate) struct Endpoint {
+    /// `host:port` to open a TCP connection to (IPv6 hosts in brackets).
+    pub(crate) addr: String,
+    /// With TLS, the name the server's certificate must be valid for: the
+    /// URL's host (an IPv6 address without its brackets).
+    pub(crate) tls_name: Option<String>,
+    /// How frames are delimited on the connection.
+    pub(crate) framing: Framing,
+}
+
+/// How frames are delimited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// A 4-byte length prefix per frame.
+    Prefixed,
+    /// One binary WebSocket message per frame; `url` is the full
+    /// `ws://` or `wss://host:port/path` to request.
+    WebSocket { url: String },
 }
 
 impl Endpoint {
@@ -31,37 +46,53 @@ impl Endpoint {
         if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad("contains whitespace"));
         }
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("expected tcp://host:port or ws://host:port/ws"))?;
-        match scheme.to_ascii_lowercase().as_str() {
-            "tcp" => {
-                let (authority, path) = split_authority(rest);
-                if !(path.is_empty() || path == "/") {
-                    return Err(bad("a tcp:// URL has no path"));
-                }
-                let (host, port) = parse_authority(authority, TCP_PORT_DEFAULT).map_err(bad)?;
-                Ok(Endpoint::Tcp {
-                    addr: format!("{host}:{port}"),
-                })
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            bad("expected tcp://host:port or ws://host:port/ws (or tls://, wss://)")
+        })?;
+        let scheme = scheme.to_ascii_lowercase();
+        let (authority, path) = split_authority(rest);
+        let (tls, websocket) = match scheme.as_str() {
+            "tcp" => (false, false),
+            "tls" => (true, false),
+            "ws" => (false, true),
+            "wss" => (true, true),
+            _ => {
+                return Err(bad(
+                    "unknown scheme; expected tcp://, tls://, ws:// or wss://",
+                ));
             }
-            "ws" => {
-                let (authority, path) = split_authority(rest);
-                let (host, port) = parse_authority(authority, WS_PORT_DEFAULT).map_err(bad)?;
-                let path = if path.is_empty() {
-                    WS_PATH_DEFAULT
-                } else {
-                    path
-                };
-                Ok(Endpoint::Ws {
-                    url: format!("ws://{host}:{port}{path}"),
-                })
+        };
+        let port_default = if websocket {
+            WS_PORT_DEFAULT
+        } else {
+            TCP_PORT_DEFAULT
+        };
+        let (host, port) = parse_authority(authority, port_default).map_err(bad)?;
+        let framing = if websocket {
+            let path = if path.is_empty() {
+                WS_PATH_DEFAULT
+            } else {
+                path
+            };
+            Framing::WebSocket {
+                url: format!("{scheme}://{host}:{port}{path}"),
             }
-            "wss" => Err(bad(
-                "wss:// (TLS) is not supported by this client; use a TLS-terminating proxy's plain side",
-            )),
-            _ => Err(bad("unknown scheme; expected tcp:// or ws://")),
-        }
+        } else {
+            if !(path.is_empty() || path == "/") {
+                return Err(bad("a tcp:// or tls:// URL has no path"));
+            }
+            Framing::Prefixed
+        };
+        let tls_name = tls.then(|| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        });
+        Ok(Endpoint {
+            addr: format!("{host}:{port}"),
+            tls_name,
+            framing,
+        })
     }
 }
 
@@ -113,14 +144,37 @@ mod tests {
     use super::*;
 
     fn tcp(addr: &str) -> Endpoint {
-        Endpoint::Tcp { addr: addr.into() }
+        Endpoint {
+            addr: addr.into(),
+            tls_name: None,
+            framing: Framing::Prefixed,
+        }
     }
 
-    fn ws(url: &str) -> Endpoint {
-        Endpoint::Ws { url: url.into() }
+    fn tls(addr: &str, name: &str) -> Endpoint {
+        Endpoint {
+            tls_name: Some(name.into()),
+            ..tcp(addr)
+        }
     }
 
-    /// Checks well-formed URLs parse, with default ports and path filled in.
+    fn ws(addr: &str, url: &str) -> Endpoint {
+        Endpoint {
+            addr: addr.into(),
+            tls_name: None,
+            framing: Framing::WebSocket { url: url.into() },
+        }
+    }
+
+    fn wss(addr: &str, name: &str, url: &str) -> Endpoint {
+        Endpoint {
+            tls_name: Some(name.into()),
+            ..ws(addr, url)
+        }
+    }
+
+    /// Checks well-formed URLs parse, with default ports and path filled in,
+    /// and the TLS forms carry the host as the certificate name.
     #[test]
     fn parses_tcp_and_ws_urls() {
         let cases = [
@@ -129,10 +183,38 @@ mod tests {
             ("TCP://example.org:1/", tcp("example.org:1")),
             ("tcp://[::1]:9000", tcp("[::1]:9000")),
             ("tcp://[::1]", tcp("[::1]:7700")),
-            ("ws://localhost:7780/ws", ws("ws://localhost:7780/ws")),
-            ("ws://localhost", ws("ws://localhost:7780/ws")),
-            ("ws://h:80/custom/path?x=1", ws("ws://h:80/custom/path?x=1")),
-            ("ws://[::1]:7780/ws", ws("ws://[::1]:7780/ws")),
+            (
+                "ws://localhost:7780/ws",
+                ws("localhost:7780", "ws://localhost:7780/ws"),
+            ),
+            (
+                "ws://localhost",
+                ws("localhost:7780", "ws://localhost:7780/ws"),
+            ),
+            (
+                "ws://h:80/custom/path?x=1",
+                ws("h:80", "ws://h:80/custom/path?x=1"),
+            ),
+            ("ws://[::1]:7780/ws", ws("[::1]:7780", "ws://[::1]:7780/ws")),
+            (
+                "tls://chat.example.org",
+                tls("chat.example.org:7700", "chat.example.org"),
+            ),
+            ("TLS://127.0.0.1:9/", tls("127.0.0.1:9", "127.0.0.1")),
+            ("tls://[::1]:9000", tls("[::1]:9000", "::1")),
+            (
+                "wss://chat.example.org",
+                wss(
+                    "chat.example.org:7780",
+                    "chat.example.org",
+                    "wss://chat.example.org:7780/ws",
+                ),
+            ),
+            ("wss://h:443/p", wss("h:443", "h", "wss://h:443/p")),
+            (
+                "wss://[::1]",
+                wss("[::1]:7780", "::1", "wss://[::1]:7780/ws"),
+            ),
         ];
         for (url, want) in cases {
             assert_eq!(Endpoint::parse(url).unwrap(), want, "{url}");
@@ -146,7 +228,10 @@ mod tests {
             "",
             "127.0.0.1:7700",
             "http://h:1",
-            "wss://h/ws",
+            "https://h:1",
+            "tls://h:1/path",
+            "wss://",
+            "wss://u@h/ws",
             "tcp://",
             "tcp://:7700",
             "tcp://h:0",

@@ -5,12 +5,18 @@ use pigeon_proto::v1::{self, ErrorCode};
 /// Why a connection or a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The server URL is not `tcp://host[:port]` or `ws://host[:port][/path]`.
+    /// The server URL is not `tcp://host[:port]`, `ws://host[:port][/path]`
+    /// or their TLS forms `tls://` and `wss://`.
     #[error("invalid server url: {0}")]
     InvalidUrl(String),
     /// The socket failed (connect refused, reset, ...).
     #[error("i/o error: {0}")]
     Io(std::io::Error),
+    /// TLS could not be set up: the server's certificate is not trusted or
+    /// not valid for the host, the extra CA is not usable PEM, or the
+    /// server did not speak TLS.
+    #[error("tls: {0}")]
+    Tls(String),
     /// The connect, the handshake or a request took longer than allowed.
     #[error("timed out")]
     Timeout,
@@ -81,6 +87,7 @@ impl ClientError {
         match self {
             ClientError::InvalidUrl(s) => ClientError::InvalidUrl(s.clone()),
             ClientError::Io(e) => ClientError::Io(std::io::Error::new(e.kind(), e.to_string())),
+            ClientError::Tls(s) => ClientError::Tls(s.clone()),
             ClientError::Timeout => ClientError::Timeout,
             ClientError::Closed => ClientError::Closed,
             ClientError::Server {
@@ -101,10 +108,11 @@ impl ClientError {
     }
 
     /// True for errors after which reconnecting cannot help: the session is
-    /// gone, the protocol version is refused, or the URL is wrong. The
+    /// gone, the protocol version is refused, the URL is wrong, or TLS
+    /// cannot be agreed (an untrusted certificate stays untrusted). The
     /// reconnecting [`crate::Client`] stops on these.
     pub(crate) fn is_fatal(&self) -> bool {
-        matches!(self, ClientError::InvalidUrl(_))
+        matches!(self, ClientError::InvalidUrl(_) | ClientError::Tls(_))
             || matches!(
                 self.code(),
                 Some(
@@ -167,5 +175,6 @@ mod tests {
         assert!(!goodbye(ErrorCode::IdleTimeout).is_fatal());
         assert!(!ClientError::Closed.is_fatal());
         assert!(ClientError::InvalidUrl("x".into()).is_fatal());
+        assert!(ClientError::Tls("untrusted".into()).is_fatal());
     }
 }

@@ -1,5 +1,6 @@
-//! Pigeon's Rust SDK: connect over TCP or WebSocket, log in, send messages
-//! with idempotent retries, and follow a user's sync log with reconnects.
+//! Pigeon's Rust SDK: connect over TCP or WebSocket (either inside TLS), log
+//! in, send messages with idempotent retries, and follow a user's sync log
+//! with reconnects.
 //!
 //! Layout:
 //! - [`Connection`] (`connection.rs`): one live connection; the handshake,
@@ -9,8 +10,10 @@
 //!   retries sends with the same client message id, and forwards the other
 //!   requests (groups, recall/edit, presence, blocking, ...) to the current
 //!   connection.
-//! - `transport.rs`: TCP (length-prefixed) and WebSocket frame I/O.
-//! - `endpoint.rs`: parsing `tcp://` and `ws://` server URLs.
+//! - `transport.rs`: byte-stream (length-prefixed) and WebSocket frame I/O,
+//!   over TCP or TLS.
+//! - `endpoint.rs`: parsing `tcp://`, `tls://`, `ws://` and `wss://` URLs.
+//! - `tls.rs`: trusted roots (webpki plus an extra CA) and TLS errors.
 //! - `backoff.rs`: exponential backoff with full jitter.
 //! - `discovery.rs`: [`fetch_endpoints`], the service's gateway list.
 //! - [`ClientError`] (`error.rs`): the one error type.
@@ -24,6 +27,7 @@ mod connection;
 mod discovery;
 mod endpoint;
 mod error;
+mod tls;
 mod transport;
 
 #[cfg(test)]

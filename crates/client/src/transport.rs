@@ -1,6 +1,7 @@
 //! The two transports behind one interface: a frame reader and a frame
-//! writer over TCP (4-byte length prefix) or WebSocket (one binary message
-//! per frame). Only this module touches sockets.
+//! writer over a byte stream (4-byte length prefix) or WebSocket (one
+//! binary message per frame), each over plain TCP or TLS. Only this module
+//! touches sockets.
 
 use bytes::BytesMut;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -9,62 +10,97 @@ use pigeon_proto::v1::Frame;
 use pigeon_proto::{
     FrameError, decode_frame, encode_frame, encode_frame_prefixed, try_decode_prefixed,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Framing};
 use crate::error::ClientError;
 
-/// Bytes the TCP reader asks the socket for at a time.
-const TCP_READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes the stream reader asks the socket for at a time.
+const STREAM_READ_CHUNK_BYTES: usize = 64 * 1024;
 
-type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A byte stream: plain TCP, or TLS over TCP.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+type WsStream = WebSocketStream<Box<dyn Io>>;
 
 /// The receiving half of a connection.
 pub(crate) enum FrameReader {
-    Tcp { half: OwnedReadHalf, buf: BytesMut },
+    Prefixed {
+        half: Box<dyn AsyncRead + Send + Unpin>,
+        buf: BytesMut,
+    },
     Ws(SplitStream<WsStream>),
 }
 
 /// The sending half of a connection.
 pub(crate) enum FrameWriter {
-    Tcp(OwnedWriteHalf),
+    Prefixed(Box<dyn AsyncWrite + Send + Unpin>),
     Ws(SplitSink<WsStream, Message>),
 }
 
-/// Opens a transport to `endpoint`; incoming frames above `frame_bytes_max` are refused.
+/// How to reach a server: the parsed URL and, for TLS, the extra CA.
+pub(crate) struct DialOptions<'a> {
+    pub(crate) endpoint: &'a Endpoint,
+    /// PEM certificates trusted besides the webpki roots.
+    pub(crate) extra_ca_pem: Option<&'a [u8]>,
+    /// Incoming frames above this are refused.
+    pub(crate) frame_bytes_max: usize,
+}
+
+/// Opens a transport: TCP, then TLS if the URL asks for it, then the
+/// WebSocket upgrade for `ws://` and `wss://`.
 pub(crate) async fn dial(
-    endpoint: &Endpoint,
-    frame_bytes_max: usize,
+    opts: &DialOptions<'_>,
 ) -> Result<(FrameReader, FrameWriter), ClientError> {
-    match endpoint {
-        Endpoint::Tcp { addr } => {
-            let stream = TcpStream::connect(addr.as_str()).await?;
-            stream.set_nodelay(true)?;
-            let (read, write) = stream.into_split();
-            let reader = FrameReader::Tcp {
-                half: read,
-                buf: BytesMut::with_capacity(TCP_READ_CHUNK_BYTES),
-            };
-            Ok((reader, FrameWriter::Tcp(write)))
+    let endpoint = opts.endpoint;
+    let tcp = TcpStream::connect(endpoint.addr.as_str()).await?;
+    tcp.set_nodelay(true)?;
+    let websocket = match &endpoint.framing {
+        Framing::Prefixed => None,
+        Framing::WebSocket { url } => Some(url.as_str()),
+    };
+    let stream: Box<dyn Io> = match &endpoint.tls_name {
+        None if websocket.is_none() => {
+            // A TCP stream splits without a lock.
+            let (read, write) = tcp.into_split();
+            return Ok(prefixed(Box::new(read), Box::new(write)));
         }
-        Endpoint::Ws { url } => {
-            // tungstenite's defaults accept 64 MiB messages; a frame never exceeds our maximum.
-            let config = WebSocketConfig::default()
-                .max_message_size(Some(frame_bytes_max))
-                .max_frame_size(Some(frame_bytes_max));
-            let (ws, _response) =
-                tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
-                    .await
-                    .map_err(ws_error)?;
-            let (sink, stream) = ws.split();
-            Ok((FrameReader::Ws(stream), FrameWriter::Ws(sink)))
+        None => Box::new(tcp),
+        Some(name) => {
+            let alpn = websocket.map(|_| &b"http/1.1"[..]);
+            let config = crate::tls::client_config(opts.extra_ca_pem, alpn)?;
+            Box::new(crate::tls::connect(tcp, name, config).await?)
         }
-    }
+    };
+    let Some(url) = websocket else {
+        let (read, write) = tokio::io::split(stream);
+        return Ok(prefixed(Box::new(read), Box::new(write)));
+    };
+    // tungstenite's defaults accept 64 MiB messages; a frame never exceeds our maximum.
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(opts.frame_bytes_max))
+        .max_frame_size(Some(opts.frame_bytes_max));
+    let (ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        .await
+        .map_err(ws_error)?;
+    let (sink, stream) = ws.split();
+    Ok((FrameReader::Ws(stream), FrameWriter::Ws(sink)))
+}
+
+fn prefixed(
+    read: Box<dyn AsyncRead + Send + Unpin>,
+    write: Box<dyn AsyncWrite + Send + Unpin>,
+) -> (FrameReader, FrameWriter) {
+    let reader = FrameReader::Prefixed {
+        half: read,
+        buf: BytesMut::with_capacity(STREAM_READ_CHUNK_BYTES),
+    };
+    (reader, FrameWriter::Prefixed(write))
 }
 
 impl FrameReader {
@@ -74,13 +110,13 @@ impl FrameReader {
         frame_bytes_max: usize,
     ) -> Result<Option<Frame>, ClientError> {
         match self {
-            FrameReader::Tcp { half, buf } => loop {
+            FrameReader::Prefixed { half, buf } => loop {
                 if let Some(frame) =
                     try_decode_prefixed(buf, frame_bytes_max).map_err(frame_error)?
                 {
                     return Ok(Some(frame));
                 }
-                buf.reserve(TCP_READ_CHUNK_BYTES);
+                buf.reserve(STREAM_READ_CHUNK_BYTES);
                 if half.read_buf(buf).await? == 0 {
                     return if buf.is_empty() {
                         Ok(None)
@@ -117,7 +153,7 @@ impl FrameWriter {
     /// Writes `frames` in order and flushes them.
     pub(crate) async fn write_frames(&mut self, frames: &[Frame]) -> Result<(), ClientError> {
         match self {
-            FrameWriter::Tcp(half) => {
+            FrameWriter::Prefixed(half) => {
                 let mut bytes = Vec::new();
                 for frame in frames {
                     bytes.extend_from_slice(&encode_frame_prefixed(frame));
@@ -137,10 +173,11 @@ impl FrameWriter {
         Ok(())
     }
 
-    /// Ends the sending direction politely (TCP FIN or WebSocket Close); errors are ignored.
+    /// Ends the sending direction politely (TCP FIN, after TLS close_notify
+    /// on TLS, or WebSocket Close); errors are ignored.
     pub(crate) async fn close(&mut self) {
         match self {
-            FrameWriter::Tcp(half) => {
+            FrameWriter::Prefixed(half) => {
                 let _ = half.shutdown().await;
             }
             FrameWriter::Ws(sink) => {

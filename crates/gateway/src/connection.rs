@@ -60,13 +60,15 @@ pub(crate) async fn refuse(mut writer: Box<dyn FrameWriter>, goodbye: Frame) {
 }
 
 /// Serves one connection until it ends. `_permit` holds its place under the
-/// connection cap.
+/// connection cap; the Hello is due `handshake_timeout` after `accepted`
+/// (time spent on a TLS handshake counts).
 pub(crate) async fn run(
     gw: Arc<Gateway>,
     mut reader: Box<dyn FrameReader>,
     writer: Box<dyn FrameWriter>,
     peer: String,
     _permit: OwnedSemaphorePermit,
+    accepted: Instant,
 ) {
     crate::metrics::connection(1);
     let (in_tx, mut in_rx) = mpsc::channel(INBOUND_QUEUE_FRAMES_MAX);
@@ -96,6 +98,7 @@ pub(crate) async fn run(
         registration: None,
         cursor: None,
         notice_pending: false,
+        accepted,
     };
     let close = tokio::select! {
         close = conn.serve(&mut in_rx) => close,
@@ -153,6 +156,8 @@ struct Conn {
     cursor: Option<Position>,
     /// A sync notice went out and no sync has come since.
     notice_pending: bool,
+    /// When the socket was accepted (or the WebSocket upgraded).
+    accepted: Instant,
     inflight: Arc<Semaphore>,
     /// Request ids of the requests running as tasks.
     inflight_ids: HashSet<u64>,
@@ -271,7 +276,7 @@ impl Conn {
     }
 
     async fn handshake(&mut self, in_rx: &mut mpsc::Receiver<Inbound>) -> Sent {
-        let deadline = Instant::now() + self.gw.config.handshake_timeout;
+        let deadline = self.accepted + self.gw.config.handshake_timeout;
         let (id, hello) = loop {
             let Ok(first) = tokio::time::timeout_at(deadline, in_rx.recv()).await else {
                 return Err(bye(ErrorCode::HandshakeTimeout, "no Hello in time"));

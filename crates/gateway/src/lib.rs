@@ -10,9 +10,10 @@
 //!   `pigeon_core::Notifier`, turning committed events into pushes.
 //! - [`connection`]: one connection's life: handshake, auth, dispatch,
 //!   heartbeats and idle timeout, pushes, bounded outbound queue, drain.
-//! - [`transport`]: frame readers and writers for TCP (length-prefixed) and
-//!   WebSocket (one binary message per frame).
-//! - [`Gateway`] (here): accept loops, the connection cap and shutdown.
+//! - [`transport`]: frame readers and writers for byte streams (TCP or TLS,
+//!   length-prefixed) and WebSocket (one binary message per frame).
+//! - [`Gateway`] (here): accept loops (plain TCP and TLS), the connection
+//!   cap and shutdown.
 //!
 //! Boundary: the gateway knows framing and sockets and nothing about
 //! storage; it reaches state only through `pigeon_core::Service`.
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod registry;
 pub mod transport;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +33,10 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::response::{IntoResponse, Response};
 use pigeon_core::Service;
 use pigeon_proto::{ErrorCode, Frame};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 pub use config::GatewayConfig;
 pub use registry::Registry;
@@ -93,6 +97,18 @@ impl Gateway {
 
     /// Accepts TCP connections until shutdown.
     pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
+        self.accept_loop(listener, None).await
+    }
+
+    /// Accepts TLS connections until shutdown; inside TLS the framing is
+    /// the same as on plain TCP. Each TLS handshake runs in its
+    /// connection's own task, so a slow or failed one holds up no one else,
+    /// and it counts against `handshake_timeout` together with the Hello.
+    pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, tls: TlsAcceptor) {
+        self.accept_loop(listener, Some(tls)).await
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
         let mut shutdown = self.shutdown_rx.clone();
         loop {
             let accepted = tokio::select! {
@@ -109,32 +125,65 @@ impl Gateway {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let gw = self.clone();
-            tokio::spawn(async move {
-                let (reader, writer) = transport::tcp(stream, gw.config.frame_bytes_max);
-                if let Err(wait) = gw.admission.ip_connection(peer.ip()) {
-                    let mut bye = Frame::goodbye(
-                        ErrorCode::Busy,
-                        "too many new connections from your address",
-                    );
-                    if let Some(pigeon_proto::Body::Goodbye(g)) = &mut bye.body {
-                        g.retry_after_ms = wait;
-                    }
-                    return connection::refuse(writer, bye).await;
+            tokio::spawn(self.clone().open(stream, peer, tls.clone()));
+        }
+    }
+
+    /// Runs one accepted connection: the TLS handshake if any, then the
+    /// protocol, or a `BUSY` goodbye at the connection limit.
+    async fn open(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+        let accepted = Instant::now();
+        let max = self.config.frame_bytes_max;
+        // Past its address's connection rate: refused before any handshake
+        // work (on TLS without a word, as nothing can be said yet).
+        if let Err(wait) = self.admission.ip_connection(peer.ip()) {
+            if tls.is_none() {
+                let (_, writer) = transport::tcp(stream, max);
+                let mut bye = Frame::goodbye(
+                    ErrorCode::Busy,
+                    "too many new connections from your address",
+                );
+                if let Some(pigeon_proto::Body::Goodbye(g)) = &mut bye.body {
+                    g.retry_after_ms = wait;
                 }
-                match gw.connections.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        connection::run(gw, reader, writer, peer.to_string(), permit).await
+                connection::refuse(writer, bye).await;
+            }
+            return;
+        }
+        // Taken before the TLS handshake, so handshakes in progress count
+        // under the connection cap too.
+        let permit = self.connections.clone().try_acquire_owned();
+        let (reader, writer) = match tls {
+            None => transport::tcp(stream, max),
+            Some(acceptor) => {
+                let deadline = accepted + self.config.handshake_timeout;
+                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                    Ok(Ok(session)) => transport::stream(session, max),
+                    Ok(Err(e)) => {
+                        // Scanners and plain-TCP clients end here: not worth a warning.
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        crate::metrics::tls_handshake_failed("tcp", false);
+                        return;
                     }
                     Err(_) => {
-                        connection::refuse(
-                            writer,
-                            Frame::goodbye(ErrorCode::Busy, "server is at its connection limit"),
-                        )
-                        .await
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        crate::metrics::tls_handshake_failed("tcp", true);
+                        return;
                     }
                 }
-            });
+            }
+        };
+        match permit {
+            Ok(permit) => {
+                connection::run(self, reader, writer, peer.to_string(), permit, accepted).await
+            }
+            Err(_) => {
+                connection::refuse(
+                    writer,
+                    Frame::goodbye(ErrorCode::Busy, "server is at its connection limit"),
+                )
+                .await
+            }
         }
     }
 
@@ -170,7 +219,7 @@ impl Gateway {
             .max_write_buffer_size(max.saturating_mul(4))
             .on_upgrade(move |socket| async move {
                 let (reader, writer) = transport::websocket(socket);
-                connection::run(self, reader, writer, peer, permit).await;
+                connection::run(self, reader, writer, peer, permit, Instant::now()).await;
             })
     }
 

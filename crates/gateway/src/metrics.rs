@@ -21,6 +21,9 @@ pub const SLOW_CONSUMERS_TOTAL: &str = "pigeon_slow_consumers_total";
 pub const ADMISSION_LEVEL: &str = "pigeon_admission_level";
 /// Pushes sent, by `kind` (events, notice, presence, typing).
 pub const PUSHES_TOTAL: &str = "pigeon_pushes_total";
+/// TLS handshakes that failed, by `listener` (`tcp`, `http`) and `reason`
+/// (`error`, `timeout`).
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "pigeon_tls_handshake_failures_total";
 
 pub(crate) fn answered(kind: &'static str, answer: &Frame, took: Duration) {
     let code = |c: i32| {
@@ -51,4 +54,11 @@ pub(crate) fn connection(delta: i64) {
 
 pub(crate) fn pushed(kind: &'static str) {
     metrics::counter!(PUSHES_TOTAL, "kind" => kind).increment(1);
+}
+
+/// Counts a TLS handshake that failed on `listener` (`tcp` or `http`).
+pub fn tls_handshake_failed(listener: &'static str, timed_out: bool) {
+    let reason = if timed_out { "timeout" } else { "error" };
+    metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL, "listener" => listener, "reason" => reason)
+        .increment(1);
 }

@@ -1,5 +1,6 @@
-//! Frame readers and writers over the two transports. TCP frames carry a
-//! 4-byte big-endian length prefix; a WebSocket binary message is one frame.
+//! Frame readers and writers over the two transports. On a byte stream (TCP,
+//! or TLS over TCP) frames carry a 4-byte big-endian length prefix; a
+//! WebSocket binary message is one frame.
 //! Readers turn every malformed input into an [`Inbound::Violation`] with the
 //! wire code to close with; nothing here panics on input.
 
@@ -14,9 +15,8 @@ use pigeon_proto::{
     ErrorCode, Frame, FrameError, decode_frame, encode_frame, encode_frame_prefixed,
     try_decode_prefixed,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// What a reader produced.
 #[derive(Debug)]
@@ -54,17 +54,19 @@ fn violation(e: FrameError) -> Inbound {
     }
 }
 
-/// Bytes read from a TCP socket per read call, at most.
-const TCP_READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes read from a byte stream per read call, at most.
+const STREAM_READ_CHUNK_BYTES: usize = 64 * 1024;
 
-struct TcpReader {
-    half: OwnedReadHalf,
+/// Reads length-prefixed frames from any byte stream (TCP, or TLS over TCP).
+struct PrefixedReader<R> {
+    half: R,
     buf: BytesMut,
     max: usize,
 }
 
-struct TcpWriter {
-    half: OwnedWriteHalf,
+/// Writes length-prefixed frames to any byte stream.
+struct PrefixedWriter<W> {
+    half: W,
 }
 
 /// Splits a TCP stream into a frame reader and writer.
@@ -72,17 +74,40 @@ pub fn tcp(
     stream: TcpStream,
     frame_bytes_max: usize,
 ) -> (Box<dyn FrameReader>, Box<dyn FrameWriter>) {
+    // A TCP stream splits without a lock, unlike the generic `stream`.
     let (r, w) = stream.into_split();
-    let reader = TcpReader {
-        half: r,
+    prefixed(r, w, frame_bytes_max)
+}
+
+/// Splits any byte stream, such as a TLS session over TCP, into a frame
+/// reader and writer with the same length-prefixed framing as [`tcp`].
+pub fn stream<S>(stream: S, frame_bytes_max: usize) -> (Box<dyn FrameReader>, Box<dyn FrameWriter>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (r, w) = tokio::io::split(stream);
+    prefixed(r, w, frame_bytes_max)
+}
+
+fn prefixed<R, W>(
+    read: R,
+    write: W,
+    frame_bytes_max: usize,
+) -> (Box<dyn FrameReader>, Box<dyn FrameWriter>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let reader = PrefixedReader {
+        half: read,
         buf: BytesMut::with_capacity(8 * 1024),
         max: frame_bytes_max,
     };
-    (Box::new(reader), Box::new(TcpWriter { half: w }))
+    (Box::new(reader), Box::new(PrefixedWriter { half: write }))
 }
 
 #[async_trait]
-impl FrameReader for TcpReader {
+impl<R: AsyncRead + Unpin + Send + 'static> FrameReader for PrefixedReader<R> {
     async fn next(&mut self) -> Inbound {
         loop {
             match try_decode_prefixed(&mut self.buf, self.max) {
@@ -91,7 +116,7 @@ impl FrameReader for TcpReader {
                 Err(e) => return violation(e),
             }
             if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(TCP_READ_CHUNK_BYTES);
+                self.buf.reserve(STREAM_READ_CHUNK_BYTES);
             }
             match self.half.read_buf(&mut self.buf).await {
                 Ok(0) | Err(_) => return Inbound::Closed,
@@ -102,12 +127,15 @@ impl FrameReader for TcpReader {
 }
 
 #[async_trait]
-impl FrameWriter for TcpWriter {
+impl<W: AsyncWrite + Unpin + Send + 'static> FrameWriter for PrefixedWriter<W> {
     async fn write(&mut self, frame: &Frame) -> io::Result<()> {
-        self.half.write_all(&encode_frame_prefixed(frame)).await
+        self.half.write_all(&encode_frame_prefixed(frame)).await?;
+        // A no-op on TCP; TLS may hold the last record until flushed.
+        self.half.flush().await
     }
 
     async fn close(&mut self) {
+        // On TLS this also sends close_notify.
         let _ = self.half.shutdown().await;
     }
 }

@@ -18,8 +18,13 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct Config {
     /// TCP listener for the binary protocol.
     pub(crate) listen: String,
-    /// HTTP listener: `/ws`, `/healthz`, `/readyz`.
+    /// HTTP listener: `/ws`, `/healthz`, `/readyz`, `/metrics`.
     pub(crate) http: String,
+    /// PEM certificate chain (leaf first) for TLS on both listeners; empty
+    /// (with `tls_key` empty) for plain TCP and HTTP.
+    pub(crate) tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`.
+    pub(crate) tls_key: PathBuf,
     /// Data directory of the embedded store.
     pub(crate) data: PathBuf,
     /// Whether anyone may register.
@@ -109,6 +114,8 @@ impl Default for Config {
         Config {
             listen: "0.0.0.0:7700".into(),
             http: "0.0.0.0:7780".into(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
             data: PathBuf::from("pigeon-data"),
             open_registration: core.open_registration,
             session_ttl_secs: (core.session_ttl_ms / 1000) as u64,
@@ -259,7 +266,23 @@ impl Config {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be \"text\" or \"json\"");
         }
+        let (cert, key) = (self.tls_cert.as_os_str(), self.tls_key.as_os_str());
+        if cert.is_empty() != key.is_empty() {
+            let (set, unset) = if cert.is_empty() {
+                ("tls_key", "tls_cert")
+            } else {
+                ("tls_cert", "tls_key")
+            };
+            bail!(
+                "{set} is set but {unset} is not: give both (PEM files) to serve TLS, or neither for plain TCP and HTTP"
+            );
+        }
         Ok(())
+    }
+
+    /// The certificate chain and key files, when TLS is on.
+    pub(crate) fn tls(&self) -> Option<(&Path, &Path)> {
+        (!self.tls_cert.as_os_str().is_empty()).then_some((&self.tls_cert, &self.tls_key))
     }
 
     /// The domain's settings.
@@ -402,5 +425,29 @@ mod tests {
             Config::load(Some(&file), |_| None).is_err(),
             "message larger than a frame"
         );
+    }
+
+    /// Checks TLS is off by default, on with both files (from the file or
+    /// the environment), and that one file without the other is refused
+    /// with a message naming both keys.
+    #[test]
+    fn tls_needs_both_files() {
+        assert!(Config::default().tls().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pigeon.toml");
+        std::fs::write(&file, "tls_cert = \"/etc/pigeon/cert.pem\"\n").unwrap();
+        let err = Config::load(Some(&file), |_| None).unwrap_err().to_string();
+        assert!(err.contains("tls_cert is set but tls_key is not"), "{err}");
+        let env = |k: &str| (k == "PIGEON_TLS_KEY").then(|| "/etc/pigeon/key.pem".to_string());
+        let c = Config::load(Some(&file), env).unwrap();
+        assert_eq!(
+            c.tls(),
+            Some((
+                Path::new("/etc/pigeon/cert.pem"),
+                Path::new("/etc/pigeon/key.pem")
+            ))
+        );
+        let err = Config::load(None, env).unwrap_err().to_string();
+        assert!(err.contains("tls_key is set but tls_cert is not"), "{err}");
     }
 }

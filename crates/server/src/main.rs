@@ -3,10 +3,11 @@
 //! `listen`, `history`, ...), which come from `pigeon-cli`.
 //!
 //! Layout: [`config`] (file, environment, flags), [`serve`] (wiring, the
-//! HTTP side, signals and orderly shutdown).
+//! HTTP side, signals and orderly shutdown), [`tls`] (certificates, HTTPS).
 
 mod config;
 mod serve;
+mod tls;
 mod webhooks;
 
 use std::path::PathBuf;
@@ -50,10 +51,19 @@ struct ServeArgs {
     /// HTTP address for /ws and health checks (config key `http`).
     #[arg(long)]
     http: Option<String>,
+    /// PEM certificate chain: serve TLS on both ports (config key `tls_cert`).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (config key `tls_key`).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // One crypto provider for the process (server and client TLS), chosen
+    // here once: ring, as in the workspace's rustls features.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -71,6 +81,12 @@ fn main() -> std::process::ExitCode {
                 }
                 if let Some(h) = args.http {
                     config.http = h;
+                }
+                if let Some(c) = args.tls_cert {
+                    config.tls_cert = c;
+                }
+                if let Some(k) = args.tls_key {
+                    config.tls_key = k;
                 }
                 config.check()?;
                 serve::run(config).await

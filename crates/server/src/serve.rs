@@ -1,7 +1,7 @@
-//! `pigeon serve`: opens the store, wires core, gateway and the HTTP side,
-//! and shuts down in order on SIGTERM or SIGINT: stop accepting, let
-//! connections finish their in-flight requests and say goodbye, commit what
-//! is queued, exit 0.
+//! `pigeon serve`: opens the store, wires core, gateway and the HTTP side
+//! (each over TLS when `tls_cert` and `tls_key` are set), and shuts down in
+//! order on SIGTERM or SIGINT: stop accepting, let connections finish their
+//! in-flight requests and say goodbye, commit what is queued, exit 0.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +24,11 @@ use crate::config::Config;
 /// Runs the server until a signal.
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
+    // Before the store opens, so a bad certificate fails at once.
+    let tls = match config.tls() {
+        Some((cert, key)) => Some(crate::tls::load(cert, key)?),
+        None => None,
+    };
     let metrics = install_metrics()?;
     let store = Arc::new(
         pigeon_store::open_embedded(&config.data, config.store())
@@ -53,11 +58,15 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         tcp = %tcp_addr,
         http = %http_addr,
+        tls = tls.is_some(),
         data = %config.data.display(),
         "pigeon listening"
     );
 
-    let tcp_task = tokio::spawn(gateway.clone().serve_tcp(tcp));
+    let tcp_task = match &tls {
+        Some(tls) => tokio::spawn(gateway.clone().serve_tls(tcp, tls.protocol.clone())),
+        None => tokio::spawn(gateway.clone().serve_tcp(tcp)),
+    };
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let webhooks_task = tokio::spawn(crate::webhooks::run(
         store.clone(),
@@ -73,18 +82,31 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             advertised: config.advertise_endpoints.clone(),
             tcp_port: tcp_addr.port(),
             http_port: http_addr.port(),
+            tls: tls.is_some(),
         }),
     });
-    let http_task = tokio::spawn(async move {
-        axum::serve(
+    let http_task = match tls {
+        Some(tls) => tokio::spawn(crate::tls::serve_https(
             http,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.wait_for(|s| *s).await.map(|_| ());
-        })
-        .await
-    });
+            tls.http,
+            app,
+            stop_rx,
+            gateway.config().handshake_timeout,
+        )),
+        None => tokio::spawn(async move {
+            let served = axum::serve(
+                http,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|s| *s).await.map(|_| ());
+            })
+            .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the HTTP server failed");
+            }
+        }),
+    };
 
     let failed = tokio::select! {
         _ = signal() => false,
@@ -131,6 +153,8 @@ struct Endpoints {
     /// host when none are configured.
     tcp_port: u16,
     http_port: u16,
+    /// Whether both ports speak TLS (tls:// and wss:// then).
+    tls: bool,
 }
 
 /// How long clients may cache the endpoint list.
@@ -224,9 +248,14 @@ async fn endpoints(State(app): State<App>, headers: axum::http::HeaderMap) -> Re
             .and_then(|h| h.to_str().ok())
             .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name).to_string())
             .unwrap_or_else(|| "127.0.0.1".into());
+        let (tcp, ws) = if app.endpoints.tls {
+            ("tls", "wss")
+        } else {
+            ("tcp", "ws")
+        };
         vec![
-            format!("tcp://{host}:{}", app.endpoints.tcp_port),
-            format!("ws://{host}:{}/ws", app.endpoints.http_port),
+            format!("{tcp}://{host}:{}", app.endpoints.tcp_port),
+            format!("{ws}://{host}:{}/ws", app.endpoints.http_port),
         ]
     } else {
         app.endpoints.advertised.clone()
