@@ -575,6 +575,13 @@ impl Conn {
         if flags.revoked.load(Ordering::SeqCst) {
             return Err(bye(ErrorCode::TokenRevoked, "the session was revoked"));
         }
+        match ErrorCode::try_from(flags.close_code.load(Ordering::SeqCst)) {
+            Ok(ErrorCode::Unspecified) | Err(_) => {}
+            Ok(ErrorCode::AccountDisabled) => {
+                return Err(bye(ErrorCode::AccountDisabled, "this account was disabled"));
+            }
+            Ok(code) => return Err(bye(code, "the session was revoked")),
+        }
         if flags.lagged.swap(false, Ordering::SeqCst) {
             return self.notice();
         }
