@@ -135,6 +135,7 @@ impl Admin<'_> {
 
     /// An account by name.
     pub async fn user(&self, username: &str) -> Result<UserRecord, CoreError> {
+        known_form(username)?;
         self.service
             .store
             .user_by_name(username)
@@ -233,6 +234,7 @@ impl Admin<'_> {
     /// Created event, as if they had created it).
     pub async fn create_group(&self, g: AdminNewGroup) -> Result<GroupInfo, CoreError> {
         let owner = self.user(&g.owner).await?;
+        g.members.iter().try_for_each(|m| known_form(m))?;
         self.service
             .create_group(
                 &session_of(&owner),
@@ -278,6 +280,7 @@ impl Admin<'_> {
         group_id: u64,
         usernames: &[String],
     ) -> Result<AddMembersResponse, CoreError> {
+        usernames.iter().try_for_each(|m| known_form(m))?;
         self.service
             .add_members(
                 &system_session(),
@@ -293,6 +296,7 @@ impl Admin<'_> {
         group_id: u64,
         username: &str,
     ) -> Result<RemoveMembersResponse, CoreError> {
+        known_form(username)?;
         self.service
             .remove_members(
                 &system_session(),
@@ -319,12 +323,15 @@ impl Admin<'_> {
             return Err(CoreError::AccountDisabled);
         }
         let to = match m.to {
-            AdminTarget::User(name) => target::To::Username(name),
+            AdminTarget::User(name) => {
+                known_form(&name)?;
+                target::To::Username(name)
+            }
             AdminTarget::Conversation(id) => target::To::ConversationId(id),
         };
         let client_msg_id = m
             .client_msg_id
-            .unwrap_or_else(|| format!("admin-{}", accounts::new_token()));
+            .unwrap_or_else(|| format!("admin-{}", &accounts::new_token()[..32]));
         self.service
             .send(
                 &session_of(&from),
@@ -357,6 +364,13 @@ impl Admin<'_> {
         let cost = self.service.config.password_hash_cost;
         blocking(move || accounts::hash_password(&password, cost)).await
     }
+}
+
+/// Refuses a name that no account can have before it reaches the store
+/// (which bounds key sizes).
+fn known_form(username: &str) -> Result<(), CoreError> {
+    accounts::validate_username(username)
+        .map_err(|_| CoreError::UserNotFound(username.chars().take(64).collect()))
 }
 
 /// A session acting as `user` from the admin API (no device, no token).

@@ -66,7 +66,24 @@ pub(crate) struct Config {
     pub(crate) password_hash_memory_kib: u32,
     /// Argon2id passes of new password hashes.
     pub(crate) password_hash_iterations: u32,
+    /// Bearer token of the admin HTTP API (`/admin/`); empty refuses every
+    /// admin request.
+    pub(crate) admin_token: Secret,
 }
+
+/// A setting that must not appear in logs or debug output.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "(none)" } else { "(set)" })
+    }
+}
+
+/// The shortest admin token accepted, so a guessable one is refused.
+pub(crate) const ADMIN_TOKEN_BYTES_MIN: usize = 16;
 
 impl Default for Config {
     fn default() -> Self {
@@ -98,6 +115,7 @@ impl Default for Config {
             typing_throttle_ms: core.typing_throttle_ms as u64,
             password_hash_memory_kib: core.password_hash_cost.memory_kib,
             password_hash_iterations: core.password_hash_cost.iterations,
+            admin_token: Secret::default(),
         }
     }
 }
@@ -177,6 +195,14 @@ impl Config {
         if self.password_hash_memory_kib < 8 || self.password_hash_iterations == 0 {
             bail!(
                 "password_hash_memory_kib must be at least 8 and password_hash_iterations at least 1"
+            );
+        }
+        let token = &self.admin_token.0;
+        if !token.is_empty()
+            && (token.len() < ADMIN_TOKEN_BYTES_MIN || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            bail!(
+                "admin_token must be empty (admin API off) or at least {ADMIN_TOKEN_BYTES_MIN} printable ASCII characters without spaces"
             );
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
@@ -268,6 +294,19 @@ mod tests {
             Config::load(Some(&file), |_| None).is_err(),
             "unknown keys are refused"
         );
+        let token = |k: &str| (k == "PIGEON_ADMIN_TOKEN").then(|| "s3cret-admin-token".to_string());
+        assert_eq!(
+            Config::load(None, token).unwrap().admin_token.0,
+            "s3cret-admin-token"
+        );
+        assert_eq!(
+            format!("{:?}", Config::load(None, token).unwrap())
+                .matches("s3cret")
+                .count(),
+            0
+        );
+        let short = |k: &str| (k == "PIGEON_ADMIN_TOKEN").then(|| "short".to_string());
+        assert!(Config::load(None, short).is_err(), "guessable admin token");
         std::fs::write(&file, "message_bytes_max = 2000000\n").unwrap();
         assert!(
             Config::load(Some(&file), |_| None).is_err(),

@@ -3,8 +3,10 @@
 //! `listen`, `history`, ...), which come from `pigeon-cli`.
 //!
 //! Layout: [`config`] (file, environment, flags), [`serve`] (wiring, the
-//! HTTP side, signals and orderly shutdown).
+//! HTTP side, signals and orderly shutdown), [`admin`] (the admin HTTP API
+//! and its OpenAPI document).
 
+mod admin;
 mod config;
 mod serve;
 

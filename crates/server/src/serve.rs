@@ -40,7 +40,15 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("starting the service")?,
     );
-    let gateway = Gateway::new(service, registry, config.gateway());
+    let gateway = Gateway::new(service.clone(), registry.clone(), config.gateway());
+    let admin = crate::admin::AdminState {
+        service,
+        registry,
+        gateway: gateway.clone(),
+        store: store.clone(),
+        token_hash: crate::admin::AdminState::token_hash(&config.admin_token.0),
+        started: std::time::Instant::now(),
+    };
 
     let tcp = TcpListener::bind(&config.listen)
         .await
@@ -52,6 +60,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         tcp = %tcp.local_addr()?,
         http = %http.local_addr()?,
         data = %config.data.display(),
+        admin_api = admin.token_hash.is_some(),
         "pigeon listening"
     );
 
@@ -61,7 +70,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         gateway: gateway.clone(),
         store: store.clone(),
         metrics,
-    });
+    })
+    .merge(crate::admin::router(admin));
     let http_task = tokio::spawn(async move {
         axum::serve(
             http,
