@@ -345,14 +345,19 @@ async fn method_not_allowed() -> ApiError {
 
 // ---------------------------------------------------------------- schemas
 
+// Usernames are documented with the pattern of
+// `pigeon_core::accounts::validate_username`.
+
 /// An account to create.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
     /// 3 to 32 characters of a-z, 0-9, `_`, `.`, `-`, starting with a
     /// letter or digit.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_.-]{2,31}$", example = "newsbot")]
     username: String,
     /// 8 to 1024 bytes.
+    #[schema(min_length = 8, max_length = 1024, example = "correct horse battery")]
     password: String,
 }
 
@@ -385,6 +390,7 @@ struct PageQuery {
     /// Only items with a user id above this (default 0: from the start).
     after_id: Option<u64>,
     /// Items per page: 1 to 1000 (larger values are clamped; default 100).
+    #[param(maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -393,6 +399,7 @@ struct PageQuery {
 #[serde(deny_unknown_fields)]
 struct NewPassword {
     /// 8 to 1024 bytes.
+    #[schema(min_length = 8, max_length = 1024, example = "a brand new password")]
     password: String,
 }
 
@@ -440,14 +447,18 @@ struct Settings {
 #[serde(deny_unknown_fields)]
 struct NewGroup {
     /// 1 to 128 bytes.
+    #[schema(min_length = 1, max_length = 128, example = "Operations")]
     name: String,
     /// At most 2048 bytes.
     #[serde(default)]
+    #[schema(max_length = 2048, example = "Announcements from the operators")]
     description: String,
     /// The owner's username.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_.-]{2,31}$", example = "alice")]
     owner: String,
-    /// Usernames of the other members.
+    /// Usernames of the other members (at most 1000).
     #[serde(default)]
+    #[schema(max_items = 1000, example = json!(["bob"]))]
     members: Vec<String>,
     #[serde(default)]
     settings: Settings,
@@ -507,6 +518,7 @@ struct MemberPage {
 #[serde(deny_unknown_fields)]
 struct Usernames {
     /// 1 to 1000 usernames.
+    #[schema(min_items = 1, max_items = 1000, example = json!(["bob"]))]
     usernames: Vec<String>,
 }
 
@@ -523,14 +535,18 @@ struct MembersChanged {
 #[serde(deny_unknown_fields)]
 struct NewMessage {
     /// The sending account (a bot or system account).
+    #[schema(pattern = "^[a-z0-9][a-z0-9_.-]{2,31}$", example = "newsbot")]
     from: String,
     /// A direct conversation with this username; or give `conversation_id`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_.-]{2,31}$", example = "alice")]
     to_user: Option<String>,
     /// A conversation id (`g:<id>` for a group); or give `to_user`.
     conversation_id: Option<String>,
     /// The text (at most `message_bytes_max` bytes).
+    #[schema(min_length = 1, example = "Good morning")]
     text: String,
     /// Retries with the same id store the message once (1 to 64 bytes).
+    #[schema(min_length = 1, max_length = 64, example = "news-2026-11-23")]
     client_msg_id: Option<String>,
 }
 
@@ -643,7 +659,13 @@ fn page_of<T, V>(page: Page<T>, view: impl Fn(T) -> V) -> (Vec<V>, Option<u64>) 
 /// Create an account (also when open registration is off).
 #[utoipa::path(post, path = "/admin/v1/users", tag = "users", request_body = NewUser,
     responses(
-        (status = 201, description = "Created", body = User),
+        (status = 201, description = "Created", body = User, links(
+            ("GetUser" = (operation_id = "get_user", parameters(("username" = "$response.body#/username")))),
+            ("DisableUser" = (operation_id = "disable_user", parameters(("username" = "$response.body#/username")))),
+            ("EnableUser" = (operation_id = "enable_user", parameters(("username" = "$response.body#/username")))),
+            ("ResetPassword" = (operation_id = "reset_password", parameters(("username" = "$response.body#/username")))),
+            ("RevokeSessions" = (operation_id = "revoke_sessions", parameters(("username" = "$response.body#/username")))),
+        )),
         (status = 409, description = "USERNAME_TAKEN", body = ErrorBody),
     ))]
 async fn create_user(
@@ -679,7 +701,7 @@ async fn list_users(
 
 /// Get an account.
 #[utoipa::path(get, path = "/admin/v1/users/{username}", tag = "users",
-    params(("username" = String, Path, description = "The account's username")),
+    params(("username" = String, Path, description = "The account's username", example = "alice")),
     responses(
         (status = 200, description = "The account", body = User),
         (status = 404, description = "USER_NOT_FOUND", body = ErrorBody),
@@ -697,7 +719,7 @@ async fn get_user(
 /// Its logins and tokens are refused with ACCOUNT_DISABLED, its sessions
 /// revoked and its open connections closed.
 #[utoipa::path(post, path = "/admin/v1/users/{username}/disable", tag = "users",
-    params(("username" = String, Path, description = "The account's username")),
+    params(("username" = String, Path, description = "The account's username", example = "alice")),
     responses(
         (status = 200, description = "Disabled", body = User),
         (status = 404, description = "USER_NOT_FOUND", body = ErrorBody),
@@ -712,7 +734,7 @@ async fn disable_user(
 
 /// Enable an account again (its devices log in again).
 #[utoipa::path(post, path = "/admin/v1/users/{username}/enable", tag = "users",
-    params(("username" = String, Path, description = "The account's username")),
+    params(("username" = String, Path, description = "The account's username", example = "alice")),
     responses(
         (status = 200, description = "Enabled", body = User),
         (status = 404, description = "USER_NOT_FOUND", body = ErrorBody),
@@ -730,7 +752,7 @@ async fn enable_user(
 /// Sessions stay valid: revoke them too if the old password may have
 /// leaked.
 #[utoipa::path(post, path = "/admin/v1/users/{username}/password", tag = "users",
-    params(("username" = String, Path, description = "The account's username")),
+    params(("username" = String, Path, description = "The account's username", example = "alice")),
     request_body = NewPassword,
     responses(
         (status = 200, description = "Changed", body = User),
@@ -751,7 +773,7 @@ async fn reset_password(
 
 /// Revoke every session of an account and close its connections.
 #[utoipa::path(post, path = "/admin/v1/users/{username}/revoke-sessions", tag = "users",
-    params(("username" = String, Path, description = "The account's username")),
+    params(("username" = String, Path, description = "The account's username", example = "alice")),
     responses(
         (status = 200, description = "Revoked", body = Revoked),
         (status = 404, description = "USER_NOT_FOUND", body = ErrorBody),
@@ -771,7 +793,13 @@ async fn revoke_sessions(
 /// Its members hear of it as if the owner had created it.
 #[utoipa::path(post, path = "/admin/v1/groups", tag = "groups", request_body = NewGroup,
     responses(
-        (status = 201, description = "Created", body = Group),
+        (status = 201, description = "Created", body = Group, links(
+            ("GetGroup" = (operation_id = "get_group", parameters(("id" = "$response.body#/id")))),
+            ("ListMembers" = (operation_id = "list_members", parameters(("id" = "$response.body#/id")))),
+            ("AddMembers" = (operation_id = "add_members", parameters(("id" = "$response.body#/id")))),
+            ("RemoveOwner" = (operation_id = "remove_member", parameters(("id" = "$response.body#/id"), ("username" = "$response.body#/owner_username")))),
+            ("DissolveGroup" = (operation_id = "dissolve_group", parameters(("id" = "$response.body#/id")))),
+        )),
         (status = 404, description = "USER_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "GROUP_FULL", body = ErrorBody),
     ))]
@@ -806,7 +834,7 @@ async fn create_group(
 
 /// Get a group.
 #[utoipa::path(get, path = "/admin/v1/groups/{id}", tag = "groups",
-    params(("id" = String, Path, description = "The group's number or conversation id `g:<n>`")),
+    params(("id" = String, Path, description = "The group's number or conversation id `g:<n>`", example = "1")),
     responses(
         (status = 200, description = "The group", body = Group),
         (status = 404, description = "CONVERSATION_NOT_FOUND", body = ErrorBody),
@@ -821,7 +849,7 @@ async fn get_group(
 
 /// List a group's current members by user id, a page at a time.
 #[utoipa::path(get, path = "/admin/v1/groups/{id}/members", tag = "groups",
-    params(("id" = String, Path, description = "The group's number or conversation id `g:<n>`"), PageQuery),
+    params(("id" = String, Path, description = "The group's number or conversation id `g:<n>`", example = "1"), PageQuery),
     responses(
         (status = 200, description = "A page of members", body = MemberPage),
         (status = 404, description = "CONVERSATION_NOT_FOUND", body = ErrorBody),
@@ -849,7 +877,7 @@ async fn list_members(
 
 /// Add members to a group, with the owner's authority.
 #[utoipa::path(post, path = "/admin/v1/groups/{id}/members", tag = "groups",
-    params(("id" = String, Path, description = "The group's number or conversation id `g:<n>`")),
+    params(("id" = String, Path, description = "The group's number or conversation id `g:<n>`", example = "1")),
     request_body = Usernames,
     responses(
         (status = 200, description = "Added", body = MembersChanged),
@@ -876,8 +904,8 @@ async fn add_members(
 /// Remove a member (not the owner) from a group, with the owner's authority.
 #[utoipa::path(delete, path = "/admin/v1/groups/{id}/members/{username}", tag = "groups",
     params(
-        ("id" = String, Path, description = "The group's number or conversation id `g:<n>`"),
-        ("username" = String, Path, description = "The member's username"),
+        ("id" = String, Path, description = "The group's number or conversation id `g:<n>`", example = "1"),
+        ("username" = String, Path, description = "The member's username", example = "bob"),
     ),
     responses(
         (status = 200, description = "Removed", body = MembersChanged),
@@ -901,7 +929,7 @@ async fn remove_member(
 
 /// Dissolve a group, with the owner's authority.
 #[utoipa::path(post, path = "/admin/v1/groups/{id}/dissolve", tag = "groups",
-    params(("id" = String, Path, description = "The group's number or conversation id `g:<n>`")),
+    params(("id" = String, Path, description = "The group's number or conversation id `g:<n>`", example = "1")),
     responses(
         (status = 200, description = "Dissolved", body = Group),
         (status = 403, description = "FORBIDDEN: dissolved already", body = ErrorBody),
