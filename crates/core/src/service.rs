@@ -253,7 +253,17 @@ impl Service {
             .await?
             .ok_or(CoreError::InvalidToken)?;
         if record.revoked {
-            return Err(CoreError::TokenRevoked);
+            // Disabling revokes every session; say why.
+            let disabled = self
+                .store
+                .user_by_id(record.user_id)
+                .await?
+                .is_some_and(|u| u.disabled);
+            return Err(if disabled {
+                CoreError::AccountDisabled
+            } else {
+                CoreError::TokenRevoked
+            });
         }
         if record.expires_at_ms <= self.clock.now_ms() {
             return Err(CoreError::TokenExpired);

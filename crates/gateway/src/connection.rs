@@ -292,7 +292,7 @@ impl Conn {
         };
         if !hello.token.is_empty() {
             match self.gw.service.authenticate(&hello.token).await {
-                Ok(session) => self.authenticated(session),
+                Ok(session) => self.authenticated(session).await?,
                 Err(e) => return Err(bye(e.code(), e.to_string())),
             }
         }
@@ -323,7 +323,12 @@ impl Conn {
         self.send(Frame::new(id, Body::Welcome(welcome)))
     }
 
-    fn authenticated(&mut self, session: Session) {
+    /// Registers the connection as `session`'s device, then checks the
+    /// session once more: a revocation (logout elsewhere, the administrator
+    /// revoking sessions or disabling the account) that committed after the
+    /// first check closed only the connections registered at the time, and
+    /// would miss this one.
+    async fn authenticated(&mut self, session: Session) -> Sent {
         let (reg, first) = self.gw.registry.register(
             session.user_id,
             &session.token_hash,
@@ -333,7 +338,11 @@ impl Conn {
             self.presence(&session, true);
         }
         self.registration = Some(reg);
-        self.session = Some(session);
+        self.session = Some(session.clone());
+        match self.gw.service.recheck(&session).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(bye(e.code(), e.to_string())),
+        }
     }
 
     /// Tells contacts in the background that the user came or went.
@@ -418,7 +427,7 @@ impl Conn {
                     .await
                 {
                     Ok((response, session)) => {
-                        self.authenticated(session);
+                        self.authenticated(session).await?;
                         self.send(Frame::new(id, Body::LoginResponse(response)))
                     }
                     Err(e) => self.send(error_frame(id, &e)),
