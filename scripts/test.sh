@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs Pigeon's whole test suite on a fresh machine: checks formatting and
 # lints, then every test of every crate (unit, storage contract, and the
-# end-to-end tests that start the real `pigeon` binary). Installs what it
-# needs when it is missing. Prints the test runner's summary at the end.
+# end-to-end tests that start the real `pigeon` binary), then the
+# property-based test of the admin HTTP API (scripts/schemathesis.sh).
+# Installs what it needs when it is missing. Prints the test runner's
+# summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,5 +31,8 @@ else
   cargo test --workspace --no-fail-fast "$@" 2>&1 | tee target/test-output.txt || status=$?
   echo "== summary"
   grep -E '^test result:' target/test-output.txt | awk '{p+=$4; f+=$6; i+=$8} END {printf "passed %d, failed %d, ignored %d\n", p, f, i}'
-  exit "$status"
+  [ "$status" -eq 0 ] || exit "$status"
 fi
+
+echo "== admin API property test (schemathesis)"
+scripts/schemathesis.sh

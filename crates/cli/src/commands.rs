@@ -453,7 +453,12 @@ async fn logout(server: &Remote, dir: &ProfileDir) -> anyhow::Result<()> {
         Err(e @ ClientError::Goodbye { .. })
             if matches!(
                 e.code(),
-                Some(ErrorCode::InvalidToken | ErrorCode::TokenExpired | ErrorCode::TokenRevoked)
+                Some(
+                    ErrorCode::InvalidToken
+                        | ErrorCode::TokenExpired
+                        | ErrorCode::TokenRevoked
+                        | ErrorCode::AccountDisabled
+                )
             ) =>
         {
             eprintln!("note: {e}");

@@ -119,6 +119,7 @@ impl ClientError {
                     ErrorCode::InvalidToken
                         | ErrorCode::TokenExpired
                         | ErrorCode::TokenRevoked
+                        | ErrorCode::AccountDisabled
                         | ErrorCode::UpgradeRequired
                         | ErrorCode::Unauthenticated
                 )
@@ -170,6 +171,7 @@ mod tests {
             message: String::new(),
         };
         assert!(goodbye(ErrorCode::TokenRevoked).is_fatal());
+        assert!(goodbye(ErrorCode::AccountDisabled).is_fatal());
         assert!(goodbye(ErrorCode::UpgradeRequired).is_fatal());
         assert!(!goodbye(ErrorCode::ShuttingDown).is_fatal());
         assert!(!goodbye(ErrorCode::IdleTimeout).is_fatal());

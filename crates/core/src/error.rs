@@ -34,6 +34,9 @@ pub enum CoreError {
     /// The session was revoked.
     #[error("session was revoked; log in again")]
     TokenRevoked,
+    /// The administrator disabled the account.
+    #[error("this account is disabled")]
+    AccountDisabled,
     /// No such user.
     #[error("user not found: {0}")]
     UserNotFound(String),
@@ -94,6 +97,7 @@ impl CoreError {
             CoreError::InvalidToken => ErrorCode::InvalidToken,
             CoreError::TokenExpired => ErrorCode::TokenExpired,
             CoreError::TokenRevoked => ErrorCode::TokenRevoked,
+            CoreError::AccountDisabled => ErrorCode::AccountDisabled,
             CoreError::UserNotFound(_) => ErrorCode::UserNotFound,
             CoreError::ConversationNotFound(_) => ErrorCode::ConversationNotFound,
             CoreError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,

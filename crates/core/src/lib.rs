@@ -4,6 +4,8 @@
 //! Layout:
 //! - [`service`]: [`Service`], the entry point the gateway calls for every
 //!   request; it validates, applies the rules and talks to the traits below.
+//! - [`admin_service`]: the server administrator's operations
+//!   ([`Service::admin`]).
 //! - [`store`]: the [`Store`] trait (implemented in `pigeon-store`) and the
 //!   records it keeps.
 //! - [`notify`]: the [`Notifier`] trait through which committed events reach
@@ -19,6 +21,7 @@
 //! - [`config`]: the limits and settings the rules need.
 
 pub mod accounts;
+pub mod admin_service;
 pub mod clock;
 pub mod config;
 pub mod conversation;

@@ -42,6 +42,13 @@ pub trait Notifier: Send + Sync + 'static {
 
     /// Whether `user` has a device online on this server.
     fn is_online(&self, user: UserId) -> bool;
+
+    /// Closes every open connection of `user` with a Goodbye carrying
+    /// `code` (their sessions were revoked or the account disabled). Must
+    /// not block.
+    fn close_user(&self, user: UserId, code: pigeon_proto::ErrorCode) {
+        let _ = (user, code);
+    }
 }
 
 /// A notifier that delivers nothing, for tests and tools.

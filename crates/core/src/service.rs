@@ -56,7 +56,7 @@ pub struct Service {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: CoreConfig,
     keys: SyncKeys,
-    hashing: Semaphore,
+    pub(crate) hashing: Semaphore,
     pub(crate) typing: crate::social_service::TypingThrottle,
     /// The feature flags, read once and refreshed when they change here.
     flags: std::sync::RwLock<Option<Arc<Vec<Flag>>>>,
@@ -177,6 +177,12 @@ impl Service {
             Some(u) if ok => u,
             _ => return Err(CoreError::InvalidCredentials),
         };
+        // Only someone who knows the password learns that it is disabled.
+        // The store refuses the session too if the account is disabled
+        // between this check and the write.
+        if user.disabled {
+            return Err(CoreError::AccountDisabled);
+        }
         let token = accounts::new_token();
         let now = self.clock.now_ms();
         let record = self
@@ -219,17 +225,22 @@ impl Service {
             .session(&hash)
             .await?
             .ok_or(CoreError::InvalidToken)?;
+        let user = self
+            .store
+            .user_by_id(record.user_id)
+            .await?
+            .ok_or(CoreError::InvalidToken)?;
+        // Before the revocation check: disabling revokes every session, and
+        // the device should learn the reason.
+        if user.disabled {
+            return Err(CoreError::AccountDisabled);
+        }
         if record.revoked {
             return Err(CoreError::TokenRevoked);
         }
         if record.expires_at_ms <= self.clock.now_ms() {
             return Err(CoreError::TokenExpired);
         }
-        let user = self
-            .store
-            .user_by_id(record.user_id)
-            .await?
-            .ok_or(CoreError::InvalidToken)?;
         Ok(Session {
             user_id: user.id,
             username: user.username,
@@ -247,7 +258,17 @@ impl Service {
             .await?
             .ok_or(CoreError::InvalidToken)?;
         if record.revoked {
-            return Err(CoreError::TokenRevoked);
+            // Disabling revokes every session; say why.
+            let disabled = self
+                .store
+                .user_by_id(record.user_id)
+                .await?
+                .is_some_and(|u| u.disabled);
+            return Err(if disabled {
+                CoreError::AccountDisabled
+            } else {
+                CoreError::TokenRevoked
+            });
         }
         if record.expires_at_ms <= self.clock.now_ms() {
             return Err(CoreError::TokenExpired);
@@ -753,7 +774,7 @@ fn delivered_marks(me: UserId, events: &[Event]) -> Vec<Delivered> {
 }
 
 /// Runs CPU-heavy work on tokio's blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CoreError> + Send + 'static,
 ) -> Result<T, CoreError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {

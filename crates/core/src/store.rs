@@ -55,6 +55,10 @@ pub struct UserRecord {
     pub password_hash: String,
     /// When the account was created, Unix ms.
     pub created_at_ms: i64,
+    /// Disabled by the administrator: no login, no token authentication.
+    /// Absent in records written before accounts could be disabled.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// A logged-in device.
@@ -423,7 +427,54 @@ pub trait Store: Send + Sync + 'static {
         conversation_id: &str,
         conv_seq: u64,
     ) -> Result<Option<Message>, StoreError>;
+
+    // Administration (`crate::admin_service`).
+
+    /// Accounts with id > `after`, in id order, at most `limit`; and whether
+    /// more follow.
+    async fn list_users(
+        &self,
+        after: UserId,
+        limit: usize,
+    ) -> Result<(Vec<UserRecord>, bool), StoreError>;
+    /// Changes an account; refuses with `UserNotFound` if there is none.
+    async fn update_user(&self, user: UserId, change: UserChange)
+    -> Result<UserRecord, StoreError>;
+    /// Revokes up to `limit` of the user's live sessions; returns how many
+    /// it revoked and whether more remain.
+    async fn revoke_user_sessions(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<(usize, bool), StoreError>;
+    /// How many accounts and groups exist (dissolved groups included).
+    async fn totals(&self) -> Result<Totals, StoreError>;
 }
+
+/// A change to an account, made by the administrator.
+#[derive(Debug, Clone)]
+pub enum UserChange {
+    /// Refuse login and token authentication from now on.
+    Disable,
+    /// Allow them again.
+    Enable,
+    /// Replace the password hash (an Argon2id PHC string).
+    PasswordHash(String),
+}
+
+/// Counts for the administrator's statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Accounts ever created (ids are never reused).
+    pub users: u64,
+    /// Groups ever created.
+    pub groups: u64,
+}
+
+/// The actor of a [`GroupOp`] made by the server's administrator rather
+/// than a user: the committer grants it the owner's authority. No user has
+/// this id.
+pub const SYSTEM_ACTOR: UserId = 0;
 
 /// Why [`Store::read_log`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -643,7 +694,7 @@ pub enum GroupChangeRequest {
 /// A group operation.
 #[derive(Debug, Clone)]
 pub struct GroupOp {
-    /// Who does it.
+    /// Who does it ([`SYSTEM_ACTOR`]: the administrator, as the owner).
     pub actor: UserId,
     /// Their username.
     pub actor_username: String,

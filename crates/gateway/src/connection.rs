@@ -314,7 +314,7 @@ impl Conn {
         };
         if !hello.token.is_empty() {
             match self.gw.service.authenticate(&hello.token).await {
-                Ok(session) => self.authenticated(session),
+                Ok(session) => self.authenticated(session).await?,
                 Err(e) => return Err(bye(e.code(), e.to_string())),
             }
         }
@@ -354,7 +354,12 @@ impl Conn {
         self.send(Frame::new(id, Body::Welcome(welcome)))
     }
 
-    fn authenticated(&mut self, session: Session) {
+    /// Registers the connection as `session`'s device, then checks the
+    /// session once more: a revocation (logout elsewhere, the administrator
+    /// revoking sessions or disabling the account) that committed after the
+    /// first check closed only the connections registered at the time, and
+    /// would miss this one.
+    async fn authenticated(&mut self, session: Session) -> Sent {
         let (reg, first) = self.gw.registry.register(
             session.user_id,
             &session.token_hash,
@@ -364,7 +369,11 @@ impl Conn {
             self.presence(&session, true);
         }
         self.registration = Some(reg);
-        self.session = Some(session);
+        self.session = Some(session.clone());
+        match self.gw.service.recheck(&session).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(bye(e.code(), e.to_string())),
+        }
     }
 
     /// Tells contacts in the background that the user came or went.
@@ -455,7 +464,7 @@ impl Conn {
                     .await
                 {
                     Ok((response, session)) => {
-                        self.authenticated(session);
+                        self.authenticated(session).await?;
                         self.send(Frame::new(id, Body::LoginResponse(response)))
                     }
                     Err(e) => self.send(error_frame(id, &e)),
@@ -617,6 +626,13 @@ impl Conn {
         };
         if flags.revoked.load(Ordering::SeqCst) {
             return Err(bye(ErrorCode::TokenRevoked, "the session was revoked"));
+        }
+        match ErrorCode::try_from(flags.close_code.load(Ordering::SeqCst)) {
+            Ok(ErrorCode::Unspecified) | Err(_) => {}
+            Ok(ErrorCode::AccountDisabled) => {
+                return Err(bye(ErrorCode::AccountDisabled, "this account was disabled"));
+            }
+            Ok(code) => return Err(bye(code, "the session was revoked")),
         }
         if flags.lagged.swap(false, Ordering::SeqCst) {
             return self.notice();

@@ -7,7 +7,7 @@
 //! that do not fit are dropped: they are never stored anyway.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use pigeon_core::{Notifier, PushBatch, UserId};
@@ -21,6 +21,9 @@ pub struct ConnFlags {
     pub lagged: AtomicBool,
     /// The session was revoked elsewhere; close the connection.
     pub revoked: AtomicBool,
+    /// Close the connection with a Goodbye carrying this `ErrorCode`
+    /// (0: no). Set by the administrator's actions on the user.
+    pub close_code: AtomicI32,
     /// Wakes the connection to look at the flags.
     pub wake: Notify,
 }
@@ -148,6 +151,15 @@ impl Registry {
         }
     }
 
+    /// Closes every connection of `user` with a Goodbye carrying `code`.
+    pub fn close_user(&self, user: UserId, code: pigeon_proto::ErrorCode) {
+        let users = self.users.read().expect("registry lock poisoned");
+        for e in users.get(&user).into_iter().flatten() {
+            e.flags.close_code.store(code as i32, Ordering::SeqCst);
+            e.flags.wake.notify_one();
+        }
+    }
+
     /// Devices of `user` online now.
     pub fn online(&self, user: UserId) -> usize {
         self.users
@@ -192,6 +204,10 @@ impl Notifier for Registry {
 
     fn is_online(&self, user: UserId) -> bool {
         self.online(user) > 0
+    }
+
+    fn close_user(&self, user: UserId, code: pigeon_proto::ErrorCode) {
+        Registry::close_user(self, user, code);
     }
 }
 

@@ -105,7 +105,24 @@ pub(crate) struct Config {
     pub(crate) webhook_backoff_max_ms: u64,
     /// Time an endpoint has to answer.
     pub(crate) webhook_timeout_ms: u64,
+    /// Bearer token of the admin HTTP API (`/admin/`); empty refuses every
+    /// admin request.
+    pub(crate) admin_token: Secret,
 }
+
+/// A setting that must not appear in logs or debug output.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "(none)" } else { "(set)" })
+    }
+}
+
+/// The shortest admin token accepted, so a guessable one is refused.
+pub(crate) const ADMIN_TOKEN_BYTES_MIN: usize = 16;
 
 impl Default for Config {
     fn default() -> Self {
@@ -154,6 +171,7 @@ impl Default for Config {
             webhook_backoff_initial_ms: 1000,
             webhook_backoff_max_ms: 3_600_000,
             webhook_timeout_ms: 10_000,
+            admin_token: Secret::default(),
         }
     }
 }
@@ -262,6 +280,14 @@ impl Config {
         }
         if self.webhook_attempts_max == 0 || self.webhook_backoff_initial_ms == 0 {
             bail!("webhook_attempts_max and webhook_backoff_initial_ms must be at least 1");
+        }
+        let token = &self.admin_token.0;
+        if !token.is_empty()
+            && (token.len() < ADMIN_TOKEN_BYTES_MIN || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            bail!(
+                "admin_token must be empty (admin API off) or at least {ADMIN_TOKEN_BYTES_MIN} printable ASCII characters without spaces"
+            );
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be \"text\" or \"json\"");
@@ -420,6 +446,19 @@ mod tests {
             Config::load(Some(&file), |_| None).is_err(),
             "unknown keys are refused"
         );
+        let token = |k: &str| (k == "PIGEON_ADMIN_TOKEN").then(|| "s3cret-admin-token".to_string());
+        assert_eq!(
+            Config::load(None, token).unwrap().admin_token.0,
+            "s3cret-admin-token"
+        );
+        assert_eq!(
+            format!("{:?}", Config::load(None, token).unwrap())
+                .matches("s3cret")
+                .count(),
+            0
+        );
+        let short = |k: &str| (k == "PIGEON_ADMIN_TOKEN").then(|| "short".to_string());
+        assert!(Config::load(None, short).is_err(), "guessable admin token");
         std::fs::write(&file, "message_bytes_max = 2000000\n").unwrap();
         assert!(
             Config::load(Some(&file), |_| None).is_err(),

@@ -4,7 +4,10 @@
 //!
 //! Layout: [`config`] (file, environment, flags), [`serve`] (wiring, the
 //! HTTP side, signals and orderly shutdown), [`tls`] (certificates, HTTPS).
+//! HTTP side, signals and orderly shutdown), [`admin`] (the admin HTTP API
+//! and its OpenAPI document).
 
+mod admin;
 mod config;
 mod serve;
 mod tls;

@@ -46,7 +46,15 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         .context("starting the service")?,
     );
     metrics::gauge!("pigeon_connections_max").set(config.connections_max as f64);
-    let gateway = Gateway::new(service, registry.clone(), config.gateway());
+    let gateway = Gateway::new(service.clone(), registry.clone(), config.gateway());
+    let admin = crate::admin::AdminState {
+        service,
+        registry: registry.clone(),
+        gateway: gateway.clone(),
+        store: store.clone(),
+        token_hash: crate::admin::AdminState::token_hash(&config.admin_token.0),
+        started: std::time::Instant::now(),
+    };
 
     let tcp = TcpListener::bind(&config.listen)
         .await
@@ -60,6 +68,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         http = %http_addr,
         tls = tls.is_some(),
         data = %config.data.display(),
+        admin_api = admin.token_hash.is_some(),
         "pigeon listening"
     );
 
@@ -84,7 +93,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             http_port: http_addr.port(),
             tls: tls.is_some(),
         }),
-    });
+    })
+    .merge(crate::admin::router(admin));
     let http_task = match tls {
         Some(tls) => tokio::spawn(crate::tls::serve_https(
             http,

@@ -151,3 +151,28 @@ pub const FLAG_PREFIX: &[u8] = b"flag/";
 
 /// The "group" of the system stream, read by every user.
 pub const SYSTEM_STREAM: u64 = 0;
+/// Prefix of the Meta keys indexing a user's live sessions.
+const USER_SESSION_PREFIX: &[u8] = b"us/";
+
+/// Meta key indexing a live session of `user`: `us/ ++ user ++ token hash`.
+pub fn user_session(user: UserId, token_hash: &str) -> Vec<u8> {
+    let mut k = user_sessions(user);
+    k.extend_from_slice(token_hash.as_bytes());
+    k
+}
+
+/// The prefix of every [`user_session`] key of `user`.
+pub fn user_sessions(user: UserId) -> Vec<u8> {
+    let mut k = USER_SESSION_PREFIX.to_vec();
+    k.extend_from_slice(&user.to_be_bytes());
+    k
+}
+
+/// The token hash in a [`user_session`] key.
+pub fn user_session_token(key: &[u8]) -> &[u8] {
+    &key[USER_SESSION_PREFIX.len() + 8..]
+}
+
+/// Meta key set once the sessions that existed before the per-user index
+/// have been indexed.
+pub const SESSIONS_INDEXED: &[u8] = b"sessions_indexed";

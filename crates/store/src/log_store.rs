@@ -23,8 +23,10 @@
 //!
 //! Layout: this file has the machinery and the account operations;
 //! `messages.rs` sends, receipts and message changes; `groups.rs` group
-//! changes; `social.rs` blocks and preferences; `reads.rs` the read side.
+//! changes; `social.rs` blocks and preferences; `reads.rs` the read side;
+//! `admin.rs` account administration and the per-user session index.
 
+mod admin;
 mod groups;
 mod messages;
 mod outbox;
@@ -43,7 +45,8 @@ use async_trait::async_trait;
 use pigeon_core::store::{
     AppendMessage, AppendOutcome, Appended, ChangeOutcome, Delivered, Delivery, GroupOp,
     GroupOutcome, GroupRecord, HistoryQuery, LogRead, LogReadError, MarkReadOutcome, MemberRecord,
-    MessageChange, NewSession, ReadMark, SessionRecord, StreamRead, UserPrefs, UserRecord,
+    MessageChange, NewSession, ReadMark, SessionRecord, StreamRead, Totals, UserChange, UserPrefs,
+    UserRecord,
 };
 use pigeon_core::{Store, StoreError, UserId};
 use pigeon_proto::v1::{ConversationSummary, Event, Message, ReceiptSummary, event};
@@ -244,6 +247,11 @@ impl LogStore {
     pub fn start<E: Engine>(engine: Arc<E>, config: StoreConfig) -> LogStore {
         assert!(config.seq_step >= 1, "seq_step must be at least 1");
         let engine: Arc<dyn Engine> = engine;
+        if let Err(e) = admin::index_existing_sessions(&*engine) {
+            // Revoking all of a user's sessions would miss the unindexed
+            // ones; the next start tries again.
+            tracing::error!(error = %e, "indexing existing sessions failed");
+        }
         let stream_head = engine
             .get(Table::Meta, keys::STREAM_HEAD)
             .ok()
@@ -642,6 +650,36 @@ impl Store for LogStore {
         let name = name.to_string();
         self.exec(move |_, tx| secret(tx, &name)).await
     }
+
+    async fn list_users(
+        &self,
+        after: UserId,
+        limit: usize,
+    ) -> Result<(Vec<UserRecord>, bool), StoreError> {
+        self.shared.list_users(after, limit)
+    }
+
+    async fn update_user(
+        &self,
+        user: UserId,
+        change: UserChange,
+    ) -> Result<UserRecord, StoreError> {
+        self.exec(move |c, tx| c.update_user(tx, user, change))
+            .await
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<(usize, bool), StoreError> {
+        self.exec(move |c, tx| c.revoke_user_sessions(tx, user, limit))
+            .await
+    }
+
+    async fn totals(&self) -> Result<Totals, StoreError> {
+        self.shared.totals()
+    }
 }
 
 // ------------------------------------------------------------- the committer
@@ -941,6 +979,7 @@ impl Committer {
             username,
             password_hash,
             created_at_ms: now_ms,
+            disabled: false,
         };
         b.put(
             Table::Users,
@@ -960,6 +999,7 @@ impl Committer {
         tx: &mut Tx<'_>,
         s: NewSession,
     ) -> Result<SessionRecord, StoreError> {
+        admin::check_enabled(&tx.b, s.user_id)?;
         let b = &mut tx.b;
         let dev_key = keys::devices(s.user_id);
         let device_id = b
@@ -982,6 +1022,7 @@ impl Committer {
             record.token_hash.as_bytes().to_vec(),
             encode_json(&record),
         );
+        admin::index_session(b, &record);
         Ok(record)
     }
 

@@ -11,7 +11,7 @@ use pigeon_core::CoreError;
 use pigeon_core::groups::{self, GroupAction};
 use pigeon_core::store::{
     Appended, GroupChangeRequest, GroupLimits, GroupOp, GroupOutcome, GroupRecord, MemberRecord,
-    empty_summary,
+    SYSTEM_ACTOR, empty_summary,
 };
 use pigeon_core::{StoreError, UserId};
 use pigeon_proto::v1::{GroupChange, GroupChangeKind, GroupRole, Member, event};
@@ -52,6 +52,11 @@ impl Committer {
             members,
         } = change
         {
+            if actor == SYSTEM_ACTOR {
+                return Err(refused(CoreError::InvalidArgument(
+                    "a group is created by its owner".into(),
+                )));
+            }
             return self.create_group(
                 tx,
                 (actor, actor_username),
@@ -73,7 +78,12 @@ impl Committer {
         let member_of = |tx: &Tx<'_>, user: UserId| -> Result<Option<MemberRecord>, StoreError> {
             tx.b.get_json("member", Table::GroupMembers, &keys::pair(group_id, user))
         };
-        let actor_role = member_of(tx, actor)?.map_or(GroupRole::None, |m| m.role());
+        // The administrator acts with the owner's authority.
+        let actor_role = if actor == SYSTEM_ACTOR {
+            GroupRole::Owner
+        } else {
+            member_of(tx, actor)?.map_or(GroupRole::None, |m| m.role())
+        };
         let settings = group.settings();
         let check =
             |action| groups::check(actor_role, action, &settings, group.dissolved).map_err(refused);
@@ -201,7 +211,8 @@ impl Committer {
                     target: target_role,
                 })?;
                 let mut new_owner = target.expect("checked: a member");
-                let mut old_owner = member_of(tx, actor)?.expect("checked: the owner");
+                let mut old_owner =
+                    member_of(tx, group.owner_id)?.expect("a group's owner is a member");
                 new_owner.role = GroupRole::Owner as i32;
                 old_owner.role = GroupRole::Admin as i32;
                 self.put_member(tx, group_id, &new_owner);
