@@ -92,6 +92,8 @@ pub(crate) fn api() -> (Router<AdminState>, Document) {
         .routes(routes!(dissolve_group))
         .routes(routes!(send_message))
         .routes(routes!(stats))
+        .routes(routes!(list_flags))
+        .routes(routes!(set_flag, delete_flag))
         .split_for_parts();
     add_common_responses(&mut document);
     (router, document)
@@ -112,6 +114,7 @@ pub(crate) fn api() -> (Router<AdminState>, Document) {
         (name = "groups", description = "Groups, acted on with the owner's authority"),
         (name = "messages", description = "Messages sent as an account"),
         (name = "server", description = "Server statistics"),
+        (name = "flags", description = "Feature flags for gray release"),
     )
 )]
 struct ApiDoc;
@@ -148,9 +151,14 @@ fn add_common_responses(doc: &mut Document) {
         )
     };
     for item in doc.paths.paths.values_mut() {
-        for op in [&mut item.get, &mut item.post, &mut item.delete]
-            .into_iter()
-            .flatten()
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
         {
             let takes_input =
                 op.request_body.is_some() || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
@@ -579,6 +587,49 @@ struct Stats {
     uptime_secs: u64,
 }
 
+/// A feature flag.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+struct FlagView {
+    /// `a-z 0-9 . _ -`, up to 64 bytes.
+    #[schema(example = "new-composer")]
+    name: String,
+    /// Share of users it is on for, 0 to 100.
+    #[schema(example = 10, minimum = 0, maximum = 100)]
+    percent: u8,
+    /// Users it is on for regardless of the percentage.
+    allow: Vec<String>,
+    /// Last change, Unix ms.
+    updated_at_ms: i64,
+}
+
+/// A flag's settings.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct FlagSetting {
+    /// Share of users it is on for, 0 to 100.
+    #[schema(example = 10, minimum = 0, maximum = 100)]
+    percent: u8,
+    /// Users it is on for regardless of the percentage.
+    #[serde(default)]
+    #[schema(example = json!(["alice"]))]
+    allow: Vec<String>,
+}
+
+/// Every feature flag.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+struct FlagList {
+    flags: Vec<FlagView>,
+}
+
+fn flag_view(f: pigeon_core::flags::Flag) -> FlagView {
+    FlagView {
+        name: f.name,
+        percent: f.percent,
+        allow: f.allow,
+        updated_at_ms: f.updated_at_ms,
+    }
+}
+
 // ------------------------------------------------------------- conversions
 
 fn user_view(state: &AdminState, u: UserRecord) -> User {
@@ -1000,6 +1051,55 @@ async fn stats(State(state): State<AdminState>) -> ApiResult<Stats> {
         store_commits: store.commits.load(relaxed),
         store_jobs: store.commands.load(relaxed),
         uptime_secs: state.started.elapsed().as_secs(),
+    }))
+}
+
+/// List the feature flags.
+#[utoipa::path(get, path = "/admin/v1/flags", tag = "flags",
+    responses((status = 200, description = "Every flag", body = FlagList)))]
+async fn list_flags(State(state): State<AdminState>) -> ApiResult<FlagList> {
+    let flags = state.service.list_flags().await?;
+    Ok(Json(FlagList {
+        flags: flags.into_iter().map(flag_view).collect(),
+    }))
+}
+
+/// Create or change a feature flag.
+///
+/// It is on for a user if they are on the allow-list, or if their stable
+/// bucket for this flag (0 to 99) is below `percent`; every node decides the
+/// same way. Users' devices get a FlagsChanged event with their new set.
+#[utoipa::path(put, path = "/admin/v1/flags/{name}", tag = "flags",
+    params(("name" = String, Path, description = "The flag's name", example = "new-composer")),
+    request_body = FlagSetting,
+    responses(
+        (status = 200, description = "The flag as stored", body = FlagView),
+    ))]
+async fn set_flag(
+    State(state): State<AdminState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<FlagSetting>,
+) -> ApiResult<FlagView> {
+    let flag = state
+        .service
+        .set_flag(&name, Some((req.percent, req.allow)))
+        .await?;
+    Ok(Json(flag_view(flag.expect("a flag was set"))))
+}
+
+/// Remove a feature flag (it is off for everyone).
+#[utoipa::path(delete, path = "/admin/v1/flags/{name}", tag = "flags",
+    params(("name" = String, Path, description = "The flag's name", example = "new-composer")),
+    responses((status = 200, description = "Removed (or was not there)", body = FlagList)))]
+async fn delete_flag(
+    State(state): State<AdminState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<FlagList> {
+    pigeon_core::flags::validate(&name, 0, &[])?;
+    state.service.set_flag(&name, None).await?;
+    let flags = state.service.list_flags().await?;
+    Ok(Json(FlagList {
+        flags: flags.into_iter().map(flag_view).collect(),
     }))
 }
 

@@ -135,6 +135,19 @@ fn routes() -> Vec<Route> {
             Some(json!({"from": "alice", "to_user": "bob", "text": "hi"})),
         ),
         r("GET", "/admin/v1/stats", "/admin/v1/stats", None),
+        r("GET", "/admin/v1/flags", "/admin/v1/flags", None),
+        r(
+            "PUT",
+            "/admin/v1/flags/{name}",
+            "/admin/v1/flags/new-composer",
+            Some(json!({"percent": 10, "allow": ["alice"]})),
+        ),
+        r(
+            "DELETE",
+            "/admin/v1/flags/{name}",
+            "/admin/v1/flags/new-composer",
+            None,
+        ),
     ]
 }
 
@@ -914,4 +927,81 @@ async fn stats_follow_activity() {
     assert!(after["open_connections"].as_u64().unwrap() >= 1, "{after}");
     assert!(after["store_commits"].as_u64() > before["store_commits"].as_u64());
     assert!(after["store_jobs"].as_u64() > before["store_jobs"].as_u64());
+}
+
+/// Gray release end to end: a flag rolled out to an allow-list reaches only
+/// that user, in the handshake and as a FlagsChanged event to a connected
+/// device; at 100% it reaches everyone; removing it turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feature_flags_reach_the_right_users() {
+    use pigeon_client::v1::event;
+    let server = Server::start(&format!("admin_token = \"{TOKEN}\""));
+    let url = server.tcp_url();
+    let alice_token = register_and_login(&url, "alice").await;
+    let bob = connect(&url, &register_and_login(&url, "bob").await).await;
+    let (_, mut bob_key) = sync_all(&bob, &[]).await;
+    let flags_of = |events: &[pigeon_client::v1::Event]| -> Option<Vec<String>> {
+        events.iter().rev().find_map(|e| match &e.kind {
+            Some(event::Kind::FlagsChanged(f)) => Some(f.enabled.clone()),
+            _ => None,
+        })
+    };
+
+    let (s, v) = admin(
+        &server,
+        "PUT",
+        "/admin/v1/flags/new-composer",
+        Some(json!({"percent": 0, "allow": ["alice"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["allow"][0], "alice");
+    let alice = connect(&url, &alice_token).await;
+    assert_eq!(alice.welcome().flags, vec!["new-composer".to_string()]);
+    let (events, key) = sync_all(&bob, &bob_key).await;
+    bob_key = key;
+    assert_eq!(
+        flags_of(&events),
+        Some(Vec::new()),
+        "bob is told, and his set is empty: {events:?}"
+    );
+
+    admin(
+        &server,
+        "PUT",
+        "/admin/v1/flags/new-composer",
+        Some(json!({"percent": 100})),
+    )
+    .await;
+    let push = next_sync_push(&bob).await;
+    assert!(
+        matches!(push, pigeon_client::v1::frame::Body::SyncNotice(_)),
+        "{push:?}"
+    );
+    let (events, key) = sync_all(&bob, &bob_key).await;
+    bob_key = key;
+    assert_eq!(flags_of(&events), Some(vec!["new-composer".to_string()]));
+    let (_, list) = admin(&server, "GET", "/admin/v1/flags", None).await;
+    assert_eq!(list["flags"][0]["percent"], 100);
+
+    let (s, _) = admin(&server, "DELETE", "/admin/v1/flags/new-composer", None).await;
+    assert_eq!(s, 200);
+    let (events, _) = sync_all(&bob, &bob_key).await;
+    assert_eq!(flags_of(&events), Some(Vec::new()));
+    let (s, v) = admin(
+        &server,
+        "PUT",
+        "/admin/v1/flags/Bad%20Name",
+        Some(json!({"percent": 5})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "INVALID_ARGUMENT"));
+    let (s, v) = admin(
+        &server,
+        "PUT",
+        "/admin/v1/flags/ok",
+        Some(json!({"percent": 101})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "INVALID_ARGUMENT"));
 }

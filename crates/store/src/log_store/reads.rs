@@ -297,6 +297,19 @@ impl Shared {
                     .map(|(k, v)| (keys::pair_second(&k), before_joining, v)),
             );
         }
+        // The system stream (feature flag changes) is read by everyone.
+        let system = self.engine.scan(
+            Table::Stream,
+            &keys::pair(keys::SYSTEM_STREAM, after + 1),
+            &keys::pair(keys::SYSTEM_STREAM, committed + 1),
+            false,
+            limit + 1,
+        )?;
+        rows.extend(
+            system
+                .into_iter()
+                .map(|(k, v)| (keys::pair_second(&k), 0, v)),
+        );
         rows.sort_by_key(|(seq, _, _)| *seq);
         let mut events = Vec::new();
         let mut bytes = 0;
