@@ -93,6 +93,7 @@ pub(crate) fn api() -> (Router<AdminState>, Document) {
         .routes(routes!(send_message))
         .routes(routes!(stats))
         .routes(routes!(list_flags))
+        .routes(routes!(failed_deliveries))
         .routes(routes!(set_flag, delete_flag))
         .split_for_parts();
     add_common_responses(&mut document);
@@ -115,6 +116,7 @@ pub(crate) fn api() -> (Router<AdminState>, Document) {
         (name = "messages", description = "Messages sent as an account"),
         (name = "server", description = "Server statistics"),
         (name = "flags", description = "Feature flags for gray release"),
+        (name = "webhooks", description = "Webhook deliveries"),
     )
 )]
 struct ApiDoc;
@@ -587,6 +589,42 @@ struct Stats {
     uptime_secs: u64,
 }
 
+/// A webhook delivery given up on after the attempt limit.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+struct FailedDelivery {
+    /// The delivery id (`X-Pigeon-Delivery`).
+    id: u64,
+    /// The endpoint's URL.
+    endpoint: String,
+    /// `message.created` or `push.needed`.
+    event: String,
+    /// The message it was about.
+    conversation_id: String,
+    conv_seq: u64,
+    /// For push.needed: the recipient's user id (0: every offline member of a large group).
+    recipient: u64,
+    /// Attempts made.
+    attempts: u32,
+    /// Why the last attempt failed.
+    last_error: String,
+    /// When it was queued, Unix ms.
+    created_at_ms: i64,
+}
+
+/// Failed deliveries, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+struct FailedDeliveries {
+    deliveries: Vec<FailedDelivery>,
+}
+
+/// How many to list.
+#[derive(Debug, Deserialize, IntoParams)]
+struct LimitQuery {
+    /// At most this many (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
 /// A feature flag.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 struct FlagView {
@@ -1051,6 +1089,35 @@ async fn stats(State(state): State<AdminState>) -> ApiResult<Stats> {
         store_commits: store.commits.load(relaxed),
         store_jobs: store.commands.load(relaxed),
         uptime_secs: state.started.elapsed().as_secs(),
+    }))
+}
+
+/// List webhook deliveries that failed for good, with the reason.
+#[utoipa::path(get, path = "/admin/v1/webhooks/failed", tag = "webhooks", params(LimitQuery),
+    responses((status = 200, description = "Failed deliveries, newest first", body = FailedDeliveries)))]
+async fn failed_deliveries(
+    State(state): State<AdminState>,
+    ApiQuery(q): ApiQuery<LimitQuery>,
+) -> ApiResult<FailedDeliveries> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000) as usize;
+    let failed = pigeon_core::Store::deliveries_failed(&*state.store, limit)
+        .await
+        .map_err(CoreError::from)?;
+    Ok(Json(FailedDeliveries {
+        deliveries: failed
+            .into_iter()
+            .map(|d| FailedDelivery {
+                id: d.id,
+                endpoint: d.endpoint,
+                event: d.kind.as_str().to_string(),
+                conversation_id: d.conversation_id,
+                conv_seq: d.conv_seq,
+                recipient: d.recipient,
+                attempts: d.attempts,
+                last_error: d.last_error,
+                created_at_ms: d.created_at_ms,
+            })
+            .collect(),
     }))
 }
 

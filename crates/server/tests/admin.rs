@@ -137,6 +137,12 @@ fn routes() -> Vec<Route> {
         r("GET", "/admin/v1/stats", "/admin/v1/stats", None),
         r("GET", "/admin/v1/flags", "/admin/v1/flags", None),
         r(
+            "GET",
+            "/admin/v1/webhooks/failed",
+            "/admin/v1/webhooks/failed?limit=10",
+            None,
+        ),
+        r(
             "PUT",
             "/admin/v1/flags/{name}",
             "/admin/v1/flags/new-composer",

@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const SECRET: &str = "hook-secret";
+const ADMIN_TOKEN: &str = "0123456789abcdef-admin";
 
 /// What the receiver accepted, by delivery id.
 #[derive(Default)]
@@ -202,7 +203,10 @@ async fn online_recipients_get_no_push() {
 async fn deliveries_fail_after_the_limit() {
     let got = Arc::new(Mutex::new(Received::default()));
     let url = receiver(Arc::new(AtomicBool::new(true)), got.clone()).await;
-    let server = Server::start(&config(&url, "webhook_attempts_max = 3"));
+    let server = Server::start(&config(
+        &url,
+        &format!("webhook_attempts_max = 3\nadmin_token = \"{ADMIN_TOKEN}\""),
+    ));
     let tcp = server.tcp_url();
     let alice = connect(&tcp, &register_and_login(&tcp, "alice").await).await;
     register_and_login(&tcp, "bob").await;
@@ -226,6 +230,26 @@ async fn deliveries_fail_after_the_limit() {
     })
     .await;
     assert_eq!(failed.0, 1.0);
+    // The failure is kept with its reason, for the operator.
+    let (status, body) = http_request(
+        &server.http,
+        "GET",
+        "/admin/v1/webhooks/failed",
+        &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let d = &v["deliveries"][0];
+    assert_eq!(
+        (
+            d["event"].as_str(),
+            d["attempts"].as_u64(),
+            d["last_error"].as_str()
+        ),
+        (Some("message.created"), Some(3), Some("HTTP 500"))
+    );
     assert!(
         failed
             .1
