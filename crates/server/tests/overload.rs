@@ -189,3 +189,76 @@ async fn rate_limits_per_user_and_address() {
         "login attempts beyond the burst are refused: {busy}"
     );
 }
+
+/// A client opening connections as fast as it can (and never saying
+/// Hello) while others chat: past the connection cap it is turned away with
+/// BUSY, silent ones are closed at the handshake timeout, memory stays
+/// bounded, and the chat goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_flood_leaves_others_unaffected() {
+    let server = Server::start("connections_max = 300\nhandshake_timeout_ms = 1000");
+    let url = server.tcp_url();
+    let pid = server.child.as_ref().unwrap().id();
+    let alice = connect(&url, &register_and_login(&url, "alice").await).await;
+    let bob_token = register_and_login(&url, "bob").await;
+    let baseline = rss_kib(pid);
+    let flood = tokio::spawn({
+        let addr = server.tcp.clone();
+        async move {
+            let mut held = Vec::new();
+            let mut refused = 0;
+            for _ in 0..1500 {
+                match tokio::net::TcpStream::connect(&addr).await {
+                    Ok(s) => held.push(s),
+                    Err(_) => refused += 1,
+                }
+            }
+            (held, refused)
+        }
+    });
+    let mut sent = 0;
+    while !flood.is_finished() {
+        alice
+            .send(&format!("f{sent}"), to_user("bob"), content("still here"))
+            .await
+            .unwrap();
+        sent += 1;
+    }
+    let (mut held, _) = flood.await.unwrap();
+    let peak = rss_kib(pid);
+    // Connections past the cap were told BUSY; read what each one got.
+    let mut busy = 0;
+    for s in held.iter_mut().take(1500) {
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(n)) = tokio::time::timeout(
+            Duration::from_millis(5),
+            tokio::io::AsyncReadExt::read(s, &mut buf),
+        )
+        .await
+            && n > 4
+            && let Ok(frame) = pigeon_proto::decode_frame(&buf[4..n], 1 << 20)
+            && matches!(frame.body, Some(pigeon_client::v1::frame::Body::Goodbye(g)) if g.code == ErrorCode::Busy as i32)
+        {
+            busy += 1;
+        }
+    }
+    assert!(
+        busy > 0,
+        "connections beyond connections_max are refused with BUSY"
+    );
+    assert!(
+        peak < baseline + 256 * 1024,
+        "memory stays bounded: {baseline} -> {peak} KiB"
+    );
+    drop(held);
+    // The flood's silent connections are gone after the handshake timeout;
+    // the chat went on throughout.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    alice
+        .send("after", to_user("bob"), content("after the flood"))
+        .await
+        .unwrap();
+    let bob = connect(&url, &bob_token).await;
+    let (events, _) = sync_all(&bob, &[]).await;
+    assert_eq!(texts(&events).len(), sent + 1);
+}
