@@ -115,7 +115,7 @@ pub(crate) async fn run(
     if let Some(frame) = goodbye {
         // The queue may be full (slow consumer): then the goodbye is lost,
         // which is fine, the socket closes anyway.
-        let _ = conn.out.try_send(frame);
+        let _ = conn.out.try_send(Box::new(frame));
     }
     reader_task.abort();
     if let (Some(reg), Some(session)) = (conn.registration.take(), conn.session.take())
@@ -130,7 +130,7 @@ pub(crate) async fn run(
 
 async fn write_loop(
     mut writer: Box<dyn FrameWriter>,
-    mut rx: mpsc::Receiver<Frame>,
+    mut rx: mpsc::Receiver<Box<Frame>>,
     write_timeout: Duration,
 ) {
     while let Some(frame) = rx.recv().await {
@@ -148,7 +148,8 @@ struct Conn {
     gw: Arc<Gateway>,
     /// The peer's address, for per-address limits.
     peer_ip: Option<std::net::IpAddr>,
-    out: mpsc::Sender<Frame>,
+    /// Frames for the socket, boxed so an idle connection's queue is small.
+    out: mpsc::Sender<Box<Frame>>,
     session: Option<Session>,
     registration: Option<Registration>,
     /// The seq this device is at, as far as this connection told it (by a
@@ -169,7 +170,7 @@ struct Conn {
 }
 
 /// The answer of a request that ran as a task, with its in-flight permit.
-type Answer = (Frame, OwnedSemaphorePermit);
+type Answer = (Box<Frame>, OwnedSemaphorePermit);
 
 /// The outcome of queueing a frame: a full queue ends the connection.
 type Sent = Result<(), Close>;
@@ -196,7 +197,7 @@ impl Conn {
                 "you did not read your frames fast enough; reconnect and sync",
             ));
         }
-        match self.out.try_send(frame) {
+        match self.out.try_send(Box::new(frame)) {
             Ok(()) => {
                 crate::metrics::queued(1);
                 Ok(())
@@ -243,13 +244,14 @@ impl Conn {
             let step = tokio::select! {
                 _ = crate::stopped(&mut shutdown) => return self.drain().await,
                 Some((frame, _permit)) = self.done.1.recv() => {
+                    let frame = *frame;
                     self.inflight_ids.remove(&frame.request_id);
                     self.send(frame)
                 }
                 inbound = in_rx.recv() => {
                     deadline = Instant::now() + self.gw.config.idle_timeout;
                     match inbound {
-                        Some(Inbound::Frame(frame)) => self.on_frame(frame).await,
+                        Some(Inbound::Frame(frame)) => self.on_frame(*frame).await,
                         Some(Inbound::Activity) => Ok(()),
                         Some(Inbound::Violation(code, reason)) => Err(bye(code, reason)),
                         Some(Inbound::Closed) | None => Err(Close::Silent),
@@ -282,10 +284,16 @@ impl Conn {
                 return Err(bye(ErrorCode::HandshakeTimeout, "no Hello in time"));
             };
             match first {
-                Some(Inbound::Frame(Frame {
-                    request_id,
-                    body: Some(Body::Hello(h)),
-                })) => break (request_id, h),
+                Some(Inbound::Frame(f)) if matches!(f.body, Some(Body::Hello(_))) => {
+                    let Frame {
+                        request_id,
+                        body: Some(Body::Hello(h)),
+                    } = *f
+                    else {
+                        unreachable!("matched a Hello")
+                    };
+                    break (request_id, h);
+                }
                 // WebSocket keep-alives may come before the Hello.
                 Some(Inbound::Activity) => continue,
                 Some(Inbound::Frame(_)) => {
@@ -580,7 +588,7 @@ impl Conn {
             // answer is queued for the socket, so a client that waits for
             // answers never exceeds the limit; and since each queued answer
             // holds a permit, the channel (sized to the limit) never fills.
-            let _ = done.try_send((frame, permit));
+            let _ = done.try_send((Box::new(frame), permit));
         });
         Ok(())
     }
@@ -653,6 +661,7 @@ impl Conn {
             .await
             {
                 Ok(Some((frame, _permit))) => {
+                    let frame = *frame;
                     if self.send(frame).is_err() {
                         return Close::Silent;
                     }

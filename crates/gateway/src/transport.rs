@@ -22,7 +22,8 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub enum Inbound {
     /// A decoded frame.
-    Frame(Frame),
+    /// (Boxed: queues of these stay small while connections are idle.)
+    Frame(Box<Frame>),
     /// Transport-level liveness (a WebSocket ping or pong).
     Activity,
     /// The peer broke the framing; close with this code and reason.
@@ -56,6 +57,9 @@ fn violation(e: FrameError) -> Inbound {
 
 /// Bytes read from a byte stream per read call, at most.
 const STREAM_READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Bytes read into a stack buffer while a connection has nothing buffered.
+const IDLE_READ_BYTES: usize = 512;
 
 /// Reads length-prefixed frames from any byte stream (TCP, or TLS over TCP).
 struct PrefixedReader<R> {
@@ -98,9 +102,10 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    // No buffer until bytes arrive: an idle connection should cost little.
     let reader = PrefixedReader {
         half: read,
-        buf: BytesMut::with_capacity(8 * 1024),
+        buf: BytesMut::new(),
         max: frame_bytes_max,
     };
     (Box::new(reader), Box::new(PrefixedWriter { half: write }))
@@ -111,9 +116,22 @@ impl<R: AsyncRead + Unpin + Send + 'static> FrameReader for PrefixedReader<R> {
     async fn next(&mut self) -> Inbound {
         loop {
             match try_decode_prefixed(&mut self.buf, self.max) {
-                Ok(Some(frame)) => return Inbound::Frame(frame),
+                Ok(Some(frame)) => return Inbound::Frame(Box::new(frame)),
                 Ok(None) => {}
                 Err(e) => return violation(e),
+            }
+            if self.buf.is_empty() {
+                // Between frames: give the buffer back and wait with a small
+                // one on the stack, so idle connections hold no heap buffer.
+                if self.buf.capacity() > IDLE_READ_BYTES {
+                    self.buf = BytesMut::new();
+                }
+                let mut first = [0u8; IDLE_READ_BYTES];
+                match self.half.read(&mut first).await {
+                    Ok(0) | Err(_) => return Inbound::Closed,
+                    Ok(n) => self.buf.extend_from_slice(&first[..n]),
+                }
+                continue;
             }
             if self.buf.capacity() - self.buf.len() < 1024 {
                 self.buf.reserve(STREAM_READ_CHUNK_BYTES);
@@ -161,7 +179,7 @@ impl FrameReader for WsReader {
         match self.stream.next().await {
             None => Inbound::Closed,
             Some(Ok(WsMessage::Binary(bytes))) => match decode_frame(&bytes, usize::MAX) {
-                Ok(frame) => Inbound::Frame(frame),
+                Ok(frame) => Inbound::Frame(Box::new(frame)),
                 Err(e) => violation(e),
             },
             Some(Ok(WsMessage::Text(_))) => Inbound::Violation(
