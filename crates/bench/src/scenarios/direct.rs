@@ -1,0 +1,426 @@
+//! `direct`: N user pairs, both users of a pair sending to each other with
+//! W requests in flight, at a fixed total rate or as fast as the server
+//! acknowledges. Each text starts with its send time (nanoseconds since the
+//! run began, as 20 digits), so the recipient measures send → push without
+//! a shared table. In rate mode the time written is the scheduled one, so a
+//! server falling behind shows in the latency (no coordinated omission).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use pigeon_client::v1::frame::Body;
+use pigeon_client::{Connection, new_client_msg_id, text, to_user};
+use pigeon_proto::v1::{self, Frame};
+use serde_json::json;
+
+use crate::scenarios::{cores, echo, own_cpu_seconds};
+use crate::stats::{self, Report, Text, bar, thousands};
+use crate::target::{CommitDelta, Options, Target, Transport};
+use crate::users::{self, padded};
+
+/// Digits of the send time at the start of each text.
+const STAMP_DIGITS: usize = 20;
+/// A receiver that hears nothing for this long gives up.
+const RECEIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct Args {
+    /// User pairs; both users of a pair send to each other.
+    #[arg(long, default_value_t = 16)]
+    pairs: usize,
+    /// Text size of each message in bytes (at least 20).
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Messages in total, over all senders.
+    #[arg(long, default_value_t = 200_000)]
+    messages: u64,
+    /// Total send rate in messages per second (0: as fast as acknowledged).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Sends in flight per sender.
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    transport: Transport,
+    /// Skip the raw TCP echo baseline.
+    #[arg(long)]
+    no_baseline: bool,
+}
+
+/// What one user's tasks measured.
+struct UserResult {
+    ack: Histogram<u64>,
+    e2e: Histogram<u64>,
+    last_ack: Option<Instant>,
+    last_received: Option<Instant>,
+    received: u64,
+}
+
+pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report> {
+    if args.size < STAMP_DIGITS {
+        bail!("--size must be at least {STAMP_DIGITS} bytes");
+    }
+    if args.pairs == 0 || args.window == 0 {
+        bail!("--pairs and --window must be at least 1");
+    }
+    let senders = 2 * args.pairs;
+    let per_sender = args.messages / senders as u64;
+    if per_sender == 0 {
+        bail!("--messages must be at least 2 × --pairs");
+    }
+    let total = per_sender * senders as u64;
+
+    // The baseline first, while the server is idle.
+    let frame_bytes = send_frame_bytes(args.size);
+    let baseline = if args.no_baseline {
+        None
+    } else {
+        let pb = bar(total, "TCP echo baseline");
+        let e = echo::run(total, frame_bytes, senders, args.window).await?;
+        pb.set_position(total);
+        pb.finish();
+        Some(e)
+    };
+
+    let target = Target::open(options).await?;
+    let url = target.url(args.transport)?;
+    let tag = users::run_tag();
+    let names: Vec<String> = (0..senders).map(|i| format!("d{tag}-{i}")).collect();
+    let pb = bar(senders as u64, "register");
+    users::register_many(&target.tcp_url, &names, &pb).await?;
+    pb.finish();
+    let pb = bar(senders as u64, "login");
+    let tokens = users::login_many(&target.tcp_url, &names, &pb).await?;
+    pb.finish();
+    let pb = bar(senders as u64, "connect");
+    let conns = users::connect_many(&url, &tokens, &pb).await?;
+    pb.finish();
+    let mut keys = Vec::new();
+    for c in &conns {
+        keys.push(users::sync_to_head(c, &[]).await?.1);
+    }
+    let conns: Vec<Arc<Connection>> = conns.into_iter().map(Arc::new).collect();
+
+    let metrics_before = target.metrics().await;
+    let server_cpu_before = target.cpu_seconds();
+    let own_cpu_before = own_cpu_seconds();
+    let received = Arc::new(AtomicU64::new(0));
+    let epoch = Instant::now();
+    let pb = bar(total, "direct messages");
+    let mut tasks = Vec::new();
+    for (i, (conn, key)) in conns.iter().zip(keys).enumerate() {
+        let partner = names[i ^ 1].clone();
+        let receiver = tokio::spawn(receive(
+            conn.clone(),
+            key,
+            per_sender,
+            epoch,
+            received.clone(),
+            pb.clone(),
+        ));
+        // In rate mode each sender sends every `interval`, staggered across senders.
+        let interval =
+            (args.rate > 0).then(|| Duration::from_secs_f64(senders as f64 / args.rate as f64));
+        let offset = interval.map(|iv| iv.mul_f64(i as f64 / senders as f64));
+        let next = Arc::new(AtomicU64::new(0));
+        let mut window = Vec::new();
+        for _ in 0..args.window {
+            window.push(tokio::spawn(send_loop(SendLoop {
+                conn: conn.clone(),
+                partner: partner.clone(),
+                size: args.size,
+                next: next.clone(),
+                count: per_sender,
+                epoch,
+                interval,
+                offset: offset.unwrap_or_default(),
+            })));
+        }
+        tasks.push((receiver, window));
+    }
+    let mut ack = stats::histogram();
+    let mut e2e = stats::histogram();
+    let mut last_ack = epoch;
+    let mut last_received = epoch;
+    let mut got = 0u64;
+    for (receiver, window) in tasks {
+        for w in window {
+            let (h, last) = w.await.context("a sender panicked")??;
+            ack.add(&h)?;
+            if let Some(t) = last {
+                last_ack = last_ack.max(t);
+            }
+        }
+        let r: UserResult = receiver.await.context("a receiver panicked")??;
+        e2e.add(&r.e2e)?;
+        ack.add(&r.ack)?;
+        got += r.received;
+        if let Some(t) = r.last_ack {
+            last_ack = last_ack.max(t);
+        }
+        if let Some(t) = r.last_received {
+            last_received = last_received.max(t);
+        }
+    }
+    pb.finish();
+    let ack_secs = last_ack.duration_since(epoch).as_secs_f64();
+    let recv_secs = last_received.duration_since(epoch).as_secs_f64();
+    let wall = epoch.elapsed().as_secs_f64();
+    let server_cores = cores(server_cpu_before, target.cpu_seconds(), wall);
+    let own_cores = cores(own_cpu_before, own_cpu_seconds(), wall);
+    let commit = match (metrics_before, target.metrics().await) {
+        (Some(b), Some(a)) => Some(CommitDelta::between(&b, &a)),
+        _ => None,
+    };
+    for c in &conns {
+        c.close().await;
+    }
+
+    let acked_rate = total as f64 / ack_secs;
+    let received_rate = got as f64 / recv_secs;
+    let ratio = baseline.map(|b| acked_rate / b.frames_per_sec);
+    let mode = if args.rate > 0 {
+        format!("{} msg/s offered", thousands(args.rate as f64))
+    } else {
+        "as fast as acknowledged".into()
+    };
+    let mut t = Text::default();
+    t.line(format!(
+        "direct: {} pairs ({senders} senders), {}-byte texts, {} messages, window {}, {mode}, {}",
+        args.pairs,
+        args.size,
+        thousands(total as f64),
+        args.window,
+        args.transport
+    ));
+    t.kv(
+        "acknowledged",
+        format!(
+            "{} msg/s ({} in {:.2} s)",
+            thousands(acked_rate),
+            thousands(total as f64),
+            ack_secs
+        ),
+    );
+    t.kv(
+        "received by recipients",
+        format!(
+            "{} msg/s ({} in {:.2} s)",
+            thousands(received_rate),
+            thousands(got as f64),
+            recv_secs
+        ),
+    );
+    t.kv("end-to-end (send → push)", stats::line(&e2e));
+    t.kv("acknowledgement", stats::line(&ack));
+    if let Some(c) = commit {
+        t.kv(
+            "fsync batch",
+            format!(
+                "{:.1} jobs per commit ({} commits, {}/s)",
+                c.jobs_per_commit,
+                thousands(c.commits),
+                thousands(c.commits / ack_secs)
+            ),
+        );
+    }
+    if let Some(b) = baseline {
+        t.kv(
+            "raw TCP echo baseline",
+            format!(
+                "{} frames/s ({}-byte frames, {} connections, {} in flight each)",
+                thousands(b.frames_per_sec),
+                b.frame_bytes,
+                b.connections,
+                b.window
+            ),
+        );
+    }
+    if let Some(r) = ratio {
+        t.kv("Pigeon / baseline", format!("{:.1} %", 100.0 * r));
+    }
+    if let (Some(s), Some(o)) = (server_cores, own_cores) {
+        t.kv(
+            "CPU (of 2 cores)",
+            format!("server {s:.2} cores, pigeon-bench {o:.2} cores"),
+        );
+    }
+
+    Ok(Report {
+        scenario: "direct",
+        title: format!(
+            "direct: {} pairs, {}-byte texts, {mode}",
+            args.pairs, args.size
+        ),
+        params: json!({
+            "pairs": args.pairs,
+            "senders": senders,
+            "size": args.size,
+            "messages": total,
+            "rate": args.rate,
+            "window": args.window,
+            "transport": args.transport,
+        }),
+        results: json!({
+            "acked_per_sec": acked_rate.round(),
+            "received_per_sec": received_rate.round(),
+            "acked_seconds": stats::round3(ack_secs),
+            "end_to_end": stats::summary(&e2e),
+            "ack": stats::summary(&ack),
+            "fsync": commit,
+            "baseline": baseline,
+            "ratio_to_baseline": ratio.map(stats::round3),
+            "server_cores": server_cores,
+            "bench_cores": own_cores,
+        }),
+        text: t.done(),
+        curves: vec![
+            ("end-to-end (send → push)".into(), e2e),
+            ("acknowledgement".into(), ack),
+        ],
+    })
+}
+
+/// Bytes of one length-prefixed send request as this scenario sends it.
+fn send_frame_bytes(size: usize) -> usize {
+    let frame = Frame::new(
+        1_000_000,
+        Body::SendRequest(v1::SendRequest {
+            client_msg_id: new_client_msg_id(),
+            target: Some(to_user("dxxxxxxxxxx-99")),
+            content: Some(text(&padded("", size))),
+        }),
+    );
+    pigeon_proto::encode_frame_prefixed(&frame).len()
+}
+
+struct SendLoop {
+    conn: Arc<Connection>,
+    partner: String,
+    size: usize,
+    next: Arc<AtomicU64>,
+    count: u64,
+    epoch: Instant,
+    interval: Option<Duration>,
+    offset: Duration,
+}
+
+/// One of a sender's W loops: takes the next index, waits for its slot in
+/// rate mode, sends, records the acknowledgement latency.
+async fn send_loop(s: SendLoop) -> anyhow::Result<(Histogram<u64>, Option<Instant>)> {
+    let mut h = stats::histogram();
+    let mut last = None;
+    loop {
+        let i = s.next.fetch_add(1, Ordering::Relaxed);
+        if i >= s.count {
+            return Ok((h, last));
+        }
+        let sent = match s.interval {
+            Some(iv) => {
+                let at = s.epoch + s.offset + iv.mul_f64(i as f64);
+                tokio::time::sleep_until(at.into()).await;
+                at
+            }
+            None => Instant::now(),
+        };
+        let stamp = format!(
+            "{:0width$}",
+            sent.duration_since(s.epoch).as_nanos(),
+            width = STAMP_DIGITS
+        );
+        s.conn
+            .send(
+                &new_client_msg_id(),
+                to_user(&s.partner),
+                text(&padded(&stamp, s.size)),
+            )
+            .await
+            .context("send")?;
+        let now = Instant::now();
+        stats::record(&mut h, now - sent);
+        last = Some(now);
+    }
+}
+
+/// A user's receiving side: pushes (or syncs when told to) until the
+/// partner's `expected` messages are in; records send → receipt latency.
+async fn receive(
+    conn: Arc<Connection>,
+    mut key: Vec<u8>,
+    expected: u64,
+    epoch: Instant,
+    received: Arc<AtomicU64>,
+    pb: indicatif::ProgressBar,
+) -> anyhow::Result<UserResult> {
+    let me = conn.welcome().user_id;
+    let mut r = UserResult {
+        ack: stats::histogram(),
+        e2e: stats::histogram(),
+        last_ack: None,
+        last_received: None,
+        received: 0,
+    };
+    let take = |events: &[v1::Event], r: &mut UserResult| {
+        let now = Instant::now();
+        let mut n = 0;
+        for m in events.iter().filter_map(users::message) {
+            if m.sender_id == me {
+                continue;
+            }
+            let t = m.content.as_ref().map_or("", |c| c.text.as_str());
+            if let Some(ns) = t.get(..STAMP_DIGITS).and_then(|s| s.parse::<u64>().ok()) {
+                let sent = epoch + Duration::from_nanos(ns);
+                stats::record(&mut r.e2e, now.saturating_duration_since(sent));
+            }
+            n += 1;
+        }
+        if n > 0 {
+            r.received += n;
+            r.last_received = Some(now);
+            received.fetch_add(n, Ordering::Relaxed);
+            pb.inc(n);
+        }
+    };
+    while r.received < expected {
+        let push = tokio::time::timeout(RECEIVE_IDLE_TIMEOUT, conn.next_push())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no push for {RECEIVE_IDLE_TIMEOUT:?}; received {} of {expected}",
+                    r.received
+                )
+            })?;
+        match push {
+            None => bail!("a receiver was disconnected"),
+            Some(Body::EventsPush(p)) if p.prev_key == key => {
+                take(&p.events, &mut r);
+                key = p.key;
+            }
+            Some(Body::EventsPush(_) | Body::SyncNotice(_)) => {
+                let (events, k) = users::sync_to_head(&conn, &key).await?;
+                take(&events, &mut r);
+                key = k;
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks the baseline frame size tracks the text size.
+    #[test]
+    fn frame_bytes_grow_with_the_text() {
+        let a = send_frame_bytes(100);
+        let b = send_frame_bytes(200);
+        // 100 more text bytes, plus a byte or two of longer varint lengths.
+        assert!((100..=104).contains(&(b - a)), "{a} {b}");
+        assert!(a > 100);
+    }
+}
