@@ -212,6 +212,25 @@ impl Target {
         self.own.is_some()
     }
 
+    /// Bytes in a started server's data directory (journal and tables).
+    pub(crate) fn data_bytes(&self) -> Option<u64> {
+        fn walk(p: &std::path::Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(p) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        let own = self.own.as_ref()?;
+        Some(walk(&own.dir.path().join("data")))
+    }
+
     /// The server's resident memory in KiB (`VmRSS` of /proc/PID/status).
     pub(crate) fn rss_kib(&self) -> Option<u64> {
         let pid = self.pid?;
@@ -308,6 +327,9 @@ pub(crate) struct CommitDelta {
     pub(crate) jobs: f64,
     /// Jobs per commit: the average fsync batch.
     pub(crate) jobs_per_commit: f64,
+    /// Milliseconds per commit spent applying the batch and fsyncing it
+    /// (the rest of the committer's cycle runs the jobs or waits for them).
+    pub(crate) apply_and_fsync_ms: f64,
 }
 
 impl CommitDelta {
@@ -316,10 +338,17 @@ impl CommitDelta {
             - before.get("pigeon_store_commit_jobs_count");
         let jobs =
             after.get("pigeon_store_commit_jobs_sum") - before.get("pigeon_store_commit_jobs_sum");
+        let seconds = after.get("pigeon_store_commit_seconds_sum")
+            - before.get("pigeon_store_commit_seconds_sum");
         CommitDelta {
             commits,
             jobs,
             jobs_per_commit: if commits > 0.0 { jobs / commits } else { 0.0 },
+            apply_and_fsync_ms: if commits > 0.0 {
+                seconds * 1000.0 / commits
+            } else {
+                0.0
+            },
         }
     }
 }

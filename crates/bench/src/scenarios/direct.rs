@@ -50,13 +50,15 @@ pub(crate) struct Args {
     no_baseline: bool,
 }
 
-/// What one user's tasks measured.
+/// What one user's receiving side measured.
 struct UserResult {
-    ack: Histogram<u64>,
     e2e: Histogram<u64>,
-    last_ack: Option<Instant>,
     last_received: Option<Instant>,
     received: u64,
+    /// Pushes applied directly (their `prev_key` was the key held).
+    pushes_applied: u64,
+    /// Sync round trips (after a `SyncNotice` or a push that did not follow on).
+    syncs: u64,
 }
 
 pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report> {
@@ -105,6 +107,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     let conns: Vec<Arc<Connection>> = conns.into_iter().map(Arc::new).collect();
 
     let metrics_before = target.metrics().await;
+    let data_before = target.data_bytes();
     let server_cpu_before = target.cpu_seconds();
     let own_cpu_before = own_cpu_seconds();
     let received = Arc::new(AtomicU64::new(0));
@@ -146,6 +149,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     let mut last_ack = epoch;
     let mut last_received = epoch;
     let mut got = 0u64;
+    let (mut pushes_applied, mut syncs) = (0u64, 0u64);
     for (receiver, window) in tasks {
         for w in window {
             let (h, last) = w.await.context("a sender panicked")??;
@@ -156,11 +160,9 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
         }
         let r: UserResult = receiver.await.context("a receiver panicked")??;
         e2e.add(&r.e2e)?;
-        ack.add(&r.ack)?;
         got += r.received;
-        if let Some(t) = r.last_ack {
-            last_ack = last_ack.max(t);
-        }
+        pushes_applied += r.pushes_applied;
+        syncs += r.syncs;
         if let Some(t) = r.last_received {
             last_received = last_received.max(t);
         }
@@ -173,6 +175,10 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     let own_cores = cores(own_cpu_before, own_cpu_seconds(), wall);
     let commit = match (metrics_before, target.metrics().await) {
         (Some(b), Some(a)) => Some(CommitDelta::between(&b, &a)),
+        _ => None,
+    };
+    let storage_per_message = match (data_before, target.data_bytes()) {
+        (Some(b), Some(a)) => Some((a.saturating_sub(b) as f64 / total as f64).round()),
         _ => None,
     };
     for c in &conns {
@@ -220,13 +226,28 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
         t.kv(
             "fsync batch",
             format!(
-                "{:.1} jobs per commit ({} commits, {}/s)",
+                "{:.1} jobs per commit ({} commits, {}/s; {:.2} ms of each in apply + fsync)",
                 c.jobs_per_commit,
                 thousands(c.commits),
-                thousands(c.commits / ack_secs)
+                thousands(c.commits / ack_secs),
+                c.apply_and_fsync_ms
             ),
         );
     }
+    if let Some(bytes) = storage_per_message {
+        t.kv(
+            "data directory growth",
+            format!("{} bytes per message", thousands(bytes)),
+        );
+    }
+    t.kv(
+        "recipients' pushes",
+        format!(
+            "{} applied as they came, {} sync round trips after a notice",
+            thousands(pushes_applied as f64),
+            thousands(syncs as f64)
+        ),
+    );
     if let Some(b) = baseline {
         t.kv(
             "raw TCP echo baseline",
@@ -271,6 +292,9 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
             "end_to_end": stats::summary(&e2e),
             "ack": stats::summary(&ack),
             "fsync": commit,
+            "data_bytes_per_message": storage_per_message,
+            "pushes_applied": pushes_applied,
+            "syncs_after_notice": syncs,
             "baseline": baseline,
             "ratio_to_baseline": ratio.map(stats::round3),
             "server_cores": server_cores,
@@ -357,11 +381,11 @@ async fn receive(
 ) -> anyhow::Result<UserResult> {
     let me = conn.welcome().user_id;
     let mut r = UserResult {
-        ack: stats::histogram(),
         e2e: stats::histogram(),
-        last_ack: None,
         last_received: None,
         received: 0,
+        pushes_applied: 0,
+        syncs: 0,
     };
     let take = |events: &[v1::Event], r: &mut UserResult| {
         let now = Instant::now();
@@ -398,11 +422,13 @@ async fn receive(
             Some(Body::EventsPush(p)) if p.prev_key == key => {
                 take(&p.events, &mut r);
                 key = p.key;
+                r.pushes_applied += 1;
             }
             Some(Body::EventsPush(_) | Body::SyncNotice(_)) => {
                 let (events, k) = users::sync_to_head(&conn, &key).await?;
                 take(&events, &mut r);
                 key = k;
+                r.syncs += 1;
             }
             Some(_) => {}
         }
