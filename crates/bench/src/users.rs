@@ -103,7 +103,7 @@ pub(crate) async fn login_many(
     results.into_iter().collect()
 }
 
-/// Opens an authenticated connection per token, in the order of `tokens`.
+/// Opens a connection per token (an empty token: anonymous), in the order of `tokens`.
 pub(crate) async fn connect_many(
     url: &str,
     tokens: &[String],
@@ -111,9 +111,12 @@ pub(crate) async fn connect_many(
 ) -> anyhow::Result<Vec<Connection>> {
     let results: Vec<anyhow::Result<Connection>> = futures_util::stream::iter(tokens.iter())
         .map(|token| async move {
-            let c = Connection::connect(&options(url).with_token(token.as_str()))
-                .await
-                .context("connecting with a token")?;
+            let opts = if token.is_empty() {
+                options(url)
+            } else {
+                options(url).with_token(token.as_str())
+            };
+            let c = Connection::connect(&opts).await.context("connecting")?;
             pb.inc(1);
             Ok(c)
         })

@@ -28,6 +28,10 @@ pub(crate) struct Args {
     /// Transports to measure, each on a fresh server (repeat or comma-separate).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Transport::Tcp, Transport::Ws])]
     transport: Vec<Transport>,
+    /// Connect without a token (no login, no session, no registry entry):
+    /// the cost of the connection machinery alone.
+    #[arg(long)]
+    anonymous: bool,
 }
 
 pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report> {
@@ -40,12 +44,17 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     }
     let mut t = Text::default();
     t.line(format!(
-        "connections: {} authenticated idle connections per transport",
-        thousands(args.count as f64)
+        "connections: {} {} idle connections per transport",
+        thousands(args.count as f64),
+        if args.anonymous {
+            "anonymous"
+        } else {
+            "authenticated"
+        }
     ));
     let mut results = Vec::new();
     for &transport in &args.transport {
-        let r = measure(options, args.count, transport).await?;
+        let r = measure(options, args.count, transport, args.anonymous).await?;
         let per = r["bytes_per_connection"].as_f64().unwrap_or(0.0);
         t.kv(
             &format!("{transport}: memory per connection"),
@@ -76,27 +85,41 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     Ok(Report {
         scenario: "connections",
         title: "connections".into(),
-        params: json!({ "count": args.count, "transports": args.transport }),
+        params: json!({
+            "count": args.count,
+            "transports": args.transport,
+            "anonymous": args.anonymous,
+        }),
         results: Value::Array(results),
         text: t.done(),
         curves: Vec::new(),
     })
 }
 
-async fn measure(options: &Options, count: usize, transport: Transport) -> anyhow::Result<Value> {
+async fn measure(
+    options: &Options,
+    count: usize,
+    transport: Transport,
+    anonymous: bool,
+) -> anyhow::Result<Value> {
     let mut target = Target::open(options).await?;
     if target.pid.is_none() {
         bail!("reading the server's memory needs its process id (--server-pid)");
     }
-    let tag = users::run_tag();
-    let names: Vec<String> = (0..count).map(|i| format!("c{tag}-{i}")).collect();
-    let pb = bar(count as u64, &format!("{transport}: register"));
-    users::register_many(&target.tcp_url, &names, &pb).await?;
-    pb.finish();
-    let pb = bar(count as u64, &format!("{transport}: login"));
-    let tokens = users::login_many(&target.tcp_url, &names, &pb).await?;
-    pb.finish();
-    let restarted = if target.is_own() {
+    let tokens = if anonymous {
+        vec![String::new(); count]
+    } else {
+        let tag = users::run_tag();
+        let names: Vec<String> = (0..count).map(|i| format!("c{tag}-{i}")).collect();
+        let pb = bar(count as u64, &format!("{transport}: register"));
+        users::register_many(&target.tcp_url, &names, &pb).await?;
+        pb.finish();
+        let pb = bar(count as u64, &format!("{transport}: login"));
+        let tokens = users::login_many(&target.tcp_url, &names, &pb).await?;
+        pb.finish();
+        tokens
+    };
+    let restarted = if target.is_own() && !anonymous {
         target.restart().await?;
         true
     } else {
@@ -129,6 +152,7 @@ async fn measure(options: &Options, count: usize, transport: Transport) -> anyho
     let after_close = target.rss_kib();
     Ok(json!({
         "transport": transport,
+        "anonymous": anonymous,
         "connections": open,
         "restarted_before_baseline": restarted,
         "rss_idle_kib": idle,

@@ -263,10 +263,14 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     if let Some(r) = ratio {
         t.kv("Pigeon / baseline", format!("{:.1} %", 100.0 * r));
     }
+    let server_us_per_message = server_cores.map(|c| c * wall * 1e6 / total as f64);
     if let (Some(s), Some(o)) = (server_cores, own_cores) {
         t.kv(
             "CPU (of 2 cores)",
-            format!("server {s:.2} cores, pigeon-bench {o:.2} cores"),
+            format!(
+                "server {s:.2} cores ({:.0} µs per message), pigeon-bench {o:.2} cores",
+                server_us_per_message.unwrap_or(0.0)
+            ),
         );
     }
 
@@ -298,6 +302,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
             "baseline": baseline,
             "ratio_to_baseline": ratio.map(stats::round3),
             "server_cores": server_cores,
+            "server_cpu_us_per_message": server_us_per_message.map(f64::round),
             "bench_cores": own_cores,
         }),
         text: t.done(),
