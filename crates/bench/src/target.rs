@@ -212,23 +212,14 @@ impl Target {
         self.own.is_some()
     }
 
-    /// Bytes in a started server's data directory (journal and tables).
-    pub(crate) fn data_bytes(&self) -> Option<u64> {
-        fn walk(p: &std::path::Path) -> u64 {
-            let Ok(entries) = std::fs::read_dir(p) else {
-                return 0;
-            };
-            entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => walk(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        }
-        let own = self.own.as_ref()?;
-        Some(walk(&own.dir.path().join("data")))
+    /// Bytes the server has caused to be written to storage so far
+    /// (`write_bytes` of /proc/PID/io: journal, flushes and compactions).
+    pub(crate) fn storage_write_bytes(&self) -> Option<u64> {
+        let pid = self.pid?;
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+        io.lines()
+            .find_map(|l| l.strip_prefix("write_bytes:"))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// The server's resident memory in KiB (`VmRSS` of /proc/PID/status).
@@ -290,13 +281,17 @@ impl std::fmt::Display for Transport {
     }
 }
 
-/// A scrape of Prometheus text: series values summed over their labels.
+/// A scrape of Prometheus text: values by name summed over labels, and
+/// each labelled series as it is.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Metrics(HashMap<String, f64>);
+pub(crate) struct Metrics {
+    by_name: HashMap<String, f64>,
+    series: HashMap<String, f64>,
+}
 
 impl Metrics {
     fn parse(text: &str) -> Metrics {
-        let mut m = HashMap::new();
+        let mut m = Metrics::default();
         for line in text.lines() {
             if line.starts_with('#') || line.trim().is_empty() {
                 continue;
@@ -304,17 +299,56 @@ impl Metrics {
             let Some((series, value)) = line.rsplit_once(' ') else {
                 continue;
             };
-            let name = series.split('{').next().unwrap_or(series).trim();
+            let series = series.trim();
+            let name = series.split('{').next().unwrap_or(series);
             if let Ok(v) = value.trim().parse::<f64>() {
-                *m.entry(name.to_string()).or_insert(0.0) += v;
+                *m.by_name.entry(name.to_string()).or_insert(0.0) += v;
+                m.series.insert(series.to_string(), v);
             }
         }
-        Metrics(m)
+        m
     }
 
-    /// A series' value (0 when absent).
+    /// A series' value summed over its labels (0 when absent).
     pub(crate) fn get(&self, name: &str) -> f64 {
-        self.0.get(name).copied().unwrap_or(0.0)
+        self.by_name.get(name).copied().unwrap_or(0.0)
+    }
+
+    /// The upper bound (seconds) of the histogram bucket holding quantile
+    /// `q` of what `name_bucket{<labels>,le=...}` counted between `before`
+    /// and `self`; `labels` is the text before `le`, e.g. `type="send",`.
+    /// `None` without samples; infinity when it is past the last bound.
+    pub(crate) fn bucket_quantile(
+        &self,
+        before: &Metrics,
+        name: &str,
+        labels: &str,
+        q: f64,
+    ) -> Option<f64> {
+        let prefix = format!("{name}_bucket{{{labels}le=\"");
+        let mut buckets: Vec<(f64, f64)> = self
+            .series
+            .iter()
+            .filter_map(|(series, &after)| {
+                let le = series.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                let was = before.series.get(series).copied().unwrap_or(0.0);
+                Some((bound, after - was))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total = buckets.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        buckets
+            .iter()
+            .find(|(_, cumulative)| *cumulative >= q * total)
+            .map(|(bound, _)| *bound)
     }
 }
 
@@ -389,5 +423,24 @@ mod tests {
         assert_eq!(m.get("x"), 5.5);
         assert_eq!(m.get("pigeon_store_commit_jobs_sum"), 10.0);
         assert_eq!(m.get("absent"), 0.0);
+    }
+
+    /// Checks bucket quantiles over the difference of two scrapes.
+    #[test]
+    fn bucket_quantiles_between_scrapes() {
+        let before = Metrics::parse(
+            "d_bucket{type=\"send\",le=\"0.001\"} 10\nd_bucket{type=\"send\",le=\"0.01\"} 10\nd_bucket{type=\"send\",le=\"+Inf\"} 10\n",
+        );
+        let after = Metrics::parse(
+            "d_bucket{type=\"send\",le=\"0.001\"} 60\nd_bucket{type=\"send\",le=\"0.01\"} 109\nd_bucket{type=\"send\",le=\"+Inf\"} 110\n",
+        );
+        let q = |q| after.bucket_quantile(&before, "d", "type=\"send\",", q);
+        assert_eq!(q(0.5), Some(0.001));
+        assert_eq!(q(0.99), Some(0.01));
+        assert_eq!(q(1.0), Some(f64::INFINITY));
+        assert_eq!(
+            after.bucket_quantile(&after, "d", "type=\"send\",", 0.5),
+            None
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use futures_util::StreamExt;
 use indicatif::ProgressBar;
-use pigeon_client::{ConnectOptions, Connection, v1};
+use pigeon_client::{ClientError, ConnectOptions, Connection, v1};
 
 /// Every benchmark user's password.
 pub(crate) const PASSWORD: &str = "pigeon-bench-password";
@@ -139,6 +139,35 @@ pub(crate) async fn sync_to_head(
         key = r.key;
         if !r.has_more {
             return Ok((events, key));
+        }
+    }
+}
+
+/// Retries of one send refused with `BUSY` before giving up.
+const BUSY_RETRIES_MAX: u32 = 100;
+
+/// Sends like a well-behaved client: a `BUSY` answer (overload control) is
+/// retried with the same client message id after the advised wait.
+/// Returns the answer and how many times the server said `BUSY`.
+pub(crate) async fn send(
+    c: &Connection,
+    client_msg_id: &str,
+    target: v1::Target,
+    content: v1::Content,
+) -> anyhow::Result<(v1::SendResponse, u32)> {
+    let mut busy = 0;
+    loop {
+        match c.send(client_msg_id, target.clone(), content.clone()).await {
+            Ok(r) => return Ok((r, busy)),
+            Err(ClientError::Server {
+                code: v1::ErrorCode::Busy,
+                retry_after_ms,
+                ..
+            }) if busy < BUSY_RETRIES_MAX => {
+                busy += 1;
+                tokio::time::sleep(Duration::from_millis(u64::from(retry_after_ms.max(1)))).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("send")),
         }
     }
 }

@@ -94,17 +94,17 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
         let (sender, names, body) = (&sender, &names, &body);
         let mut sends = futures_util::stream::iter(0..total)
             .map(|i| async move {
-                sender
-                    .send(
-                        &new_client_msg_id(),
-                        to_user(&names[i % names.len()]),
-                        text(body),
-                    )
-                    .await
+                users::send(
+                    sender,
+                    &new_client_msg_id(),
+                    to_user(&names[i % names.len()]),
+                    text(body),
+                )
+                .await
             })
             .buffer_unordered(SEND_INFLIGHT);
         while let Some(r) = sends.next().await {
-            r.context("send")?;
+            r?;
             pb.inc(1);
         }
         drop(sends);

@@ -107,10 +107,11 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     let conns: Vec<Arc<Connection>> = conns.into_iter().map(Arc::new).collect();
 
     let metrics_before = target.metrics().await;
-    let data_before = target.data_bytes();
+    let written_before = target.storage_write_bytes();
     let server_cpu_before = target.cpu_seconds();
     let own_cpu_before = own_cpu_seconds();
     let received = Arc::new(AtomicU64::new(0));
+    let busy = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
     let pb = bar(total, "direct messages");
     let mut tasks = Vec::new();
@@ -140,6 +141,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
                 epoch,
                 interval,
                 offset: offset.unwrap_or_default(),
+                busy: busy.clone(),
             })));
         }
         tasks.push((receiver, window));
@@ -173,11 +175,25 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     let wall = epoch.elapsed().as_secs_f64();
     let server_cores = cores(server_cpu_before, target.cpu_seconds(), wall);
     let own_cores = cores(own_cpu_before, own_cpu_seconds(), wall);
-    let commit = match (metrics_before, target.metrics().await) {
-        (Some(b), Some(a)) => Some(CommitDelta::between(&b, &a)),
+    let metrics_after = target.metrics().await;
+    let commit = match (&metrics_before, &metrics_after) {
+        (Some(b), Some(a)) => Some(CommitDelta::between(b, a)),
         _ => None,
     };
-    let storage_per_message = match (data_before, target.data_bytes()) {
+    // The server's own view of a send (request read → answer queued), as
+    // bucket upper bounds: what is beyond it was spent on sockets and in
+    // scheduling, on either side.
+    let server_send = match (&metrics_before, &metrics_after) {
+        (Some(b), Some(a)) => {
+            let q = |q| {
+                a.bucket_quantile(b, "pigeon_request_duration_seconds", "type=\"send\",", q)
+                    .map(|s| s * 1000.0)
+            };
+            Some((q(0.5), q(0.99), q(0.999)))
+        }
+        _ => None,
+    };
+    let storage_per_message = match (written_before, target.storage_write_bytes()) {
         (Some(b), Some(a)) => Some((a.saturating_sub(b) as f64 / total as f64).round()),
         _ => None,
     };
@@ -220,8 +236,22 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
             recv_secs
         ),
     );
+    let busy = busy.load(Ordering::Relaxed);
+    if busy > 0 {
+        t.kv(
+            "BUSY answers (retried)",
+            format!("{} (overload control)", thousands(busy as f64)),
+        );
+    }
     t.kv("end-to-end (send → push)", stats::line(&e2e));
     t.kv("acknowledgement", stats::line(&ack));
+    if let Some((p50, p99, p999)) = server_send {
+        let f = |v: Option<f64>| v.map_or("-".to_string(), |ms| format!("≤ {ms} ms"));
+        t.kv(
+            "server-side send (buckets)",
+            format!("p50 {}, p99 {}, p99.9 {}", f(p50), f(p99), f(p999)),
+        );
+    }
     if let Some(c) = commit {
         t.kv(
             "fsync batch",
@@ -236,7 +266,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     }
     if let Some(bytes) = storage_per_message {
         t.kv(
-            "data directory growth",
+            "storage writes",
             format!("{} bytes per message", thousands(bytes)),
         );
     }
@@ -292,11 +322,15 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
         results: json!({
             "acked_per_sec": acked_rate.round(),
             "received_per_sec": received_rate.round(),
+            "busy_retries": busy,
             "acked_seconds": stats::round3(ack_secs),
             "end_to_end": stats::summary(&e2e),
             "ack": stats::summary(&ack),
             "fsync": commit,
-            "data_bytes_per_message": storage_per_message,
+            "server_send_ms_bucket_upper_bounds": server_send.map(|(a, b, c)| json!({
+                "p50": a, "p99": b, "p999": c,
+            })),
+            "storage_write_bytes_per_message": storage_per_message,
             "pushes_applied": pushes_applied,
             "syncs_after_notice": syncs,
             "baseline": baseline,
@@ -335,6 +369,8 @@ struct SendLoop {
     epoch: Instant,
     interval: Option<Duration>,
     offset: Duration,
+    /// `BUSY` answers, over all senders.
+    busy: Arc<AtomicU64>,
 }
 
 /// One of a sender's W loops: takes the next index, waits for its slot in
@@ -360,14 +396,14 @@ async fn send_loop(s: SendLoop) -> anyhow::Result<(Histogram<u64>, Option<Instan
             sent.duration_since(s.epoch).as_nanos(),
             width = STAMP_DIGITS
         );
-        s.conn
-            .send(
-                &new_client_msg_id(),
-                to_user(&s.partner),
-                text(&padded(&stamp, s.size)),
-            )
-            .await
-            .context("send")?;
+        let (_, busy) = users::send(
+            &s.conn,
+            &new_client_msg_id(),
+            to_user(&s.partner),
+            text(&padded(&stamp, s.size)),
+        )
+        .await?;
+        s.busy.fetch_add(u64::from(busy), Ordering::Relaxed);
         let now = Instant::now();
         stats::record(&mut h, now - sent);
         last = Some(now);

@@ -113,14 +113,14 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     let pb = bar(args.messages as u64, "group messages");
     for i in 0..args.messages {
         let sent = Instant::now();
-        owner
-            .send(
-                &pigeon_client::new_client_msg_id(),
-                to_group(&id),
-                text(&padded(&format!("{i:0INDEX_DIGITS$}"), args.size)),
-            )
-            .await
-            .context("sending to the group")?;
+        users::send(
+            &owner,
+            &pigeon_client::new_client_msg_id(),
+            to_group(&id),
+            text(&padded(&format!("{i:0INDEX_DIGITS$}"), args.size)),
+        )
+        .await
+        .context("sending to the group")?;
         stats::record(&mut ack, sent.elapsed());
         let deadline = tokio::time::Instant::now() + FAN_OUT_TIMEOUT;
         let mut last = sent;
