@@ -232,6 +232,34 @@ impl Target {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    /// Per thread name: nanoseconds on a CPU and waiting for one (run
+    /// queue), summed over the server's threads of that name (from
+    /// /proc/PID/task/*/schedstat).
+    pub(crate) fn thread_times(&self) -> Option<HashMap<String, (u64, u64)>> {
+        let pid = self.pid?;
+        let mut out: HashMap<String, (u64, u64)> = HashMap::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+        {
+            let path = task.path();
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(path.join("comm")),
+                std::fs::read_to_string(path.join("schedstat")),
+            ) else {
+                continue;
+            };
+            let mut f = stat
+                .split_whitespace()
+                .map(|v| v.parse::<u64>().unwrap_or(0));
+            let (run, wait) = (f.next().unwrap_or(0), f.next().unwrap_or(0));
+            let e = out.entry(comm.trim().to_string()).or_default();
+            e.0 += run;
+            e.1 += wait;
+        }
+        Some(out)
+    }
+
     /// The server's CPU time so far (user + system), from /proc/PID/stat.
     pub(crate) fn cpu_seconds(&self) -> Option<f64> {
         let pid = self.pid?;

@@ -108,6 +108,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
 
     let metrics_before = target.metrics().await;
     let written_before = target.storage_write_bytes();
+    let threads_before = target.thread_times();
     let server_cpu_before = target.cpu_seconds();
     let own_cpu_before = own_cpu_seconds();
     let received = Arc::new(AtomicU64::new(0));
@@ -193,6 +194,22 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
         }
         _ => None,
     };
+    // Where the store's single committer thread spent the run: on a CPU,
+    // waiting for one, or blocked (fsync, or no work queued).
+    let committer = match (&threads_before, target.thread_times()) {
+        (Some(b), Some(a)) => {
+            let name = "pigeon-committe";
+            match (b.get(name), a.get(name)) {
+                (Some(b), Some(a)) => {
+                    let run = (a.0 - b.0) as f64 / 1e9 / wall;
+                    let wait = (a.1 - b.1) as f64 / 1e9 / wall;
+                    Some((run, wait, (1.0 - run - wait).max(0.0)))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
     let storage_per_message = match (written_before, target.storage_write_bytes()) {
         (Some(b), Some(a)) => Some((a.saturating_sub(b) as f64 / total as f64).round()),
         _ => None,
@@ -261,6 +278,18 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
                 thousands(c.commits),
                 thousands(c.commits / ack_secs),
                 c.apply_and_fsync_ms
+            ),
+        );
+    }
+    if let Some((run, wait, blocked)) = committer {
+        t.kv(
+            "store committer thread",
+            format!(
+                "on a CPU {:.0} %, waiting for a CPU {:.0} %, blocked {:.0} % ({:.0} µs CPU per message)",
+                100.0 * run,
+                100.0 * wait,
+                100.0 * blocked,
+                run * wall * 1e6 / total as f64
             ),
         );
     }
@@ -336,6 +365,11 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
             "baseline": baseline,
             "ratio_to_baseline": ratio.map(stats::round3),
             "server_cores": server_cores,
+            "committer_share": committer.map(|(r, w, b)| json!({
+                "on_cpu": stats::round3(r),
+                "waiting_for_cpu": stats::round3(w),
+                "blocked": stats::round3(b),
+            })),
             "server_cpu_us_per_message": server_us_per_message.map(f64::round),
             "bench_cores": own_cores,
         }),
