@@ -34,5 +34,7 @@ else
   [ "$status" -eq 0 ] || exit "$status"
 fi
 
+CRASH_TEST_PROFILE=dev scripts/crash-test 20 # kill -9 crash cycles and the independent checker (docs/TESTING.md)
+
 echo "== admin API property test (schemathesis)"
 scripts/schemathesis.sh

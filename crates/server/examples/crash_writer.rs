@@ -46,7 +46,9 @@ use pigeon_client::v1::{self, ErrorCode};
 use pigeon_client::{ClientError, ConnectOptions, Connection, text, to_conversation, to_user};
 
 #[derive(Debug, Parser)]
-#[command(about = "Crash-test writer: sends unique messages, retries until acknowledged, records acks")]
+#[command(
+    about = "Crash-test writer: sends unique messages, retries until acknowledged, records acks"
+)]
 struct Args {
     /// Server URL (tcp://host:port).
     #[arg(long)]
@@ -209,19 +211,17 @@ impl Writer {
 
     async fn register(&self) -> anyhow::Result<()> {
         let (options, user, password) = (&self.options, &self.args.user, &self.args.password);
-        let registered = self
-            .retry("register", async || {
-                let conn = Connection::connect(options).await?;
-                let r = conn.register(user, password).await;
-                conn.close().await;
-                match r {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.code() == Some(ErrorCode::UsernameTaken) => Ok(()),
-                    Err(e) => Err(e),
-                }
-            })
-            .await;
-        registered
+        self.retry("register", async || {
+            let conn = Connection::connect(options).await?;
+            let r = conn.register(user, password).await;
+            conn.close().await;
+            match r {
+                Ok(_) => Ok(()),
+                Err(e) if e.code() == Some(ErrorCode::UsernameTaken) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
     async fn login(&mut self) -> anyhow::Result<()> {
