@@ -10,6 +10,9 @@ use pigeon_core::StoreError;
 
 use crate::engine::{Engine, Entries, Op, Table};
 
+/// The journal size at which fjall flushes and starts a new journal.
+pub const JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
 /// fjall behind the [`Engine`] interface.
 pub struct FjallEngine {
     db: Database,
@@ -33,8 +36,12 @@ impl FjallEngine {
             .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
         // We persist explicitly after every group commit, so fjall must not
         // decide on its own when the journal reaches the OS.
+        // A smaller journal than fjall's default (512 MiB) makes it flush
+        // memtables to tables sooner, so recovery after a crash replays at
+        // most this much.
         let db = Database::builder(dir.join("db"))
             .manual_journal_persist(true)
+            .max_journaling_size(JOURNAL_BYTES_MAX)
             .open()
             .map_err(io)?;
         let keyspaces = Table::ALL
