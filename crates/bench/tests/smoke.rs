@@ -1,0 +1,114 @@
+//! Runs every scenario at toy sizes against the real `pigeon` binary, so
+//! the tool keeps working as the server changes. The binary must sit next
+//! to `pigeon-bench` (a workspace build puts it there); without it the test
+//! says so and passes, as `cargo test -p pigeon-bench` alone does not build it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bench() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pigeon-bench"))
+}
+
+/// Runs `pigeon-bench --json ARGS` and returns the parsed report, or `None`
+/// when there is no server binary to start.
+fn run(args: &[&str]) -> Option<serde_json::Value> {
+    let pigeon = bench().with_file_name("pigeon");
+    if !pigeon.exists() {
+        eprintln!(
+            "skipped: no pigeon binary at {} (build the workspace first)",
+            pigeon.display()
+        );
+        return None;
+    }
+    let out = Command::new(bench())
+        .arg("--json")
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("running pigeon-bench");
+    assert!(
+        out.status.success(),
+        "pigeon-bench {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).expect("a JSON report"))
+}
+
+/// Checks `direct` delivers every message, measures latency and the fsync
+/// batch, and runs the echo baseline.
+#[test]
+fn direct_at_toy_size() {
+    let Some(r) = run(&[
+        "direct",
+        "--pairs",
+        "2",
+        "--messages",
+        "400",
+        "--window",
+        "4",
+    ]) else {
+        return;
+    };
+    let res = &r["results"];
+    assert_eq!(r["scenario"], "direct");
+    assert_eq!(res["end_to_end"]["count"], 400);
+    assert!(res["acked_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(res["fsync"]["commits"].as_f64().unwrap() > 0.0);
+    assert!(res["baseline"]["frames_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+/// Checks `connections` reads the server's memory over both transports.
+#[test]
+fn connections_at_toy_size() {
+    let Some(r) = run(&["connections", "--count", "20"]) else {
+        return;
+    };
+    let res = r["results"].as_array().unwrap();
+    assert_eq!(res.len(), 2);
+    for t in res {
+        assert_eq!(t["connections"], 20);
+        assert!(t["rss_connected_kib"].as_u64().unwrap() > 0);
+    }
+}
+
+/// Checks `catchup` syncs every message and counts bytes beyond the payload.
+#[test]
+fn catchup_at_toy_size() {
+    let Some(r) = run(&["catchup", "--messages", "300"]) else {
+        return;
+    };
+    let res = &r["results"];
+    assert!(res["round_trips"].as_u64().unwrap() >= 2);
+    assert!(res["overhead_bytes_per_message"].as_f64().unwrap() > 0.0);
+    assert!(res["event_field_bytes"]["total"].as_u64().unwrap() > 100);
+}
+
+/// Checks `group` above the read-diffusion threshold reaches every online member.
+#[test]
+fn group_at_toy_size() {
+    let Some(r) = run(&[
+        "group",
+        "--members",
+        "600",
+        "--online",
+        "0.01",
+        "--messages",
+        "3",
+    ]) else {
+        return;
+    };
+    assert_eq!(r["params"]["online"], 6);
+    assert_eq!(r["results"]["all_online_have_it"]["count"], 3);
+    assert_eq!(r["results"]["single_delivery"]["count"], 18);
+}
+
+/// Checks `churn` brings every client back after a server restart.
+#[test]
+fn churn_at_toy_size() {
+    let Some(r) = run(&["churn", "--clients", "20", "--restart"]) else {
+        return;
+    };
+    assert_eq!(r["results"]["synced"]["count"], 20);
+    assert!(r["results"]["handshakes_per_sec"].as_f64().unwrap() > 0.0);
+}
