@@ -1,7 +1,8 @@
 //! Runs every scenario at toy sizes against the real `pigeon` binary, so
 //! the tool keeps working as the server changes. The binary must sit next
 //! to `pigeon-bench` (a workspace build puts it there); without it the test
-//! says so and passes, as `cargo test -p pigeon-bench` alone does not build it.
+//! fails and says to build the workspace (`cargo test -p pigeon-bench` alone
+//! does not build the server).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,13 +15,11 @@ fn bench() -> PathBuf {
 /// when there is no server binary to start.
 fn run(args: &[&str]) -> Option<serde_json::Value> {
     let pigeon = bench().with_file_name("pigeon");
-    if !pigeon.exists() {
-        eprintln!(
-            "skipped: no pigeon binary at {} (build the workspace first)",
-            pigeon.display()
-        );
-        return None;
-    }
+    assert!(
+        pigeon.exists(),
+        "no pigeon binary at {}: build the workspace first (cargo build --workspace)",
+        pigeon.display()
+    );
     let out = Command::new(bench())
         .arg("--json")
         .args(args)

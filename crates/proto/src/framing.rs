@@ -63,7 +63,9 @@ pub fn try_decode_prefixed(buf: &mut BytesMut, max: usize) -> Result<Option<Fram
         return Err(FrameError::TooLarge { len, max });
     }
     if buf.len() < FRAME_LENGTH_PREFIX_BYTES + len {
-        buf.reserve(FRAME_LENGTH_PREFIX_BYTES + len - buf.len());
+        // No reservation for the announced length: a peer could announce
+        // the maximum and send nothing more. The reader grows the buffer as
+        // bytes actually arrive.
         return Ok(None);
     }
     buf.advance(FRAME_LENGTH_PREFIX_BYTES);
@@ -101,6 +103,16 @@ mod tests {
             assert_eq!(got, vec![ping(1), ping(2), ping(3)], "split at {split}");
             assert!(buf.is_empty());
         }
+    }
+
+    /// Checks a length prefix alone does not make the decoder set memory
+    /// aside for the announced frame (a peer could announce the maximum and
+    /// then stay silent).
+    #[test]
+    fn a_prefix_reserves_nothing() {
+        let mut buf = BytesMut::from(&[0u8, 0x10, 0, 0][..]);
+        assert_eq!(try_decode_prefixed(&mut buf, 1 << 20), Ok(None));
+        assert!(buf.capacity() < 64, "capacity {}", buf.capacity());
     }
 
     /// Checks an oversized length prefix is refused before its body arrives.
