@@ -41,6 +41,9 @@ use tokio_rustls::TlsAcceptor;
 pub use config::GatewayConfig;
 pub use registry::Registry;
 
+/// Read buffer of one WebSocket connection (grows for large messages).
+pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// Shared by every connection of one server.
 pub struct Gateway {
     service: Arc<Service>,
@@ -214,8 +217,13 @@ impl Gateway {
                 .into_response();
         };
         let max = self.config.frame_bytes_max;
+        // Small I/O buffers: the defaults (128 KiB each) would make an idle
+        // WebSocket connection cost over 100 KiB; frames are written and
+        // flushed one at a time anyway.
         ws.max_message_size(max)
             .max_frame_size(max)
+            .read_buffer_size(WS_READ_BUFFER_BYTES)
+            .write_buffer_size(0)
             .max_write_buffer_size(max.saturating_mul(4))
             .on_upgrade(move |socket| async move {
                 let (reader, writer) = transport::websocket(socket);
