@@ -226,12 +226,13 @@ async fn connection_flood_leaves_others_unaffected() {
     }
     let (mut held, _) = flood.await.unwrap();
     let peak = rss_kib(pid);
-    // Connections past the cap were told BUSY; read what each one got.
+    // Connections past the cap were told BUSY: the last ones opened are
+    // past it; read what a few of them got (generously: the machine is busy).
     let mut busy = 0;
-    for s in held.iter_mut().take(1500) {
+    for s in held.iter_mut().rev().take(20) {
         let mut buf = [0u8; 256];
         if let Ok(Ok(n)) = tokio::time::timeout(
-            Duration::from_millis(5),
+            Duration::from_secs(1),
             tokio::io::AsyncReadExt::read(s, &mut buf),
         )
         .await
@@ -240,6 +241,7 @@ async fn connection_flood_leaves_others_unaffected() {
             && matches!(frame.body, Some(pigeon_client::v1::frame::Body::Goodbye(g)) if g.code == ErrorCode::Busy as i32)
         {
             busy += 1;
+            break;
         }
     }
     assert!(
