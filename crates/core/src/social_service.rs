@@ -343,6 +343,10 @@ impl Service {
         username: &str,
         online: bool,
     ) -> Result<(), CoreError> {
+        // In a cluster the user may still be online on another node.
+        if !online && self.notifier.is_online(user) {
+            return Ok(());
+        }
         let mut prefs = self.store.prefs(user).await?;
         if !online {
             prefs.last_seen_ms = self.clock.now_ms();

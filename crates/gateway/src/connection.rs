@@ -680,7 +680,7 @@ impl Conn {
         Close::Frame(Box::new(Frame::push(Body::Goodbye(v1::Goodbye {
             code: ErrorCode::ShuttingDown as i32,
             message: "server is shutting down; reconnect".into(),
-            redirect_to: config.redirect_to.clone(),
+            redirect_to: self.gw.redirect_to(),
             retry_after_ms,
         }))))
     }

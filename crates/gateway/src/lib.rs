@@ -39,7 +39,11 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 pub use config::GatewayConfig;
-pub use registry::Registry;
+pub use registry::{Registry, RegistryObserver};
+
+/// Gives the URLs a draining node's clients are sent to, when none are
+/// configured (in a cluster: the other live nodes, least loaded first).
+pub type RedirectSource = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 /// Read buffer of one WebSocket connection (grows for large messages).
 pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
@@ -53,6 +57,7 @@ pub struct Gateway {
     admission: admission::Admission,
     shutdown_tx: watch::Sender<bool>,
     shutdown_rx: watch::Receiver<bool>,
+    redirects: std::sync::OnceLock<RedirectSource>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -80,7 +85,22 @@ impl Gateway {
             config,
             shutdown_tx,
             shutdown_rx,
+            redirects: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets where draining clients are redirected when `redirect_to` is not
+    /// configured (once; later calls are ignored).
+    pub fn set_redirect_source(&self, source: RedirectSource) {
+        let _ = self.redirects.set(source);
+    }
+
+    /// Where a draining node's clients are told to go.
+    pub(crate) fn redirect_to(&self) -> Vec<String> {
+        if !self.config.redirect_to.is_empty() {
+            return self.config.redirect_to.clone();
+        }
+        self.redirects.get().map(|f| f()).unwrap_or_default()
     }
 
     /// The limits in force.

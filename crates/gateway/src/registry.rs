@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use pigeon_core::{Notifier, PushBatch, UserId};
 use pigeon_proto::Body;
@@ -46,11 +46,22 @@ struct Entry {
     flags: Arc<ConnFlags>,
 }
 
+/// Told when this node's view of a user changes, so that other nodes can
+/// learn it (cluster mode). Called under no lock; must not block.
+pub trait RegistryObserver: Send + Sync + 'static {
+    /// The user's first connection on this node opened (`true`) or the
+    /// last one closed (`false`).
+    fn user_here(&self, user: UserId, here: bool);
+    /// A session was revoked (logout) through a connection on this node.
+    fn session_revoked(&self, user: UserId, token_hash: &str);
+}
+
 /// The online connections of every user.
 #[derive(Default)]
 pub struct Registry {
     users: RwLock<HashMap<UserId, Vec<Entry>>>,
     next_conn_id: AtomicU64,
+    observer: OnceLock<Arc<dyn RegistryObserver>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -71,6 +82,22 @@ pub struct Registration {
 }
 
 impl Registry {
+    /// Sets the observer told about users arriving and leaving (once; later
+    /// calls are ignored).
+    pub fn set_observer(&self, observer: Arc<dyn RegistryObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Users with a connection on this node now.
+    pub fn users_here(&self) -> Vec<UserId> {
+        self.users
+            .read()
+            .expect("registry lock poisoned")
+            .keys()
+            .copied()
+            .collect()
+    }
+
     /// Registers a connection of `user` with a queue of `capacity` pushes.
     /// The flag says whether it is the user's first online connection.
     pub fn register(
@@ -93,6 +120,9 @@ impl Registry {
         let first = list.is_empty();
         list.push(entry);
         drop(users);
+        if first && let Some(o) = self.observer.get() {
+            o.user_here(user, true);
+        }
         (
             Registration {
                 registry: self.clone(),
@@ -124,6 +154,10 @@ impl Registry {
         if list.is_empty() {
             users.remove(&user);
         }
+        drop(users);
+        if last && let Some(o) = self.observer.get() {
+            o.user_here(user, false);
+        }
         last
     }
 
@@ -137,8 +171,18 @@ impl Registry {
         }
     }
 
-    /// Closes every connection of `user` that uses the session `token_hash`.
+    /// Closes every connection of `user` that uses the session
+    /// `token_hash`, here and (through the observer) on other nodes.
     pub fn revoke(&self, user: UserId, token_hash: &str) {
+        self.revoke_here(user, token_hash);
+        if let Some(o) = self.observer.get() {
+            o.session_revoked(user, token_hash);
+        }
+    }
+
+    /// Closes the connections on this node of `user` that use the session
+    /// `token_hash`.
+    pub fn revoke_here(&self, user: UserId, token_hash: &str) {
         let users = self.users.read().expect("registry lock poisoned");
         for e in users
             .get(&user)
