@@ -79,6 +79,21 @@ pub(crate) struct Config {
     pub(crate) drain_redirect_to: Vec<String>,
     /// Draining clients wait a random time up to this before reconnecting.
     pub(crate) drain_reconnect_spread_ms: u64,
+    /// NATS URL of the cluster bus (`nats://host:4222`); empty runs one
+    /// node on its own.
+    pub(crate) bus: String,
+    /// This node's id in the cluster; empty: random at each start.
+    pub(crate) node_id: String,
+    /// Prefix of the bus subjects (several clusters may share one NATS).
+    pub(crate) bus_subject_prefix: String,
+    /// Messages queued for the bus before new ones are dropped.
+    pub(crate) bus_queue_max: usize,
+    /// How often a node tells the others it is alive, ms.
+    pub(crate) cluster_beat_ms: u64,
+    /// Silence after which a node counts as gone, ms.
+    pub(crate) cluster_node_timeout_ms: u64,
+    /// How often a node republishes the list of its connected users, s.
+    pub(crate) cluster_snapshot_secs: u64,
     /// Average answer time of writes above which low and then normal
     /// priority requests are refused with BUSY.
     pub(crate) overload_latency_ms: u64,
@@ -159,6 +174,13 @@ impl Default for Config {
             advertise_endpoints: Vec::new(),
             drain_redirect_to: Vec::new(),
             drain_reconnect_spread_ms: gw.drain_reconnect_spread.as_millis() as u64,
+            bus: String::new(),
+            node_id: String::new(),
+            bus_subject_prefix: "pigeon".into(),
+            bus_queue_max: 65_536,
+            cluster_beat_ms: 1000,
+            cluster_node_timeout_ms: 5000,
+            cluster_snapshot_secs: 30,
             overload_latency_ms: gw.admission.overload_latency.as_millis() as u64,
             user_requests_per_sec: gw.admission.user_requests_per_sec,
             user_requests_burst: gw.admission.user_requests_burst,
@@ -380,6 +402,33 @@ impl Config {
             ),
             timeout: Duration::from_millis(self.webhook_timeout_ms),
         }
+    }
+
+    /// The cluster bus's settings, if one is configured; `endpoints` are
+    /// this node's client-facing URLs.
+    pub(crate) fn bus(&self, endpoints: Vec<String>) -> Option<pigeon_bus::BusConfig> {
+        if self.bus.is_empty() {
+            return None;
+        }
+        let node_id = if self.node_id.is_empty() {
+            format!("{:016x}", rand::random::<u64>())
+        } else {
+            self.node_id.clone()
+        };
+        Some(pigeon_bus::BusConfig {
+            url: self.bus.clone(),
+            subject_prefix: self.bus_subject_prefix.clone(),
+            node_id,
+            endpoints,
+            beat_interval: Duration::from_millis(self.cluster_beat_ms.max(10)),
+            node_timeout: Duration::from_millis(
+                self.cluster_node_timeout_ms
+                    .max(2 * self.cluster_beat_ms.max(10)),
+            ),
+            snapshot_interval: Duration::from_secs(self.cluster_snapshot_secs.max(1)),
+            queue_max: self.bus_queue_max.max(16),
+            message_bytes_max: 512 * 1024,
+        })
     }
 
     /// The store's settings.

@@ -35,10 +35,33 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("opening the data directory {}", config.data.display()))?,
     );
     let registry = Arc::new(Registry::default());
+    // Bind first: a cluster node announces its endpoints when it joins.
+    let tcp = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let http = TcpListener::bind(&config.http)
+        .await
+        .with_context(|| format!("binding {}", config.http))?;
+    let (tcp_addr, http_addr) = (tcp.local_addr()?, http.local_addr()?);
+    let cluster = match config.bus(node_endpoints(&config, tcp_addr, http_addr, tls.is_some())) {
+        Some(bus) => {
+            let url = bus.url.clone();
+            let cluster = pigeon_bus::Cluster::start(bus, registry.clone())
+                .await
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(node = cluster.node_id(), bus = %url, "joined the cluster bus");
+            Some(cluster)
+        }
+        None => None,
+    };
+    let notifier: Arc<dyn pigeon_core::Notifier> = match &cluster {
+        Some(c) => c.clone(),
+        None => registry.clone(),
+    };
     let service = Arc::new(
         Service::new(
             store.clone(),
-            registry.clone(),
+            notifier.clone(),
             Arc::new(SystemClock),
             config.core(),
         )
@@ -47,6 +70,12 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     );
     metrics::gauge!("pigeon_connections_max").set(config.connections_max as f64);
     let gateway = Gateway::new(service.clone(), registry.clone(), config.gateway());
+    if let Some(c) = &cluster {
+        let g = gateway.clone();
+        c.set_load(Arc::new(move || g.open_connections() as u64));
+        let c2 = c.clone();
+        gateway.set_redirect_source(Arc::new(move || c2.redirect_targets()));
+    }
     let admin = crate::admin::AdminState {
         service,
         registry: registry.clone(),
@@ -56,13 +85,6 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         started: std::time::Instant::now(),
     };
 
-    let tcp = TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let http = TcpListener::bind(&config.http)
-        .await
-        .with_context(|| format!("binding {}", config.http))?;
-    let (tcp_addr, http_addr) = (tcp.local_addr()?, http.local_addr()?);
     tracing::info!(
         tcp = %tcp_addr,
         http = %http_addr,
@@ -79,7 +101,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let webhooks_task = tokio::spawn(crate::webhooks::run(
         store.clone(),
-        registry.clone(),
+        notifier.clone(),
         config.webhooks(),
         stop_rx.clone(),
     ));
@@ -92,6 +114,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             tcp_port: tcp_addr.port(),
             http_port: http_addr.port(),
             tls: tls.is_some(),
+            cluster: cluster.clone(),
         }),
     })
     .merge(crate::admin::router(admin));
@@ -131,6 +154,10 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         open = gateway.open_connections(),
         "shutting down: draining connections"
     );
+    if let Some(c) = &cluster {
+        // Other nodes stop offering this one before its clients move.
+        c.leave().await;
+    }
     gateway
         .shutdown(Duration::from_secs(config.shutdown_grace_secs))
         .await;
@@ -165,10 +192,40 @@ struct Endpoints {
     http_port: u16,
     /// Whether both ports speak TLS (tls:// and wss:// then).
     tls: bool,
+    /// In a cluster: the live nodes, least loaded first.
+    cluster: Option<Arc<pigeon_bus::Cluster>>,
+}
+
+/// This node's client-facing URLs for the other nodes to list: the
+/// advertised ones, else derived from the bound addresses (a wildcard
+/// address is replaced by the host name, which must then resolve for
+/// clients; set `advertise_endpoints` when it does not).
+fn node_endpoints(config: &Config, tcp: SocketAddr, http: SocketAddr, tls: bool) -> Vec<String> {
+    if !config.advertise_endpoints.is_empty() {
+        return config.advertise_endpoints.clone();
+    }
+    let host = |addr: SocketAddr| {
+        if addr.ip().is_unspecified() {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into())
+        } else if addr.is_ipv6() {
+            format!("[{}]", addr.ip())
+        } else {
+            addr.ip().to_string()
+        }
+    };
+    let (t, w) = if tls { ("tls", "wss") } else { ("tcp", "ws") };
+    vec![
+        format!("{t}://{}:{}", host(tcp), tcp.port()),
+        format!("{w}://{}:{}/ws", host(http), http.port()),
+    ]
 }
 
 /// How long clients may cache the endpoint list.
 const ENDPOINTS_TTL_SECS: u64 = 300;
+/// How long clients may cache the endpoint list of a cluster.
+const CLUSTER_ENDPOINTS_TTL_SECS: u64 = 30;
 
 fn router(app: App) -> Router {
     Router::new()
@@ -252,7 +309,9 @@ async fn render_metrics(State(app): State<App>) -> Response {
 
 /// The gateways a client should use: `{"endpoints": [...], "ttl_secs": N}`.
 async fn endpoints(State(app): State<App>, headers: axum::http::HeaderMap) -> Response {
-    let list = if app.endpoints.advertised.is_empty() {
+    let list = if let Some(cluster) = &app.endpoints.cluster {
+        cluster.endpoints()
+    } else if app.endpoints.advertised.is_empty() {
         let host = headers
             .get(axum::http::header::HOST)
             .and_then(|h| h.to_str().ok())
@@ -270,7 +329,13 @@ async fn endpoints(State(app): State<App>, headers: axum::http::HeaderMap) -> Re
     } else {
         app.endpoints.advertised.clone()
     };
-    let body = serde_json::json!({ "endpoints": list, "ttl_secs": ENDPOINTS_TTL_SECS });
+    // Cluster membership changes faster than a fixed deployment's.
+    let ttl = if app.endpoints.cluster.is_some() {
+        CLUSTER_ENDPOINTS_TTL_SECS
+    } else {
+        ENDPOINTS_TTL_SECS
+    };
+    let body = serde_json::json!({ "endpoints": list, "ttl_secs": ttl });
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         body.to_string(),
