@@ -64,6 +64,10 @@ pub struct BusConfig {
     pub message_bytes_max: usize,
 }
 
+/// Called with the users of a node that died (stopped beating) who are not
+/// connected anywhere else, so that their contacts learn they went offline.
+pub type GoneHook = Arc<dyn Fn(Vec<UserId>) + Send + Sync>;
+
 /// What the publisher task sends.
 enum Out {
     Events(Arc<PushBatch>),
@@ -85,6 +89,7 @@ pub struct Cluster {
     view: RwLock<View>,
     out: mpsc::Sender<Out>,
     load: OnceLock<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    gone: OnceLock<GoneHook>,
     connected: AtomicBool,
     leaving: AtomicBool,
 }
@@ -153,6 +158,7 @@ impl Cluster {
             view: RwLock::new(View::default()),
             out: tx,
             load: OnceLock::new(),
+            gone: OnceLock::new(),
             connected: AtomicBool::new(true),
             leaving: AtomicBool::new(false),
         });
@@ -181,6 +187,12 @@ impl Cluster {
     /// Sets how this node measures its load (open connections).
     pub fn set_load(&self, load: Arc<dyn Fn() -> u64 + Send + Sync>) {
         let _ = self.load.set(load);
+    }
+
+    /// Sets what to do with the users of a node that died. Exactly one
+    /// node (the live one with the smallest id) calls it for each death.
+    pub fn set_gone_hook(&self, hook: GoneHook) {
+        let _ = self.gone.set(hook);
     }
 
     fn load(&self) -> u64 {
@@ -279,10 +291,32 @@ impl Cluster {
                 .write()
                 .expect("view lock poisoned")
                 .expire(Instant::now(), self.config.node_timeout);
-            for node in dead {
-                tracing::warn!(%node, "node stopped beating; forgotten");
+            for (node, users) in dead {
+                tracing::warn!(%node, users = users.len(), "node stopped beating; forgotten");
+                self.node_died(users);
             }
             metrics::gauge!("pigeon_cluster_nodes").set(self.nodes().len() as f64);
+        }
+    }
+
+    /// A dead node's users who are not back elsewhere went offline; the
+    /// live node with the smallest id tells their contacts.
+    fn node_died(&self, users: Vec<UserId>) {
+        let Some(hook) = self.gone.get() else { return };
+        let me = &self.config.node_id;
+        let smallest = self
+            .view
+            .read()
+            .expect("view lock poisoned")
+            .live()
+            .iter()
+            .all(|n| n.id > *me);
+        if !smallest {
+            return;
+        }
+        let gone: Vec<UserId> = users.into_iter().filter(|&u| !self.is_online(u)).collect();
+        if !gone.is_empty() {
+            hook(gone);
         }
     }
 

@@ -119,18 +119,21 @@ impl View {
         self.node(id, now).0.leaving = true;
     }
 
-    /// Forgets the nodes silent for longer than `timeout`; returns them.
-    pub(crate) fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<String> {
+    /// Forgets the nodes silent for longer than `timeout`; returns them
+    /// with the users that were connected to them.
+    pub(crate) fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<(String, Vec<UserId>)> {
         let dead: Vec<String> = self
             .nodes
             .iter()
             .filter(|(_, s)| now.saturating_duration_since(s.last_seen) > timeout)
             .map(|(id, _)| id.clone())
             .collect();
-        for id in &dead {
-            self.nodes.remove(id);
-        }
-        dead
+        dead.into_iter()
+            .filter_map(|id| {
+                let state = self.nodes.remove(&id)?;
+                Some((id, state.users.into_keys().collect()))
+            })
+            .collect()
     }
 
     /// Whether `user` is connected to another live node.
@@ -204,7 +207,10 @@ mod tests {
         assert_eq!(ids, ["c", "a"]);
         let mut dead = v.expire(t + Duration::from_secs(6), Duration::from_secs(5));
         dead.sort();
-        assert_eq!(dead, ["a", "b"]);
+        assert_eq!(
+            dead,
+            [("a".to_string(), vec![1]), ("b".to_string(), vec![])]
+        );
         assert!(!v.is_online(1), "a dead node's users are forgotten");
         assert_eq!(v.live().len(), 1);
     }

@@ -71,6 +71,20 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     metrics::gauge!("pigeon_connections_max").set(config.connections_max as f64);
     let gateway = Gateway::new(service.clone(), registry.clone(), config.gateway());
     if let Some(c) = &cluster {
+        // Users of a node that died went offline: tell their contacts.
+        let (svc, st) = (service.clone(), store.clone());
+        c.set_gone_hook(Arc::new(move |users| {
+            let (svc, st) = (svc.clone(), st.clone());
+            tokio::spawn(async move {
+                for u in users {
+                    if let Ok(Some(user)) = pigeon_core::Store::user_by_id(&*st, u).await
+                        && let Err(e) = svc.presence_changed(u, &user.username, false).await
+                    {
+                        tracing::warn!(error = %e, "presence update for a dead node's user failed");
+                    }
+                }
+            });
+        }));
         let g = gateway.clone();
         c.set_load(Arc::new(move || g.open_connections() as u64));
         let c2 = c.clone();
