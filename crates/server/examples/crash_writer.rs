@@ -50,9 +50,11 @@ use pigeon_client::{ClientError, ConnectOptions, Connection, text, to_conversati
     about = "Crash-test writer: sends unique messages, retries until acknowledged, records acks"
 )]
 struct Args {
-    /// Server URL (tcp://host:port).
-    #[arg(long)]
-    server: String,
+    /// Server URL (tcp://host:port); several, comma-separated, for the
+    /// nodes of a cluster: a connection that cannot be made moves on to
+    /// the next.
+    #[arg(long, value_delimiter = ',', required = true)]
+    server: Vec<String>,
     /// This writer's username (the account must exist unless --register).
     #[arg(long)]
     user: String,
@@ -184,7 +186,9 @@ fn pause(attempt: u32, e: &ClientError) -> Duration {
 
 struct Writer {
     args: Args,
-    options: ConnectOptions,
+    /// One per server; `at` is the one in use.
+    servers: Vec<ConnectOptions>,
+    at: usize,
     token: Option<String>,
     conn: Option<Connection>,
 }
@@ -210,9 +214,11 @@ impl Writer {
     }
 
     async fn register(&self) -> anyhow::Result<()> {
-        let (options, user, password) = (&self.options, &self.args.user, &self.args.password);
+        let (servers, user, password) = (&self.servers, &self.args.user, &self.args.password);
+        let mut at = self.at;
         self.retry("register", async || {
-            let conn = Connection::connect(options).await?;
+            at += 1;
+            let conn = Connection::connect(&servers[at % servers.len()]).await?;
             let r = conn.register(user, password).await;
             conn.close().await;
             match r {
@@ -225,10 +231,12 @@ impl Writer {
     }
 
     async fn login(&mut self) -> anyhow::Result<()> {
-        let (options, user, password) = (&self.options, &self.args.user, &self.args.password);
+        let (servers, user, password) = (&self.servers, &self.args.user, &self.args.password);
+        let mut at = self.at;
         let token = self
             .retry("login", async || {
-                let conn = Connection::connect(options).await?;
+                at += 1;
+                let conn = Connection::connect(&servers[at % servers.len()]).await?;
                 let r = conn.login(user, password, "crash-writer").await;
                 conn.close().await;
                 Ok(r?.token)
@@ -244,9 +252,11 @@ impl Writer {
         loop {
             if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
                 let token = self.token.clone().expect("logged in");
-                match Connection::connect(&self.options.clone().with_token(token)).await {
+                let options = &self.servers[self.at % self.servers.len()];
+                match Connection::connect(&options.clone().with_token(token)).await {
                     Ok(c) => self.conn = Some(c),
                     Err(e) if is_transient(&e) => {
+                        self.at += 1; // try the next node
                         tokio::time::sleep(pause(attempt, &e)).await;
                         attempt += 1;
                         continue;
@@ -276,10 +286,19 @@ async fn main() -> anyhow::Result<()> {
     if let Some(g) = &args.group {
         targets.push(Target::Conversation(g.clone()));
     }
-    let mut options = ConnectOptions::new(&args.server);
-    options.client_name = format!("crash-writer/{}", args.user);
-    options.connect_timeout = Duration::from_secs(2);
-    options.request_timeout = Duration::from_secs(5);
+    let servers: Vec<ConnectOptions> = args
+        .server
+        .iter()
+        .map(|url| {
+            let mut options = ConnectOptions::new(url);
+            options.client_name = format!("crash-writer/{}", args.user);
+            options.connect_timeout = Duration::from_secs(2);
+            options.request_timeout = Duration::from_secs(5);
+            options
+        })
+        .collect();
+    // Writers spread over the nodes.
+    let at = std::process::id() as usize;
 
     let stop = Arc::new(AtomicBool::new(false));
     for kind in [
@@ -304,7 +323,8 @@ async fn main() -> anyhow::Result<()> {
     let (count, seconds, rate, register) = (args.count, args.seconds, args.rate, args.register);
     let mut writer = Writer {
         args,
-        options,
+        servers,
+        at,
         token: None,
         conn: None,
     };
@@ -316,6 +336,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let interval = (rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(rate)));
     let (mut sent, mut dups) = (0u64, 0u64);
+    let mut longest = Duration::ZERO;
     for n in first.. {
         if stop.load(Ordering::SeqCst)
             || (count > 0 && sent >= count)
@@ -330,7 +351,9 @@ async fn main() -> anyhow::Result<()> {
         let id = format!("{tag}-{n}");
         let target = &targets[(n % targets.len() as u64) as usize];
         record.append(&format!("send {id} {}", target.record()))?;
+        let attempt_started = Instant::now();
         let ack = writer.send(&id, target).await?;
+        longest = longest.max(attempt_started.elapsed());
         record.append(&format!(
             "ack {id} {} {}{}",
             ack.conversation_id,
@@ -344,9 +367,10 @@ async fn main() -> anyhow::Result<()> {
         c.close().await;
     }
     eprintln!(
-        "{}: {sent} messages acknowledged ({dups} as duplicates of a stored retry) in {:.1}s",
+        "{}: {sent} messages acknowledged ({dups} as duplicates of a stored retry) in {:.1}s; longest wait for an acknowledgement {:.2}s",
         writer.args.user,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        longest.as_secs_f64()
     );
     Ok(())
 }
