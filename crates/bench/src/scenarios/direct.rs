@@ -48,6 +48,10 @@ pub(crate) struct Args {
     /// Skip the raw TCP echo baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Another node of the same cluster (`tcp://host:port`): the second
+    /// user of every pair connects there, so every message crosses nodes.
+    #[arg(long)]
+    peer_server: Option<String>,
 }
 
 /// What one user's receiving side measured.
@@ -98,7 +102,25 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     let tokens = users::login_many(&target.tcp_url, &names, &pb).await?;
     pb.finish();
     let pb = bar(senders as u64, "connect");
-    let conns = users::connect_many(&url, &tokens, &pb).await?;
+    let conns = match &args.peer_server {
+        None => users::connect_many(&url, &tokens, &pb).await?,
+        Some(peer) => {
+            if !peer.starts_with("tcp://") || args.transport != Transport::Tcp {
+                bail!("--peer-server takes a tcp:// URL and works with --transport tcp");
+            }
+            // Even users here, odd users (each pair's second) on the peer.
+            let (even, odd): (Vec<String>, Vec<String>) = (
+                tokens.iter().step_by(2).cloned().collect(),
+                tokens.iter().skip(1).step_by(2).cloned().collect(),
+            );
+            let here = users::connect_many(&url, &even, &pb).await?;
+            let there = users::connect_many(peer, &odd, &pb).await?;
+            here.into_iter()
+                .zip(there)
+                .flat_map(|(a, b)| [a, b])
+                .collect()
+        }
+    };
     pb.finish();
     let mut keys = Vec::new();
     for c in &conns {
@@ -221,11 +243,14 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     let acked_rate = total as f64 / ack_secs;
     let received_rate = got as f64 / recv_secs;
     let ratio = baseline.map(|b| acked_rate / b.frames_per_sec);
-    let mode = if args.rate > 0 {
+    let mut mode = if args.rate > 0 {
         format!("{} msg/s offered", thousands(args.rate as f64))
     } else {
         "as fast as acknowledged".into()
     };
+    if let Some(peer) = &args.peer_server {
+        mode.push_str(&format!(", pairs split between {url} and {peer}"));
+    }
     let mut t = Text::default();
     t.line(format!(
         "direct: {} pairs ({senders} senders), {}-byte texts, {} messages, window {}, {mode}, {}",
