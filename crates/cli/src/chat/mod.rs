@@ -19,7 +19,10 @@ use futures_util::StreamExt;
 use ratatui::DefaultTerminal;
 
 pub use app::{App, Effect, Input, Outcome};
+/// The key types [`Input::Key`] carries, for callers without crossterm.
+pub use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 pub use session::Chat;
+pub use view::{render, screen_text};
 
 use crate::ClientArgs;
 

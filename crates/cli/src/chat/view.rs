@@ -4,11 +4,12 @@
 //! `TestBackend` shows exactly what a terminal would.
 
 use chrono::{DateTime, FixedOffset};
-use ratatui::Frame;
+use ratatui::backend::TestBackend;
 use ratatui::layout::{Constraint, Layout, Position, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, HighlightSpacing, List, ListItem, ListState, Paragraph, Wrap};
+use ratatui::{Frame, Terminal};
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 use super::app::{App, Conversation, ConversationKind, Link, Message};
@@ -239,6 +240,23 @@ fn render_status(frame: &mut Frame, app: &App, area: Rect) {
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
+/// The screen `render` draws at `width` x `height`, as text: one string
+/// per row, trailing spaces trimmed (for tests and bug reports).
+pub fn screen_text(app: &App, width: u16, height: u16) -> Vec<String> {
+    let mut terminal =
+        Terminal::new(TestBackend::new(width, height)).expect("a test backend cannot fail");
+    terminal
+        .draw(|f| render(f, app))
+        .expect("a test backend cannot fail");
+    let buffer = terminal.backend().buffer();
+    (0..height)
+        .map(|y| {
+            let row: String = (0..width).map(|x| buffer[(x, y)].symbol()).collect();
+            row.trim_end().to_string()
+        })
+        .collect()
+}
+
 /// A time as `HH:MM` when it is today at `offset_secs` east of UTC, else
 /// `YYYY-MM-DD HH:MM`.
 pub fn clock(at_ms: i64, now_ms: i64, offset_secs: i32) -> String {
@@ -345,8 +363,6 @@ mod tests {
     use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
     use pigeon_client::ClientEvent;
     use pigeon_client::v1::{self, event::Kind};
-    use ratatui::Terminal;
-    use ratatui::backend::TestBackend;
 
     /// 2025-01-02 10:00 UTC.
     const NOON: i64 = 1_735_812_000_000;
@@ -372,17 +388,8 @@ mod tests {
         app
     }
 
-    /// The screen as text, one string per row, trailing spaces trimmed.
     fn screen(app: &App, width: u16, height: u16) -> Vec<String> {
-        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
-        terminal.draw(|f| render(f, app)).unwrap();
-        let buffer = terminal.backend().buffer();
-        (0..height)
-            .map(|y| {
-                let row: String = (0..width).map(|x| buffer[(x, y)].symbol()).collect();
-                row.trim_end().to_string()
-            })
-            .collect()
+        screen_text(app, width, height)
     }
 
     fn squeeze(s: &str) -> String {
