@@ -438,8 +438,10 @@ async fn login(
         token: Some(session.token.clone()),
         expires_at_ms: session.expires_at_ms,
     })?;
-    // A key belongs to one user's log: a new login starts from the beginning.
+    // A key belongs to one user's log: a new login starts from the beginning,
+    // and forgets what the chat derived from the old log.
     dir.save_sync_key(&[])?;
+    dir.forget_chat_state()?;
     print_lines([format::logged_in_json(&session)])
 }
 

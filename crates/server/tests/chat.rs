@@ -212,10 +212,13 @@ async fn scenario(s: &Setup) {
     key(&mut bob, KeyCode::Enter);
     until(&mut alice, "bob's answer", |a| has_text(a, "hi alice")).await;
     assert_eq!(unread(alice.app(), "bob"), Some(0), "in view: read at once");
-    // Bob applies his own message's event before he quits, so his stored
-    // key is past both messages.
-    until(&mut bob, "bob's own message applied", |b| {
-        b.stats().message_events == 2 && has_text(b, "hi alice")
+    // Bob applies his own message's event and alice's read receipt before
+    // he quits, so his stored key is past them.
+    until(&mut bob, "bob's own message applied and read", |b| {
+        b.stats().message_events == 2
+            && has_text(b, "hi alice")
+            && b.selected()
+                .is_some_and(|c| c.mark(c.newest_seq) == "✓✓ read")
     })
     .await;
     assert!(bob.keys_persisted() >= 2);
@@ -251,6 +254,8 @@ async fn scenario(s: &Setup) {
     })
     .await;
     assert_eq!(unread(bob.app(), "alice"), Some(0));
+    // The read receipt came before the stored key; the chat kept it on disk.
+    assert!(shows(&bob, "bob: hi alice ✓✓ read"), "{:#?}", screen(&bob));
 
     type_line(&mut alice, "/group crew bob");
     until(&mut alice, "the new group in view", |a| {

@@ -32,6 +32,9 @@ pub const TYPING_SHOW_MS: i64 = 6000;
 pub const NOTICE_SHOW_MS: i64 = 8000;
 /// Typists shown per conversation.
 pub const TYPISTS_PER_CONVERSATION_MAX: usize = 16;
+/// Receipt positions kept on disk between runs (the most recently active
+/// conversations' first).
+pub const RECEIPTS_STORED_MAX: usize = 20_000;
 
 const _: () = assert!(TYPING_REPEAT_MS < TYPING_SHOW_MS);
 const _: () = assert!(HISTORY_PAGE_MESSAGES as usize <= MESSAGES_PER_CONVERSATION_MAX);
@@ -141,6 +144,9 @@ pub enum Effect {
         /// Usernames to add.
         members: Vec<String>,
     },
+    /// Store these receipt positions (before the key that follows: they
+    /// come from events the key moves past, and the server cannot tell them again).
+    PersistReceipts(Vec<StoredReceipt>),
     /// Store this sync key: the events before it are applied.
     PersistKey(Vec<u8>),
     /// Leave the chat.
@@ -252,6 +258,19 @@ pub enum ConversationKind {
         /// The caller left or was removed.
         left: bool,
     },
+}
+
+/// How far a participant got in one of our conversations, as stored between runs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredReceipt {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The participant.
+    pub user_id: u64,
+    /// Delivered up to this conv_seq.
+    pub delivered: u64,
+    /// Read up to this conv_seq.
+    pub read: u64,
 }
 
 /// How far a participant got in one of our conversations.
@@ -422,6 +441,12 @@ impl Conversation {
     }
 }
 
+/// Positions only grow.
+fn raise(p: &mut Positions, to: Positions) {
+    p.delivered = p.delivered.max(to.delivered);
+    p.read = p.read.max(to.read);
+}
+
 fn preview_of(m: &Message) -> String {
     let text = if m.recalled {
         "(recalled)"
@@ -496,6 +521,9 @@ pub struct App {
     conversations_loading: bool,
     /// A `/new USER` waiting for its history answer.
     opening: Option<String>,
+    /// Receipt positions of conversations not loaded yet (from disk, or
+    /// kept over a resync).
+    saved_receipts: BTreeMap<String, BTreeMap<u64, Positions>>,
     new_id: IdSource,
     size: (u16, u16),
     now_ms: i64,
@@ -530,6 +558,7 @@ impl App {
             typing_sent: None,
             conversations_loading: false,
             opening: None,
+            saved_receipts: BTreeMap::new(),
             new_id,
             size: (80, 24),
             now_ms: 0,
@@ -602,6 +631,45 @@ impl App {
         self.stats
     }
 
+    /// Takes receipt positions stored by an earlier run; they apply to
+    /// their conversations as those appear.
+    pub fn restore_receipts(&mut self, stored: Vec<StoredReceipt>) {
+        for r in stored.into_iter().take(RECEIPTS_STORED_MAX) {
+            let p = Positions {
+                delivered: r.delivered,
+                read: r.read,
+            };
+            match self.conversations.get_mut(&r.conversation_id) {
+                Some(conv) => raise(conv.receipts.entry(r.user_id).or_default(), p),
+                None => {
+                    let saved = self.saved_receipts.entry(r.conversation_id).or_default();
+                    raise(saved.entry(r.user_id).or_default(), p);
+                }
+            }
+        }
+    }
+
+    /// The receipt positions to store, most recently active conversations first.
+    pub fn receipts_to_store(&self) -> Vec<StoredReceipt> {
+        let loaded = self
+            .order
+            .iter()
+            .filter_map(|id| self.conversations.get(id))
+            .map(|c| (&c.id, &c.receipts));
+        loaded
+            .chain(self.saved_receipts.iter())
+            .flat_map(|(id, receipts)| {
+                receipts.iter().map(|(&user_id, p)| StoredReceipt {
+                    conversation_id: id.clone(),
+                    user_id,
+                    delivered: p.delivered,
+                    read: p.read,
+                })
+            })
+            .take(RECEIPTS_STORED_MAX)
+            .collect()
+    }
+
     /// Applies one input at `now_ms` and returns what to do.
     pub fn update(&mut self, input: Input, now_ms: i64) -> Vec<Effect> {
         self.now_ms = now_ms;
@@ -626,8 +694,9 @@ impl App {
 
     fn conversation_mut(&mut self, id: &str) -> &mut Conversation {
         if !self.conversations.contains_key(id) {
-            self.conversations
-                .insert(id.to_string(), Conversation::new(id, self.me.user_id));
+            let mut conv = Conversation::new(id, self.me.user_id);
+            conv.receipts = self.saved_receipts.remove(id).unwrap_or_default();
+            self.conversations.insert(id.to_string(), conv);
             self.order.push(id.to_string());
         }
         self.conversations.get_mut(id).expect("just inserted")
@@ -677,11 +746,13 @@ impl App {
                     self.stop_typing(fx);
                 }
             }
-            KeyCode::Char(c) if !ctrl && !key.modifiers.contains(KeyModifiers::ALT) => {
-                if self.input.chars().count() < INPUT_CHARS_MAX {
-                    self.input.push(c);
-                    self.typed(fx);
-                }
+            KeyCode::Char(c)
+                if !ctrl
+                    && !key.modifiers.contains(KeyModifiers::ALT)
+                    && self.input.chars().count() < INPUT_CHARS_MAX =>
+            {
+                self.input.push(c);
+                self.typed(fx);
             }
             _ => {}
         }
@@ -764,14 +835,16 @@ impl App {
         let loaded = conv.messages.len();
         conv.scroll = (conv.scroll + page).min(loaded.saturating_sub(1));
         let near_top = loaded.saturating_sub(conv.scroll) <= page;
-        if near_top && conv.has_older && !conv.history_loading {
-            if let Some(&oldest) = conv.messages.keys().next() {
-                conv.history_loading = true;
-                fx.push(Effect::LoadHistory {
-                    target: HistoryTarget::Conversation(id),
-                    before: oldest,
-                });
-            }
+        if near_top
+            && conv.has_older
+            && !conv.history_loading
+            && let Some(&oldest) = conv.messages.keys().next()
+        {
+            conv.history_loading = true;
+            fx.push(Effect::LoadHistory {
+                target: HistoryTarget::Conversation(id),
+                before: oldest,
+            });
         }
     }
 
@@ -986,7 +1059,10 @@ impl App {
                 // Start over from the server's view (PROTOCOL.md §7.8).
                 fx.push(Effect::PersistKey(Vec::new()));
                 let selected = self.selected.clone();
-                self.conversations.clear();
+                // Receipts are not in the server's list or history: keep them.
+                for (id, conv) in std::mem::take(&mut self.conversations) {
+                    self.saved_receipts.insert(id, conv.receipts);
+                }
                 self.order.clear();
                 self.selected = None;
                 self.conversations_loading = false;
@@ -1009,6 +1085,7 @@ impl App {
         self.stats.batches += 1;
         let me = self.me.user_id;
         let mut unknown_names = false;
+        let mut receipts_changed = false;
         for event in events {
             let Some(kind) = event.kind else { continue };
             match kind {
@@ -1023,14 +1100,25 @@ impl App {
                 Kind::Receipt(r) => {
                     let conv = self.conversation_mut(&r.conversation_id);
                     let p = conv.receipts.entry(r.user_id).or_default();
+                    let before = *p;
                     match r.kind() {
-                        v1::ReceiptKind::Read => {
-                            p.read = p.read.max(r.up_to);
-                            p.delivered = p.delivered.max(r.up_to);
-                        }
-                        v1::ReceiptKind::Delivered => p.delivered = p.delivered.max(r.up_to),
+                        v1::ReceiptKind::Read => raise(
+                            p,
+                            Positions {
+                                delivered: r.up_to,
+                                read: r.up_to,
+                            },
+                        ),
+                        v1::ReceiptKind::Delivered => raise(
+                            p,
+                            Positions {
+                                delivered: r.up_to,
+                                read: 0,
+                            },
+                        ),
                         v1::ReceiptKind::Unspecified => {}
                     }
+                    receipts_changed |= *p != before;
                 }
                 Kind::ReceiptSummary(s) => {
                     let conv = self.conversation_mut(&s.conversation_id);
@@ -1075,6 +1163,9 @@ impl App {
             }
         }
         self.reorder();
+        if receipts_changed {
+            fx.push(Effect::PersistReceipts(self.receipts_to_store()));
+        }
         self.mark_read_in_view(fx);
         if unknown_names {
             self.load_conversations(fx);
@@ -1529,6 +1620,68 @@ mod tests {
         assert_eq!(app.selected().unwrap().mark(2), "✓✓");
         app.update(events(vec![receipt(v1::ReceiptKind::Read, 2)]), 8);
         assert_eq!(app.selected().unwrap().mark(2), "✓✓ read");
+    }
+
+    /// Checks receipts are stored (before the key) when they change, not
+    /// when a batch repeats them, and that a new App given the stored ones
+    /// shows the marks once the conversation appears, also across a resync.
+    #[test]
+    fn receipts_survive_a_restart() {
+        let mut app = app();
+        let own = Kind::Message(wire("d:1:2", 1, (ME, "alice"), "hi"));
+        let read = || {
+            Kind::Receipt(v1::Receipt {
+                conversation_id: "d:1:2".into(),
+                user_id: 2,
+                username: "bob".into(),
+                kind: v1::ReceiptKind::Read as i32,
+                up_to: 1,
+            })
+        };
+        let fx = app.update(events(vec![own, read()]), 1);
+        let stored = vec![StoredReceipt {
+            conversation_id: "d:1:2".into(),
+            user_id: 2,
+            delivered: 1,
+            read: 1,
+        }];
+        assert_eq!(
+            fx,
+            vec![
+                Effect::PersistReceipts(stored.clone()),
+                // Bob's name is not known from alice's own message alone.
+                Effect::LoadConversations,
+                Effect::PersistKey(b"k".to_vec())
+            ]
+        );
+        assert_eq!(
+            app.update(events(vec![read()]), 2),
+            vec![Effect::PersistKey(b"k".to_vec())]
+        );
+
+        let mut again = self::app();
+        again.restore_receipts(stored.clone());
+        assert_eq!(
+            again.receipts_to_store(),
+            stored,
+            "kept until the conversation appears"
+        );
+        again.update(Input::Client(ClientEvent::ResyncRequired), 3);
+        again.update(
+            Input::Done(Outcome::History {
+                target: HistoryTarget::Conversation("d:1:2".into()),
+                before: 0,
+                result: Ok(v1::HistoryResponse {
+                    conversation_id: "d:1:2".into(),
+                    messages: vec![wire("d:1:2", 1, (ME, "alice"), "hi")],
+                    has_more: false,
+                }),
+            }),
+            4,
+        );
+        assert_eq!(again.conversation("d:1:2").unwrap().mark(1), "✓✓ read");
+        again.update(Input::Client(ClientEvent::ResyncRequired), 5);
+        assert_eq!(again.receipts_to_store(), stored, "kept over a resync");
     }
 
     /// Checks a failed send stays visible with its error, and an ack before

@@ -8,7 +8,9 @@
 use pigeon_client::{Client, ClientEvent, ClientOptions};
 use tokio::sync::mpsc;
 
-use super::app::{App, Effect, HISTORY_PAGE_MESSAGES, HistoryTarget, Input, Me, Outcome};
+use super::app::{
+    App, Effect, HISTORY_PAGE_MESSAGES, HistoryTarget, Input, Me, Outcome, StoredReceipt,
+};
 use crate::ClientArgs;
 use crate::commands::{Remote, connect_options};
 use crate::profile::ProfileDir;
@@ -50,6 +52,7 @@ impl Chat {
         let dir = ProfileDir::resolve(args.profile.as_deref());
         let (profile, token) = dir.load_logged_in()?;
         let key = dir.load_sync_key()?;
+        let receipts = load_chat_state(&dir)?.receipts;
         let opts =
             ClientOptions::new(connect_options(&remote, Some(&token))).with_sync_key(key.clone());
         let (client, events) = Client::start(opts);
@@ -58,12 +61,13 @@ impl Chat {
             username: profile.username,
         };
         let offset = chrono::Local::now().offset().local_minus_utc();
-        let app = App::new(
+        let mut app = App::new(
             me,
             &args.server,
             Box::new(pigeon_client::new_client_msg_id),
             offset,
         );
+        app.restore_receipts(receipts);
         let (outcomes_tx, outcomes) = mpsc::channel(OUTCOMES_QUEUE_MAX);
         Ok(Chat {
             app,
@@ -133,6 +137,10 @@ impl Chat {
 
     fn carry_out(&mut self, effect: Effect) -> anyhow::Result<()> {
         match effect {
+            Effect::PersistReceipts(receipts) => {
+                let state = ChatState { receipts };
+                self.dir.save_chat_state(&serde_json::to_vec(&state)?)?;
+            }
             Effect::PersistKey(key) => {
                 self.dir.save_sync_key(&key)?;
                 self.keys_persisted += 1;
@@ -157,6 +165,22 @@ impl Chat {
     pub async fn shutdown(self) {
         self.client.shutdown().await;
     }
+}
+
+/// `chat_state.json` in the profile: what the chat derived from events
+/// before the stored key and the server cannot tell again.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct ChatState {
+    receipts: Vec<StoredReceipt>,
+}
+
+fn load_chat_state(dir: &ProfileDir) -> anyhow::Result<ChatState> {
+    let Some(bytes) = dir.load_chat_state()? else {
+        return Ok(ChatState::default());
+    };
+    // Only marks on one's own messages depend on it, and later receipts
+    // raise them again: an unreadable file is not worth refusing to start.
+    Ok(serde_json::from_slice(&bytes).unwrap_or_default())
 }
 
 /// Makes the request of one effect; the answer, if the app wants one.
@@ -234,7 +258,7 @@ async fn request(client: &Client, effect: Effect) -> Option<Outcome> {
                     .map_err(text),
             )
         }
-        Effect::PersistKey(_) | Effect::Quit => return None,
+        Effect::PersistReceipts(_) | Effect::PersistKey(_) | Effect::Quit => return None,
     };
     Some(outcome)
 }
