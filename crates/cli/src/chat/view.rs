@@ -679,6 +679,29 @@ mod tests {
         );
     }
 
+    /// Checks tiny terminals draw without panicking, whatever is in view.
+    #[test]
+    fn tiny_terminals() {
+        let mut app = app();
+        events(
+            &mut app,
+            vec![message("d:1:2", 1, (2, "bob"), "a message", NOON)],
+            NOON,
+        );
+        for (w, h) in [(1, 1), (5, 3), (12, 6), (30, 4)] {
+            screen(&app, w, h);
+        }
+        key(&mut app, KeyCode::Tab);
+        for c in "typed".chars() {
+            key(&mut app, KeyCode::Char(c));
+        }
+        for (w, h) in [(1, 1), (5, 3), (12, 6), (30, 4)] {
+            screen(&app, w, h);
+        }
+        let s = screen(&app, 40, 8);
+        assert!(contains(&s, "typed"), "{s:#?}");
+    }
+
     /// Checks the time format (today, another day) and wrapping rules.
     #[test]
     fn clock_and_wrap() {
