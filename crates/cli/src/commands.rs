@@ -30,6 +30,7 @@ pub(crate) async fn run(args: ClientArgs, cmd: ClientCommand) -> anyhow::Result<
         }
         ClientCommand::Sync => sync(server, &dir).await,
         ClientCommand::Listen => listen(server, &dir).await,
+        ClientCommand::Chat => crate::chat::run(&args).await,
         ClientCommand::History {
             user,
             conversation,
@@ -335,7 +336,7 @@ pub(crate) struct Remote {
 
 impl Remote {
     /// Reads the `--ca` file, if given, so every command trusts it.
-    fn from_args(args: &ClientArgs) -> anyhow::Result<Remote> {
+    pub(crate) fn from_args(args: &ClientArgs) -> anyhow::Result<Remote> {
         let ca_pem = match &args.ca {
             Some(path) => Some(
                 std::fs::read(path)
@@ -350,7 +351,7 @@ impl Remote {
     }
 }
 
-fn connect_options(server: &Remote, token: Option<&str>) -> ConnectOptions {
+pub(crate) fn connect_options(server: &Remote, token: Option<&str>) -> ConnectOptions {
     let mut opts = ConnectOptions::new(&server.url);
     opts.ca_pem = server.ca_pem.clone();
     opts.client_name = concat!("pigeon-cli/", env!("CARGO_PKG_VERSION")).to_string();
@@ -437,8 +438,10 @@ async fn login(
         token: Some(session.token.clone()),
         expires_at_ms: session.expires_at_ms,
     })?;
-    // A key belongs to one user's log: a new login starts from the beginning.
+    // A key belongs to one user's log: a new login starts from the beginning,
+    // and forgets what the chat derived from the old log.
     dir.save_sync_key(&[])?;
+    dir.forget_chat_state()?;
     print_lines([format::logged_in_json(&session)])
 }
 

@@ -1,17 +1,19 @@
 //! Pigeon's terminal client commands (`pigeon register`, `login`, `send`,
 //! `sync`, `listen`, ...) over the Rust SDK, as a library the `pigeon`
 //! binary mounts. Output is JSON lines on stdout (see [`format`](mod@format)); notes
-//! go to stderr.
+//! go to stderr. `pigeon chat` is the exception: a full-screen chat.
 //!
 //! Layout:
 //! - `lib.rs`: the clap arguments and [`run`].
 //! - `commands.rs`: one function per command.
+//! - [`chat`]: `pigeon chat`, the terminal chat (ratatui).
 //! - [`format`](mod@format): the JSON line shapes, pure functions.
 //! - [`profile`]: the profile directory (login state and sync key on disk).
 //!
 //! Errors come back as `anyhow::Error`; print them with [`error_line`]:
 //! `error: <message> (code <NAME> <number>)` for server errors.
 
+pub mod chat;
 mod commands;
 pub mod format;
 pub mod profile;
@@ -74,6 +76,9 @@ pub enum ClientCommand {
     /// Stay connected and print events, presence and typing as JSON lines as
     /// they arrive (Ctrl-C to stop).
     Listen,
+    /// Open the terminal chat: conversations, messages and an input line
+    /// (resumes from the profile's sync key; Esc or Ctrl-C to quit).
+    Chat,
     /// Print a page of a conversation (with a user, or by id), oldest first.
     History {
         /// The other participant's username.
@@ -331,6 +336,10 @@ mod tests {
                 limit: 5,
                 ..
             }
+        ));
+        assert!(matches!(
+            Cli::parse_from(["pigeon", "chat", "--server", "ws://h:1/ws"]).cmd,
+            ClientCommand::Chat
         ));
         let cli = Cli::parse_from(["pigeon", "login", "alice"]);
         assert!(matches!(cli.cmd, ClientCommand::Login { ref device, .. } if device == "cli"));

@@ -1,6 +1,8 @@
 //! The CLI's state on disk: `<profile>/profile.json` (who is logged in, with
-//! the session token; mode 0600) and `<profile>/sync_key` (the opaque key
-//! after the last printed events). Both are replaced atomically.
+//! the session token; mode 0600), `<profile>/sync_key` (the opaque key
+//! after the last printed events) and `<profile>/chat_state.json` (what
+//! `pigeon chat` derived from events before that key and cannot ask the
+//! server for again: receipt positions). All are replaced atomically.
 
 use std::fs;
 use std::io::Write;
@@ -11,10 +13,14 @@ use serde::{Deserialize, Serialize};
 
 const PROFILE_FILE: &str = "profile.json";
 const SYNC_KEY_FILE: &str = "sync_key";
+const CHAT_STATE_FILE: &str = "chat_state.json";
 /// A profile file larger than this is not ours.
 const PROFILE_BYTES_MAX: u64 = 64 * 1024;
 /// A sync key file larger than this is not ours (servers issue keys of at most 256 bytes).
 const SYNC_KEY_FILE_BYTES_MAX: u64 = 4 * 1024;
+/// A chat state file larger than this is not ours (the chat keeps at most
+/// `RECEIPTS_STORED_MAX` entries of well under 200 bytes).
+const CHAT_STATE_BYTES_MAX: u64 = 8 * 1024 * 1024;
 
 /// Who this profile is logged in as.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +106,27 @@ impl ProfileDir {
     /// Stores the sync key.
     pub fn save_sync_key(&self, key: &[u8]) -> anyhow::Result<()> {
         write_atomic(&self.dir, SYNC_KEY_FILE, key)
+    }
+
+    /// The chat's stored state, if any.
+    pub fn load_chat_state(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        read_optional(&self.dir.join(CHAT_STATE_FILE), CHAT_STATE_BYTES_MAX)
+    }
+
+    /// Stores the chat's state; call before storing the sync key it goes with.
+    pub fn save_chat_state(&self, bytes: &[u8]) -> anyhow::Result<()> {
+        write_atomic(&self.dir, CHAT_STATE_FILE, bytes)
+    }
+
+    /// Deletes the chat's state (a new login may be another account).
+    pub fn forget_chat_state(&self) -> anyhow::Result<()> {
+        let path = self.dir.join(CHAT_STATE_FILE);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -226,6 +253,20 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, vec![SYNC_KEY_FILE.to_string()]);
+    }
+
+    /// Checks the chat state is absent at first, replaced whole, and forgotten.
+    #[test]
+    fn chat_state_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ProfileDir::resolve(Some(tmp.path()));
+        assert_eq!(dir.load_chat_state().unwrap(), None);
+        dir.forget_chat_state().unwrap();
+        dir.save_chat_state(b"{\"a\":1}").unwrap();
+        dir.save_chat_state(b"{}").unwrap();
+        assert_eq!(dir.load_chat_state().unwrap().as_deref(), Some(&b"{}"[..]));
+        dir.forget_chat_state().unwrap();
+        assert_eq!(dir.load_chat_state().unwrap(), None);
     }
 
     /// Checks a corrupt profile is reported, not treated as absent.
