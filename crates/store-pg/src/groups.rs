@@ -13,8 +13,7 @@ use std::sync::Arc;
 use deadpool_postgres::GenericClient;
 use pigeon_core::groups::{self, GroupAction};
 use pigeon_core::store::{
-    GroupChangeRequest, GroupLimits, GroupOp, GroupOutcome, GroupRecord, MemberRecord,
-    SYSTEM_ACTOR,
+    GroupChangeRequest, GroupLimits, GroupOp, GroupOutcome, GroupRecord, MemberRecord, SYSTEM_ACTOR,
 };
 use pigeon_core::{CoreError, UserId};
 use pigeon_proto::v1::{GroupChange, GroupChangeKind, GroupRole, GroupSettings, Member, event};
@@ -91,10 +90,10 @@ pub(crate) async fn member<C: GenericClient>(
     group: u64,
     user: UserId,
 ) -> Result<Option<MemberRecord>> {
-    let sql = format!("SELECT {MEMBER_COLUMNS} FROM group_members WHERE group_id = $1 AND user_id = $2");
+    let sql =
+        format!("SELECT {MEMBER_COLUMNS} FROM group_members WHERE group_id = $1 AND user_id = $2");
     let stmt = c.prepare_cached(&sql).await?;
-    Ok(c
-        .query_opt(&stmt, &[&i(group), &i(user)])
+    Ok(c.query_opt(&stmt, &[&i(group), &i(user)])
         .await?
         .as_ref()
         .map(member_row))
@@ -107,8 +106,7 @@ pub(crate) async fn member_ids<C: GenericClient>(c: &C, group: u64) -> Result<Ve
             "SELECT user_id FROM group_members WHERE group_id = $1 AND role <> 0 ORDER BY user_id",
         )
         .await?;
-    Ok(c
-        .query(&stmt, &[&i(group)])
+    Ok(c.query(&stmt, &[&i(group)])
         .await?
         .iter()
         .map(|r| u(r.get(0)))
@@ -161,7 +159,8 @@ impl W<'_> {
         };
         let settings = group.settings();
         let dissolved = group.dissolved;
-        let check = |action| groups::check(actor_role, action, &settings, dissolved).map_err(refused);
+        let check =
+            |action| groups::check(actor_role, action, &settings, dissolved).map_err(refused);
         let (affected, emitted) = match &op.change {
             GroupChangeRequest::Create { .. } => unreachable!("handled above"),
             GroupChangeRequest::AddMembers(users) => {
@@ -185,11 +184,21 @@ impl W<'_> {
                 group.member_count = count as u32;
                 let mut added = Vec::with_capacity(new.len());
                 for (id, name) in new {
-                    added.push(self.join(&group, id, name, GroupRole::Member, now_ms).await?);
+                    added.push(
+                        self.join(&group, id, name, GroupRole::Member, now_ms)
+                            .await?,
+                    );
                 }
                 self.put_group(&group).await?;
                 let emitted = self
-                    .emit(&group, who, GroupChangeKind::MembersAdded, &added, limits, now_ms)
+                    .emit(
+                        &group,
+                        who,
+                        GroupChangeKind::MembersAdded,
+                        &added,
+                        limits,
+                        now_ms,
+                    )
                     .await?;
                 (added, emitted)
             }
@@ -207,14 +216,31 @@ impl W<'_> {
                         targets.push(r);
                     }
                 }
-                self.depart(&mut group, who, targets, GroupChangeKind::MembersRemoved, limits, now_ms)
-                    .await?
+                self.depart(
+                    &mut group,
+                    who,
+                    targets,
+                    GroupChangeKind::MembersRemoved,
+                    limits,
+                    now_ms,
+                )
+                .await?
             }
             GroupChangeRequest::Leave => {
                 check(GroupAction::Leave)?;
-                let me = member(self.tx, group_id, actor).await?.into_iter().collect();
-                self.depart(&mut group, who, me, GroupChangeKind::MemberLeft, limits, now_ms)
+                let me = member(self.tx, group_id, actor)
                     .await?
+                    .into_iter()
+                    .collect();
+                self.depart(
+                    &mut group,
+                    who,
+                    me,
+                    GroupChangeKind::MemberLeft,
+                    limits,
+                    now_ms,
+                )
+                .await?
             }
             GroupChangeRequest::Update {
                 name,
@@ -252,7 +278,14 @@ impl W<'_> {
                 self.put_member(group_id, &t).await?;
                 let affected = vec![t.member()];
                 let emitted = self
-                    .emit(&group, who, GroupChangeKind::RoleChanged, &affected, limits, now_ms)
+                    .emit(
+                        &group,
+                        who,
+                        GroupChangeKind::RoleChanged,
+                        &affected,
+                        limits,
+                        now_ms,
+                    )
                     .await?;
                 (affected, emitted)
             }
@@ -264,7 +297,8 @@ impl W<'_> {
                 check(GroupAction::Transfer {
                     target: target_role,
                 })?;
-                let mut new_owner = target.ok_or_else(|| corrupt("member", "checked, yet absent"))?;
+                let mut new_owner =
+                    target.ok_or_else(|| corrupt("member", "checked, yet absent"))?;
                 let mut old_owner = member(self.tx, group_id, group.owner_id)
                     .await?
                     .ok_or_else(|| corrupt("group", "its owner is no member"))?;
@@ -356,8 +390,14 @@ impl W<'_> {
         )
         .await?;
         let mut all = vec![
-            self.join(&group, owner.0, owner.1.to_string(), GroupRole::Owner, now_ms)
-                .await?,
+            self.join(
+                &group,
+                owner.0,
+                owner.1.to_string(),
+                GroupRole::Owner,
+                now_ms,
+            )
+            .await?,
         ];
         for (uid, uname) in members {
             all.push(
@@ -366,7 +406,14 @@ impl W<'_> {
             );
         }
         let emitted = self
-            .emit(&group, owner, GroupChangeKind::Created, &all, limits, now_ms)
+            .emit(
+                &group,
+                owner,
+                GroupChangeKind::Created,
+                &all,
+                limits,
+                now_ms,
+            )
             .await?;
         let appended = self.flush().await?;
         Ok(outcome(&group, all, emitted, appended))

@@ -177,7 +177,11 @@ impl From<Error> for StoreError {
             Error::Db(e) if e.is_closed() || e.as_db_error().is_none() => {
                 StoreError::Unavailable(format!("database: {e}"))
             }
-            Error::Db(e) => StoreError::Io(format!("database: {}", e.as_db_error().map_or_else(|| e.to_string(), |d| d.to_string()))),
+            Error::Db(e) => StoreError::Io(format!(
+                "database: {}",
+                e.as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.to_string())
+            )),
         }
     }
 }
@@ -236,14 +240,20 @@ macro_rules! write_tx {
             match result {
                 Err(e) if e.retryable() && attempt < $crate::TX_ATTEMPTS_MAX => {
                     attempt += 1;
-                    store.stats.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    store
+                        .stats
+                        .retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     metrics::counter!($crate::PG_RETRIES_TOTAL).increment(1);
                     // A little jitter so the same two do not collide again.
                     let pause = rand::random_range(1..=10 * u64::from(attempt));
                     tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 }
                 Ok(v) => {
-                    store.stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    store
+                        .stats
+                        .commits
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     metrics::counter!($crate::PG_TRANSACTIONS_TOTAL).increment(1);
                     metrics::histogram!($crate::PG_TRANSACTION_SECONDS)
                         .record(started.elapsed().as_secs_f64());
@@ -293,10 +303,7 @@ impl PgStore {
     /// Whether the database answers a trivial query now.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map_err(Error::from)?;
+        client.simple_query("SELECT 1").await.map_err(Error::from)?;
         Ok(())
     }
 
@@ -346,11 +353,17 @@ impl Store for PgStore {
         now_ms: i64,
     ) -> Result<UserRecord, StoreError> {
         write_tx!(self, |w| {
-            if w.opt("SELECT 1 FROM users WHERE username = $1", &[&username]).await?.is_some() {
+            if w.opt("SELECT 1 FROM users WHERE username = $1", &[&username])
+                .await?
+                .is_some()
+            {
                 return Err(Error::Store(StoreError::UsernameTaken));
             }
             let id: i64 = w
-                .one("UPDATE counters SET value = value + 1 WHERE name = 'user' RETURNING value", &[])
+                .one(
+                    "UPDATE counters SET value = value + 1 WHERE name = 'user' RETURNING value",
+                    &[],
+                )
                 .await?
                 .get(0);
             let inserted = w
@@ -377,12 +390,18 @@ impl Store for PgStore {
 
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
-        Ok(reads::opt(self, &sql, &[&username]).await?.as_ref().map(user_row))
+        Ok(reads::opt(self, &sql, &[&username])
+            .await?
+            .as_ref()
+            .map(user_row))
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-        Ok(reads::opt(self, &sql, &[&i(id)]).await?.as_ref().map(user_row))
+        Ok(reads::opt(self, &sql, &[&i(id)])
+            .await?
+            .as_ref()
+            .map(user_row))
     }
 
     async fn create_session(&self, s: NewSession) -> Result<SessionRecord, StoreError> {
@@ -390,7 +409,10 @@ impl Store for PgStore {
             // Shares the row lock an administrator's disable takes, so a
             // login racing a disable cannot slip through.
             let disabled = w
-                .opt("SELECT disabled FROM users WHERE id = $1 FOR SHARE", &[&i(s.user_id)])
+                .opt(
+                    "SELECT disabled FROM users WHERE id = $1 FOR SHARE",
+                    &[&i(s.user_id)],
+                )
                 .await?
                 .is_some_and(|r| r.get::<_, bool>(0));
             if disabled {
@@ -424,13 +446,19 @@ impl Store for PgStore {
 
     async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = $1");
-        Ok(reads::opt(self, &sql, &[&token_hash]).await?.as_ref().map(session_row))
+        Ok(reads::opt(self, &sql, &[&token_hash])
+            .await?
+            .as_ref()
+            .map(session_row))
     }
 
     async fn revoke_session(&self, token_hash: &str) -> Result<(), StoreError> {
         write_tx!(self, |w| {
             let n = w
-                .exec("UPDATE sessions SET revoked = TRUE WHERE token_hash = $1", &[&token_hash])
+                .exec(
+                    "UPDATE sessions SET revoked = TRUE WHERE token_hash = $1",
+                    &[&token_hash],
+                )
                 .await?;
             if n == 0 {
                 return Err(Error::Store(StoreError::SessionNotFound));
@@ -524,7 +552,9 @@ impl Store for PgStore {
         marks: Vec<Delivered>,
         now_ms: i64,
     ) -> Result<Vec<Appended>, StoreError> {
-        write_tx!(self, |w| w.record_delivered(user, username, &marks, now_ms).await?)
+        write_tx!(self, |w| w
+            .record_delivered(user, username, &marks, now_ms)
+            .await?)
     }
 
     async fn is_blocked(&self, blocker: UserId, blocked: UserId) -> Result<bool, StoreError> {
@@ -544,7 +574,9 @@ impl Store for PgStore {
         block: bool,
         now_ms: i64,
     ) -> Result<Vec<Appended>, StoreError> {
-        write_tx!(self, |w| w.set_blocked(blocker, &blocked, block, now_ms).await?)
+        write_tx!(self, |w| w
+            .set_blocked(blocker, &blocked, block, now_ms)
+            .await?)
     }
 
     async fn blocked_users(
@@ -640,7 +672,8 @@ impl Store for PgStore {
         write_tx!(self, |w| {
             match (&outcome, next_attempt_ms) {
                 (Ok(()), _) => {
-                    w.exec("DELETE FROM outbox WHERE id = $1", &[&i(id)]).await?;
+                    w.exec("DELETE FROM outbox WHERE id = $1", &[&i(id)])
+                        .await?;
                 }
                 (Err(reason), Some(next)) => {
                     w.exec(
@@ -748,9 +781,9 @@ impl Store for PgStore {
                 Some(h) => w.opt(&sql, &[&i(user), h]).await?,
                 None => w.opt(&sql, &[&i(user)]).await?,
             };
-            row.as_ref().map(user_row).ok_or_else(|| {
-                refused(CoreError::UserNotFound(format!("user id {user}")))
-            })?
+            row.as_ref()
+                .map(user_row)
+                .ok_or_else(|| refused(CoreError::UserNotFound(format!("user id {user}"))))?
         })
     }
 
@@ -796,4 +829,3 @@ impl Store for PgStore {
         Ok(t)
     }
 }
-

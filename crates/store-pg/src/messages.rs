@@ -257,8 +257,9 @@ impl W<'_> {
         self.exec(
             "INSERT INTO conv_states AS s (user_id, conversation_id, peer_user_id, peer_username, \
                  last_message, last_conv_seq, unread_count, read_up_to) \
-             SELECT t.u, $4, t.p, t.pn, $5, $6, \
-                 CASE WHEN t.u = $7 THEN 0 ELSE 1 END, CASE WHEN t.u = $7 THEN $6 ELSE 0 END \
+             SELECT t.u, $4::text, t.p, t.pn, $5::bytea, $6::bigint, \
+                 CASE WHEN t.u = $7::bigint THEN 0 ELSE 1 END, \
+                 CASE WHEN t.u = $7::bigint THEN $6::bigint ELSE 0 END \
              FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS t(u, p, pn) ORDER BY t.u \
              ON CONFLICT (user_id, conversation_id) DO UPDATE SET \
                  last_message = EXCLUDED.last_message, last_conv_seq = EXCLUDED.last_conv_seq, \
@@ -327,11 +328,8 @@ impl W<'_> {
                 appended: Vec::new(),
             });
         };
-        let (read_up_to, unread_count, last_conv_seq) = (
-            u(state.get(0)),
-            u(state.get(1)),
-            u(state.get::<_, i64>(2)),
-        );
+        let (read_up_to, unread_count, last_conv_seq) =
+            (u(state.get(0)), u(state.get(1)), u(state.get::<_, i64>(2)));
         let group = match groups::parse_group_id(conv) {
             Some(id) => Some(self.group_for_write(id, Lock::None).await?),
             None => None,

@@ -22,8 +22,11 @@ use tokio_postgres::NoTls;
 pub const MIGRATION_LOCK: i64 = 0x7069_6765_6f6e;
 
 /// `(version, name, SQL)`, in order.
-pub const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "initial schema", include_str!("migrations/0001_initial.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial schema",
+    include_str!("migrations/0001_initial.sql"),
+)];
 
 const _: () = {
     // Versions are 1, 2, 3, ... in order.
@@ -74,7 +77,10 @@ async fn apply(mut client: tokio_postgres::Client) -> Result<Vec<i64>, StoreErro
         .await
         .map_err(|e| unavailable("creating schema_migrations", e))?;
     let applied: Vec<i64> = client
-        .query("SELECT version FROM schema_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
         .await
         .map_err(|e| unavailable("reading schema_migrations", e))?
         .iter()

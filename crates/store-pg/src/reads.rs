@@ -5,13 +5,13 @@
 
 use std::collections::{HashMap, HashSet};
 
+use pigeon_core::UserId;
 use pigeon_core::conversation::ConversationId;
 use pigeon_core::groups;
 use pigeon_core::store::{
     Delivery, DeliveryStatus, HistoryQuery, HookKind, LogRead, LogReadError, MemberRecord,
     StreamRead,
 };
-use pigeon_core::UserId;
 use pigeon_proto::v1::{ConversationSummary, Event, GroupRole, Message, ReceiptSummary, event};
 use tokio_postgres::Row;
 
@@ -206,7 +206,10 @@ async fn fill_large_summary(
         )
         .await?;
     let newest = c
-        .query_opt(&stmt, &[&s.conversation_id, &i(m.joined_after_conv), &upper])
+        .query_opt(
+            &stmt,
+            &[&s.conversation_id, &i(m.joined_after_conv), &upper],
+        )
         .await?;
     s.last_message = newest.map(|r| decode_message(r.get(0))).transpose()?;
     let stmt = c
@@ -266,10 +269,12 @@ pub(crate) async fn read_streams(
 ) -> Result<StreamRead> {
     // Positions commit in order (the counter's row lock), so everything up
     // to the committed counter is readable and nothing below it will come.
-    let committed = u(opt(s, "SELECT value FROM counters WHERE name = 'stream'", &[])
-        .await?
-        .ok_or_else(|| corrupt("counters", "no stream counter"))?
-        .get(0));
+    let committed = u(
+        opt(s, "SELECT value FROM counters WHERE name = 'stream'", &[])
+            .await?
+            .ok_or_else(|| corrupt("counters", "no stream counter"))?
+            .get(0),
+    );
     if committed <= after || limit == 0 {
         return Ok(StreamRead {
             events: Vec::new(),
@@ -338,7 +343,9 @@ pub(crate) async fn receipt_counts(
     let members = match groups::parse_group_id(conv) {
         Some(id) => {
             let c = s.client().await?;
-            group(&c, id, Lock::None).await?.map_or(0, |g| g.member_count)
+            group(&c, id, Lock::None)
+                .await?
+                .map_or(0, |g| g.member_count)
         }
         None => 0,
     };
@@ -463,7 +470,11 @@ fn delivery_row(r: &Row) -> Result<Delivery> {
     })
 }
 
-pub(crate) async fn deliveries_due(s: &PgStore, now_ms: i64, limit: usize) -> Result<Vec<Delivery>> {
+pub(crate) async fn deliveries_due(
+    s: &PgStore,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<Delivery>> {
     let sql = format!(
         "SELECT {DELIVERY_COLUMNS} FROM outbox WHERE NOT failed AND next_attempt_ms <= $1 \
          ORDER BY next_attempt_ms, id LIMIT $2"
@@ -476,7 +487,8 @@ pub(crate) async fn deliveries_due(s: &PgStore, now_ms: i64, limit: usize) -> Re
 }
 
 pub(crate) async fn deliveries_failed(s: &PgStore, limit: usize) -> Result<Vec<Delivery>> {
-    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM outbox WHERE failed ORDER BY id DESC LIMIT $1");
+    let sql =
+        format!("SELECT {DELIVERY_COLUMNS} FROM outbox WHERE failed ORDER BY id DESC LIMIT $1");
     query(s, &sql, &[&(limit.min(FAILED_SCAN_MAX) as i64)])
         .await?
         .iter()
