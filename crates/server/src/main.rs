@@ -8,6 +8,7 @@
 //! and its OpenAPI document).
 
 mod admin;
+mod backend;
 mod config;
 mod serve;
 mod tls;
@@ -33,7 +34,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server (embedded storage in one data directory).
+    /// Run the server (embedded storage in one data directory, or
+    /// PostgreSQL with --store postgres://... for several nodes).
     Serve(ServeArgs),
     #[command(flatten)]
     Client(ClientCommand),
@@ -48,6 +50,10 @@ struct ServeArgs {
     /// Data directory (config key `data`).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Store: a postgres:// URL for cluster mode (config key `store`;
+    /// default: the embedded store in the data directory).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// TCP address for the binary protocol (config key `listen`).
     #[arg(long)]
     listen: Option<String>,
@@ -78,6 +84,10 @@ fn main() -> std::process::ExitCode {
                     config::Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
                 if let Some(d) = args.data {
                     config.data = d;
+                }
+                if let Some(url) = args.store {
+                    config.store = config::StoreUrl(url);
+                    config.check()?;
                 }
                 if let Some(l) = args.listen {
                     config.listen = l;
