@@ -304,7 +304,10 @@ fn has_binaries(dir: &Path) -> bool {
 }
 
 fn id(args: &[&str]) -> anyhow::Result<u32> {
-    let out = Command::new("id").args(args).output().context("running id")?;
+    let out = Command::new("id")
+        .args(args)
+        .output()
+        .context("running id")?;
     if !out.status.success() {
         bail!(
             "id {args:?} failed: {}",
