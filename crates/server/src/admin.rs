@@ -37,7 +37,7 @@ pub(crate) struct AdminState {
     pub(crate) service: Arc<Service>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) gateway: Arc<Gateway>,
-    pub(crate) store: Arc<pigeon_store::LogStore>,
+    pub(crate) backend: Arc<crate::backend::Backend>,
     /// SHA-256 of the admin token, hex; `None` refuses every request.
     pub(crate) token_hash: Option<Arc<str>>,
     pub(crate) started: Instant,
@@ -581,9 +581,11 @@ struct Stats {
     groups: u64,
     /// Protocol connections open on this server.
     open_connections: u64,
-    /// Group commits (one fsync each) since start.
+    /// Group commits (one fsync each) since start; with PostgreSQL, write
+    /// transactions committed by this node.
     store_commits: u64,
-    /// Store jobs answered since start.
+    /// Store jobs answered since start; with PostgreSQL, the same as
+    /// `store_commits`.
     store_jobs: u64,
     /// Seconds since start.
     uptime_secs: u64,
@@ -1080,14 +1082,13 @@ async fn send_message(
     responses((status = 200, description = "Statistics", body = Stats)))]
 async fn stats(State(state): State<AdminState>) -> ApiResult<Stats> {
     let totals = state.service.admin().totals().await?;
-    let store = state.store.stats();
-    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let (store_commits, store_jobs) = state.backend.counters();
     Ok(Json(Stats {
         users: totals.users,
         groups: totals.groups,
         open_connections: state.gateway.open_connections() as u64,
-        store_commits: store.commits.load(relaxed),
-        store_jobs: store.commands.load(relaxed),
+        store_commits,
+        store_jobs,
         uptime_secs: state.started.elapsed().as_secs(),
     }))
 }
@@ -1100,7 +1101,10 @@ async fn failed_deliveries(
     ApiQuery(q): ApiQuery<LimitQuery>,
 ) -> ApiResult<FailedDeliveries> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000) as usize;
-    let failed = pigeon_core::Store::deliveries_failed(&*state.store, limit)
+    let failed = state
+        .backend
+        .store()
+        .deliveries_failed(limit)
         .await
         .map_err(CoreError::from)?;
     Ok(Json(FailedDeliveries {

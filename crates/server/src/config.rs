@@ -27,6 +27,12 @@ pub(crate) struct Config {
     pub(crate) tls_key: PathBuf,
     /// Data directory of the embedded store.
     pub(crate) data: PathBuf,
+    /// Where the data lives: empty for the embedded store in `data`, or a
+    /// PostgreSQL URL (`postgres://user:password@host:port/db`) for cluster
+    /// mode, where every node uses the same database.
+    pub(crate) store: StoreUrl,
+    /// Connections to PostgreSQL per node (ignored by the embedded store).
+    pub(crate) store_pool_size: usize,
     /// Whether anyone may register.
     pub(crate) open_registration: bool,
     /// Session lifetime after login.
@@ -136,6 +142,18 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// The `store` setting: a database URL whose password must not appear in
+/// logs or debug output.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct StoreUrl(pub(crate) String);
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::backend::redact(&self.0))
+    }
+}
+
 /// The shortest admin token accepted, so a guessable one is refused.
 pub(crate) const ADMIN_TOKEN_BYTES_MIN: usize = 16;
 
@@ -149,6 +167,8 @@ impl Default for Config {
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             data: PathBuf::from("pigeon-data"),
+            store: StoreUrl::default(),
+            store_pool_size: pigeon_store_pg::PgConfig::default().pool_size,
             open_registration: core.open_registration,
             session_ttl_secs: (core.session_ttl_ms / 1000) as u64,
             frame_bytes_max: gw.frame_bytes_max,
@@ -277,6 +297,30 @@ impl Config {
             if v == 0 {
                 bail!("{name} must be at least 1");
             }
+        }
+        let url = &self.store.0;
+        if !(url.is_empty() || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            bail!(
+                "store must be empty (the embedded store in `data`) or a postgres:// URL, got {:?}",
+                crate::backend::redact(url)
+            );
+        }
+        if self.store_pool_size == 0 {
+            bail!("store_pool_size must be at least 1");
+        }
+        if !self.bus.is_empty() && url.is_empty() {
+            bail!(
+                "bus needs a shared store: every node of a cluster must use the same store = \"postgres://…\" (the embedded store belongs to one node)"
+            );
+        }
+        if !(self.bus.is_empty()
+            || self.bus.starts_with("nats://")
+            || self.bus.starts_with("tls://"))
+        {
+            bail!(
+                "bus must be empty (a single node) or a nats:// URL, got {:?}",
+                self.bus
+            );
         }
         if self.idle_timeout_ms <= self.heartbeat_interval_ms {
             bail!("idle_timeout_ms must be longer than heartbeat_interval_ms");
@@ -431,7 +475,20 @@ impl Config {
         })
     }
 
-    /// The store's settings.
+    /// The PostgreSQL URL, if the store is PostgreSQL.
+    pub(crate) fn store_url(&self) -> Option<&str> {
+        (!self.store.0.is_empty()).then_some(self.store.0.as_str())
+    }
+
+    /// The PostgreSQL store's settings.
+    pub(crate) fn pg_store(&self) -> pigeon_store_pg::PgConfig {
+        pigeon_store_pg::PgConfig {
+            pool_size: self.store_pool_size,
+            log_retain_events: self.sync_log_retain_events,
+        }
+    }
+
+    /// The embedded store's settings.
     pub(crate) fn store(&self) -> StoreConfig {
         StoreConfig {
             log_retain_events: self.sync_log_retain_events,
@@ -537,5 +594,38 @@ mod tests {
         );
         let err = Config::load(None, env).unwrap_err().to_string();
         assert!(err.contains("tls_key is set but tls_cert is not"), "{err}");
+    }
+
+    /// A bus without a shared store is refused (each node would have its
+    /// own data); with a PostgreSQL store it gives the bus settings.
+    #[test]
+    fn a_bus_needs_a_shared_store() {
+        let bus = |k: &str| (k == "PIGEON_BUS").then(|| "nats://127.0.0.1:4222".to_string());
+        let err = Config::load(None, bus).unwrap_err().to_string();
+        assert!(err.contains("bus needs a shared store"), "{err}");
+        let both = |k: &str| match k {
+            "PIGEON_BUS" => Some("nats://127.0.0.1:4222".to_string()),
+            "PIGEON_STORE" => Some("postgres://pigeon@db/pigeon".to_string()),
+            "PIGEON_NODE_ID" => Some("n1".to_string()),
+            _ => None,
+        };
+        let c = Config::load(None, both).unwrap();
+        let b = c.bus(vec!["tcp://n1:7700".into()]).unwrap();
+        assert_eq!(
+            (b.node_id.as_str(), b.url.as_str()),
+            ("n1", "nats://127.0.0.1:4222")
+        );
+        assert!(Config::default().bus(Vec::new()).is_none());
+        let bad = |k: &str| match k {
+            "PIGEON_BUS" => Some("http://x".to_string()),
+            "PIGEON_STORE" => Some("postgres://pigeon@db/pigeon".to_string()),
+            _ => None,
+        };
+        assert!(
+            Config::load(None, bad)
+                .unwrap_err()
+                .to_string()
+                .contains("nats://")
+        );
     }
 }

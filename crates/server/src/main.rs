@@ -8,6 +8,7 @@
 //! and its OpenAPI document).
 
 mod admin;
+mod backend;
 mod config;
 mod serve;
 mod tls;
@@ -33,7 +34,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server (embedded storage in one data directory).
+    /// Run the server (embedded storage in one data directory, or
+    /// PostgreSQL with --store postgres://... for several nodes).
     Serve(ServeArgs),
     #[command(flatten)]
     Client(ClientCommand),
@@ -48,6 +50,14 @@ struct ServeArgs {
     /// Data directory (config key `data`).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Store: a postgres:// URL for cluster mode (config key `store`;
+    /// default: the embedded store in the data directory).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Cluster bus: a nats:// URL (config key `bus`; default: none, a
+    /// single node). Needs a shared --store.
+    #[arg(long, value_name = "URL")]
+    bus: Option<String>,
     /// TCP address for the binary protocol (config key `listen`).
     #[arg(long)]
     listen: Option<String>,
@@ -74,24 +84,25 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => {
-                let mut config =
-                    config::Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
-                if let Some(d) = args.data {
-                    config.data = d;
-                }
-                if let Some(l) = args.listen {
-                    config.listen = l;
-                }
-                if let Some(h) = args.http {
-                    config.http = h;
-                }
-                if let Some(c) = args.tls_cert {
-                    config.tls_cert = c;
-                }
-                if let Some(k) = args.tls_key {
-                    config.tls_key = k;
-                }
-                config.check()?;
+                // Flags override the environment, which overrides the file;
+                // the whole result is checked once.
+                let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+                let flags = [
+                    ("PIGEON_DATA", path(&args.data)),
+                    ("PIGEON_STORE", args.store.clone()),
+                    ("PIGEON_BUS", args.bus.clone()),
+                    ("PIGEON_LISTEN", args.listen.clone()),
+                    ("PIGEON_HTTP", args.http.clone()),
+                    ("PIGEON_TLS_CERT", path(&args.tls_cert)),
+                    ("PIGEON_TLS_KEY", path(&args.tls_key)),
+                ];
+                let config = config::Config::load(args.config.as_deref(), |k| {
+                    flags
+                        .iter()
+                        .find(|(name, v)| *name == k && v.is_some())
+                        .and_then(|(_, v)| v.clone())
+                        .or_else(|| std::env::var(k).ok())
+                })?;
                 serve::run(config).await
             }
             Command::Client(cmd) => pigeon_cli::run(cli.client, cmd).await,

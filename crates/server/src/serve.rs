@@ -30,10 +30,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let metrics = install_metrics()?;
-    let store = Arc::new(
-        pigeon_store::open_embedded(&config.data, config.store())
-            .with_context(|| format!("opening the data directory {}", config.data.display()))?,
-    );
+    let backend = Arc::new(crate::backend::Backend::open(&config).await?);
+    let store = backend.store();
     let registry = Arc::new(Registry::default());
     // Bind first: a cluster node announces its endpoints when it joins.
     let tcp = TcpListener::bind(&config.listen)
@@ -94,7 +92,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         service,
         registry: registry.clone(),
         gateway: gateway.clone(),
-        store: store.clone(),
+        backend: backend.clone(),
         token_hash: crate::admin::AdminState::token_hash(&config.admin_token.0),
         started: std::time::Instant::now(),
     };
@@ -103,7 +101,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         tcp = %tcp_addr,
         http = %http_addr,
         tls = tls.is_some(),
-        data = %config.data.display(),
+        store = %backend.describe(&config),
         admin_api = admin.token_hash.is_some(),
         "pigeon listening"
     );
@@ -121,7 +119,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let app = router(App {
         gateway: gateway.clone(),
-        store: store.clone(),
+        backend: backend.clone(),
         metrics,
         endpoints: Arc::new(Endpoints {
             advertised: config.advertise_endpoints.clone(),
@@ -157,7 +155,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
 
     let failed = tokio::select! {
         _ = signal() => false,
-        _ = store_failure(&store) => true,
+        _ = store_failure(&backend) => true,
     };
     if failed {
         tracing::error!(
@@ -179,7 +177,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), webhooks_task).await;
     tcp_task.abort();
-    store.shutdown().await;
+    backend.shutdown().await;
     tracing::info!("stopped");
     if failed {
         anyhow::bail!("stopped after a storage failure");
@@ -191,7 +189,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
 #[derive(Clone)]
 struct App {
     gateway: Arc<Gateway>,
-    store: Arc<pigeon_store::LogStore>,
+    backend: Arc<crate::backend::Backend>,
     metrics: PrometheusHandle,
     endpoints: Arc<Endpoints>,
 }
@@ -259,18 +257,15 @@ async fn websocket(
     app.gateway.upgrade_websocket(ws, peer.to_string())
 }
 
-/// Ready unless draining or the store failed (then restart the process).
+/// Ready unless draining, the embedded store failed (then restart the
+/// process) or the database does not answer.
 async fn ready(State(app): State<App>) -> Response {
     if app.gateway.is_shutting_down() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
-    } else if !app.store.healthy() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage failed; restart the server",
-        )
-            .into_response()
-    } else {
-        "ready".into_response()
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    match app.backend.ready().await {
+        Ok(()) => "ready".into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }
 }
 
@@ -357,10 +352,10 @@ async fn endpoints(State(app): State<App>, headers: axum::http::HeaderMap) -> Re
         .into_response()
 }
 
-/// Resolves when the store has failed a commit: it then refuses every
-/// write, so the process is better restarted than kept running.
-async fn store_failure(store: &pigeon_store::LogStore) {
-    while store.healthy() {
+/// Resolves when the embedded store has failed a commit: it then refuses
+/// every write, so the process is better restarted than kept running.
+async fn store_failure(backend: &crate::backend::Backend) {
+    while backend.healthy() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -9,13 +9,35 @@ use std::time::Duration;
 
 use common::*;
 use pigeon_client::v1::{ErrorCode, frame::Body};
-use pigeon_testkit::NatsServer;
+use pigeon_testkit::{NatsServer, PgServer};
 
-fn node_config(nats: &NatsServer, id: &str) -> String {
-    format!(
-        "bus = \"{}\"\nnode_id = \"{id}\"\ncluster_beat_ms = 100\ncluster_node_timeout_ms = 1000",
-        nats.url()
-    )
+/// One database and one bus for the nodes of a test.
+struct Cluster {
+    nats: NatsServer,
+    db: String,
+    _pg: PgServer,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let pg = PgServer::start().expect("starting PostgreSQL");
+        let db = pg.create_database().unwrap();
+        Cluster {
+            nats: NatsServer::start(),
+            db,
+            _pg: pg,
+        }
+    }
+
+    fn node(&self, id: &str) -> Server {
+        Server::start_with_args(
+            &format!(
+                "bus = \"{}\"\nnode_id = \"{id}\"\ncluster_beat_ms = 100\ncluster_node_timeout_ms = 1000",
+                self.nats.url()
+            ),
+            &["--store".to_string(), self.db.clone()],
+        )
+    }
 }
 
 async fn endpoints(server: &Server) -> Vec<String> {
@@ -52,10 +74,10 @@ fn own(server: &Server) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_list_each_other_and_drain_redirects() {
-    let nats = NatsServer::start();
-    let a = Server::start(&node_config(&nats, "a"));
-    let mut b = Server::start(&node_config(&nats, "b"));
-    let mut c = Server::start(&node_config(&nats, "c"));
+    let cluster = Cluster::start();
+    let a = cluster.node("a");
+    let mut b = cluster.node("b");
+    let mut c = cluster.node("c");
     let all = eventually_endpoints(&a, "three nodes", |l| l.len() == 6).await;
     for node in [&a, &b, &c] {
         for url in own(node) {

@@ -20,6 +20,10 @@ pub struct Server {
     /// With TLS: the PEM of the CA that signed the server's certificate.
     pub ca_pem: Option<Vec<u8>>,
     extra: String,
+    /// Flags after `pigeon serve --config FILE`.
+    args: Vec<String>,
+    /// The PostgreSQL server of a test run with PIGEON_TEST_STORE=postgres.
+    _pg: Option<pigeon_testkit::PgServer>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -68,6 +72,22 @@ fn free_port() -> u16 {
 impl Server {
     /// Starts a server with default settings plus `extra` TOML lines.
     pub fn start(extra: &str) -> Server {
+        Server::start_with_args(extra, &[])
+    }
+
+    /// Starts a server with `extra` TOML lines and extra `pigeon serve`
+    /// flags. With `PIGEON_TEST_STORE=postgres` in the environment, every
+    /// server of the test suite runs on its own PostgreSQL (pigeon-testkit)
+    /// instead of the embedded store.
+    pub fn start_with_args(extra: &str, args: &[String]) -> Server {
+        let mut args = args.to_vec();
+        let pg = (std::env::var("PIGEON_TEST_STORE").as_deref() == Ok("postgres")
+            && !args.iter().any(|a| a == "--store"))
+        .then(|| {
+            let pg = pigeon_testkit::PgServer::start().expect("starting PostgreSQL");
+            args.extend(["--store".to_string(), pg.create_database().unwrap()]);
+            pg
+        });
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let mut s = Server {
@@ -77,6 +97,8 @@ impl Server {
             dir,
             ca_pem: None,
             extra: extra.to_string(),
+            args,
+            _pg: pg,
             _tmp: Some(tmp),
         };
         s.spawn();
@@ -104,6 +126,8 @@ impl Server {
                 cert.display(),
                 key.display()
             ),
+            args: Vec::new(),
+            _pg: None,
             _tmp: Some(tmp),
         };
         s.spawn();
@@ -137,6 +161,7 @@ impl Server {
         let child = Command::new(env!("CARGO_BIN_EXE_pigeon"))
             .args(["serve", "--config"])
             .arg(&config)
+            .args(&self.args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
