@@ -35,6 +35,8 @@ else
 fi
 
 CRASH_TEST_PROFILE=dev scripts/crash-test 20 # kill -9 crash cycles and the independent checker (docs/TESTING.md)
+# The cluster failover test: three nodes on PostgreSQL and NATS, one killed per cycle.
+CRASH_TEST_NODES=3 CRASH_TEST_PROFILE=dev scripts/crash-test 10
 
 echo "== admin API property test (schemathesis)"
 scripts/schemathesis.sh
