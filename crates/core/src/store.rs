@@ -398,6 +398,20 @@ pub trait Store: Send + Sync + 'static {
     async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError>;
     /// Pending webhook deliveries due at `now_ms`, oldest due first.
     async fn deliveries_due(&self, now_ms: i64, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+    /// Like `deliveries_due`, for the deliverer that will attempt them: a
+    /// store shared by several nodes hands each due delivery to one caller
+    /// only, by moving its due time `lease_ms` ahead (if the caller dies,
+    /// another node retries it after the lease: at least once). A store of
+    /// one node has one deliverer and needs no lease.
+    async fn claim_deliveries(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let _ = lease_ms;
+        self.deliveries_due(now_ms, limit).await
+    }
     /// Records the outcome of an attempt: `Ok` removes the delivery; an
     /// error either schedules the next attempt or, past the limit, marks it
     /// failed with the reason.

@@ -72,7 +72,13 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let due = match store.deliveries_due(now_ms(), DELIVERY_BATCH_MAX).await {
+        // Claimed for a while longer than the attempts can take, so that in
+        // a cluster no other node attempts them meanwhile.
+        let lease_ms = (settings.timeout.as_millis() as i64 + 1000) * DELIVERY_BATCH_MAX as i64;
+        let due = match store
+            .claim_deliveries(now_ms(), lease_ms, DELIVERY_BATCH_MAX)
+            .await
+        {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "reading due webhook deliveries failed");

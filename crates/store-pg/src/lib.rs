@@ -663,6 +663,15 @@ impl Store for PgStore {
         Ok(reads::deliveries_due(self, now_ms, limit).await?)
     }
 
+    async fn claim_deliveries(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        Ok(reads::claim_deliveries(self, now_ms, lease_ms, limit).await?)
+    }
+
     async fn delivery_attempted(
         &self,
         id: u64,

@@ -486,6 +486,30 @@ pub(crate) async fn deliveries_due(
         .collect()
 }
 
+/// Due deliveries, each handed to one caller: one statement locks the due
+/// rows no other node holds (`SKIP LOCKED`) and moves their due time a
+/// lease ahead, so a concurrent claim on another node gets other rows.
+pub(crate) async fn claim_deliveries(
+    s: &PgStore,
+    now_ms: i64,
+    lease_ms: i64,
+    limit: usize,
+) -> Result<Vec<Delivery>> {
+    let sql = format!(
+        "UPDATE outbox SET next_attempt_ms = $1 + $3 WHERE id IN (\
+           SELECT id FROM outbox WHERE NOT failed AND next_attempt_ms <= $1 \
+           ORDER BY next_attempt_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         RETURNING {DELIVERY_COLUMNS}"
+    );
+    let mut due: Vec<Delivery> = query(s, &sql, &[&now_ms, &(limit as i64), &lease_ms.max(0)])
+        .await?
+        .iter()
+        .map(delivery_row)
+        .collect::<Result<_>>()?;
+    due.sort_by_key(|d| d.id);
+    Ok(due)
+}
+
 pub(crate) async fn deliveries_failed(s: &PgStore, limit: usize) -> Result<Vec<Delivery>> {
     let sql =
         format!("SELECT {DELIVERY_COLUMNS} FROM outbox WHERE failed ORDER BY id DESC LIMIT $1");

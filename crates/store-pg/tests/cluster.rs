@@ -206,6 +206,55 @@ async fn retries_racing_on_two_nodes_store_once() {
     assert_eq!(messages(&log).len(), SENDS);
 }
 
+/// Webhook deliveries claimed at once by two nodes go to one of them each;
+/// a claimed delivery nobody finished is claimable again after its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_delivery_is_claimed_by_one_node() {
+    use pigeon_core::store::{HookKind, HookTarget};
+    let pg = server().await;
+    let url = pg.create_database().unwrap();
+    let (a, b) = (node(&url).await, node(&url).await);
+    let u = users(&a, &["alice", "carol"]).await;
+    const MESSAGES: usize = 30;
+    for i in 0..MESSAGES {
+        let mut m = msg(
+            (u[0].id, "alice"),
+            (u[1].id, "carol"),
+            &format!("h{i}"),
+            "x",
+            1000,
+        );
+        m.hooks = vec![HookTarget {
+            endpoint: "http://bot".into(),
+            kind: HookKind::MessageCreated,
+        }];
+        a.append_message(m).await.unwrap();
+    }
+    let (one, two) = tokio::join!(
+        a.claim_deliveries(2000, 60_000, 20),
+        b.claim_deliveries(2000, 60_000, 20)
+    );
+    let (one, two) = (one.unwrap(), two.unwrap());
+    assert_eq!(
+        one.len() + two.len(),
+        MESSAGES,
+        "every due delivery claimed"
+    );
+    let ids: BTreeSet<u64> = one.iter().chain(&two).map(|d| d.id).collect();
+    assert_eq!(ids.len(), MESSAGES, "and none by both nodes");
+    assert!(
+        a.claim_deliveries(2000, 60_000, 50)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased"
+    );
+    // One finished; the others are due again once the lease has run out.
+    a.delivery_attempted(one[0].id, Ok(()), None).await.unwrap();
+    let again = b.claim_deliveries(62_001, 60_000, 50).await.unwrap();
+    assert_eq!(again.len(), MESSAGES - 1);
+}
+
 /// Starts four nodes on a fresh database at once: all come up, each
 /// migration is recorded once, and running the migrations again applies
 /// nothing.
