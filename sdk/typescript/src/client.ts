@@ -262,6 +262,11 @@ export class PigeonClient {
     return this.currentToken;
   }
 
+  /** The storage scope of the sync key (`"<storageScope>|<userId>|<deviceId>"`), once connected. */
+  get syncKeyScope(): string | undefined {
+    return this.scope;
+  }
+
   /** The key after the last batch handed to the handlers. */
   get syncKey(): Uint8Array {
     return this.key.slice();

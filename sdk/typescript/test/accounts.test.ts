@@ -4,7 +4,7 @@
 import { describe, expect, inject, it } from "vitest";
 import WebSocket from "ws";
 import { Connection, ErrorCode, login, MemorySyncKeyStorage, PigeonClient, PigeonError, register } from "../src/index.js";
-import { device, newUser, PASSWORD, Recorder, track, uniqueName } from "./helpers.js";
+import { device, eventually, newUser, PASSWORD, Recorder, track, uniqueName } from "./helpers.js";
 
 const url = inject("pigeonUrl");
 const opts = { url, webSocket: WebSocket };
@@ -69,7 +69,10 @@ describe("accounts", () => {
     await a.rec.waitFor("message");
     const welcome = a.client.welcome!;
     const scopeKey = `${url}|${welcome.userId}|${welcome.deviceId}`;
-    expect(storage.load(scopeKey)?.length ?? 0).toBeGreaterThan(0);
+    expect(a.client.syncKeyScope).toBe(scopeKey);
+    // The key is stored once the handlers are done with the batch.
+    await eventually(() => expect(storage.load(scopeKey)).toEqual(a.client.syncKey));
+    expect(a.client.syncKey.length).toBeGreaterThan(0);
     await a.client.logout();
     expect(a.client.state).toBe("stopped");
     expect(a.client.token).toBeUndefined();

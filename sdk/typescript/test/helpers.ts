@@ -115,3 +115,32 @@ export function track(client: PigeonClient): PigeonClient {
   open.push(client);
   return client;
 }
+
+/** Retries `check` until it stops throwing (or rethrows after `timeoutMs`). */
+export async function eventually(check: () => void | Promise<void>, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await check();
+      return;
+    } catch (e) {
+      if (Date.now() > deadline) throw e;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}
+
+/**
+ * Waits until the device's storage holds its current key: the client stores
+ * a batch's key right after the handlers are done with it, so a test that
+ * closes a client and expects the next one to continue from the same key
+ * waits for this first (otherwise the batch is, correctly, delivered again).
+ */
+export async function keyStored(d: Device): Promise<void> {
+  const scope = d.client.syncKeyScope;
+  if (scope === undefined) throw new Error("not connected");
+  await eventually(() => {
+    const stored = d.storage.load(scope) ?? new Uint8Array();
+    if (!Buffer.from(stored).equals(Buffer.from(d.client.syncKey))) throw new Error("key not stored yet");
+  });
+}

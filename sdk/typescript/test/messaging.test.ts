@@ -3,8 +3,9 @@
 
 import { describe, expect, inject, it } from "vitest";
 import WebSocket from "ws";
-import { ErrorCode, PigeonError } from "../src/index.js";
-import { device, newUser, reconnectDevice } from "./helpers.js";
+import { fromBinary } from "@bufbuild/protobuf";
+import { ErrorCode, FrameSchema, PigeonError, type WebSocketLike } from "../src/index.js";
+import { device, keyStored, newUser, reconnectDevice } from "./helpers.js";
 
 const url = inject("pigeonUrl");
 
@@ -40,6 +41,7 @@ describe("messaging", () => {
     const b = await device(url, bob);
     await a.client.send(bob, "before");
     await b.rec.waitFor("message", (e) => e.message.content?.text === "before");
+    await keyStored(b);
     await b.client.close();
     for (const text of ["one", "two", "three"]) await a.client.send(bob, text);
     const again = await reconnectDevice(url, b.token, { storage: b.storage });
@@ -60,35 +62,63 @@ describe("messaging", () => {
     const b = await device(url, bob);
     let dropAcks = 1;
     const sentIds: string[] = [];
-    const { FrameSchema } = await import("../src/index.js");
-    const { fromBinary } = await import("@bufbuild/protobuf");
-    class AckDroppingSocket extends WebSocket {
-      constructor(address: string) {
-        super(address);
-        const origSend = this.send.bind(this);
-        this.send = ((data: Uint8Array) => {
+    // A factory wrapping `ws`: records client message ids, swallows the first ack.
+    const ackDropping = (address: string): WebSocketLike => {
+      const ws = new WebSocket(address);
+      return {
+        get binaryType() {
+          return ws.binaryType;
+        },
+        set binaryType(v: string) {
+          ws.binaryType = v as typeof ws.binaryType;
+        },
+        get readyState() {
+          return ws.readyState;
+        },
+        send(data: Uint8Array) {
           const f = fromBinary(FrameSchema, data);
           if (f.body.case === "sendRequest") sentIds.push(f.body.value.clientMsgId);
-          origSend(data);
-        }) as typeof this.send;
-      }
-      override set onmessage(handler: ((ev: WebSocket.MessageEvent) => void) | null) {
-        super.onmessage = handler === null ? null : (ev) => {
-          const data = ev.data as ArrayBuffer;
-          const f = fromBinary(FrameSchema, new Uint8Array(data));
-          if (f.body.case === "sendResponse" && dropAcks > 0) {
-            dropAcks--;
-            this.terminate();
-            return;
-          }
-          handler(ev);
-        };
-      }
-      override get onmessage(): ((ev: WebSocket.MessageEvent) => void) | null {
-        return super.onmessage;
-      }
-    }
-    const a = await device(url, alice, { webSocket: AckDroppingSocket as unknown as typeof WebSocket });
+          ws.send(data);
+        },
+        close: (code?: number, reason?: string) => ws.close(code, reason),
+        set onopen(h: ((ev: unknown) => void) | null) {
+          ws.onopen = h;
+        },
+        get onopen(): ((ev: unknown) => void) | null {
+          return ws.onopen as ((ev: unknown) => void) | null;
+        },
+        set onclose(h: ((ev: unknown) => void) | null) {
+          ws.onclose = h;
+        },
+        get onclose(): ((ev: unknown) => void) | null {
+          return ws.onclose as ((ev: unknown) => void) | null;
+        },
+        set onerror(h: ((ev: unknown) => void) | null) {
+          ws.onerror = h;
+        },
+        get onerror(): ((ev: unknown) => void) | null {
+          return ws.onerror as ((ev: unknown) => void) | null;
+        },
+        set onmessage(h: ((ev: { data: unknown }) => void) | null) {
+          ws.onmessage =
+            h === null
+              ? null
+              : (ev) => {
+                  const f = fromBinary(FrameSchema, new Uint8Array(ev.data as ArrayBuffer));
+                  if (f.body.case === "sendResponse" && dropAcks > 0) {
+                    dropAcks--;
+                    ws.terminate();
+                    return;
+                  }
+                  h(ev);
+                };
+        },
+        get onmessage() {
+          return ws.onmessage as ((ev: { data: unknown }) => void) | null;
+        },
+      };
+    };
+    const a = await device(url, alice, { webSocket: ackDropping });
     const ack = await a.client.send(bob, "exactly once");
     expect(ack.duplicate).toBe(true);
     expect(sentIds.length).toBe(2);

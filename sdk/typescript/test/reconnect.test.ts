@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { Connection, ErrorCode } from "../src/index.js";
-import { device, newUser, reconnectDevice } from "./helpers.js";
+import { device, keyStored, newUser, reconnectDevice } from "./helpers.js";
 import { TestServer } from "./server.js";
 
 let server: TestServer;
@@ -71,6 +71,7 @@ describe("reconnect", () => {
     await b.rec.waitFor("message", (e) => e.message.content?.text === "during the outage", 15_000);
 
     // A crash: no Goodbye at all. Bob is offline across it and catches up by key.
+    await keyStored(b);
     const bobKey = b.client.syncKey;
     await b.client.close();
     await server.kill();
