@@ -287,8 +287,8 @@ export class Connection {
         );
       }
       const answer = new Promise<Body>((resolve, reject) => this.pending.set(requestId, { resolve, reject }));
-      this.write(bytes);
       try {
+        this.write(bytes);
         return await withTimeout(answer, Math.max(0, deadline - Date.now()), String(body.case));
       } finally {
         this.pending.delete(requestId);
@@ -318,7 +318,13 @@ export class Connection {
 
   private write(bytes: Uint8Array): void {
     if (!isOpen(this.socket)) throw this.endError ?? new PigeonError("closed", "connection closed");
-    this.socket.send(bytes);
+    try {
+      this.socket.send(bytes);
+    } catch (e) {
+      const error = new PigeonError("closed", "sending on the connection failed", { cause: e });
+      this.end(error);
+      throw error;
+    }
     this.lastSentAt = Date.now();
   }
 
