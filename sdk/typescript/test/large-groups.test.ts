@@ -6,16 +6,41 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { device, newUser } from "./helpers.js";
 import { TestServer } from "./server.js";
 
+const ADMIN_TOKEN = "test-admin-token-0123456789";
+
 let server: TestServer;
 let url: string;
 
 beforeAll(async () => {
-  server = await TestServer.start("group_large_threshold = 2");
+  server = await TestServer.start(`group_large_threshold = 2\nadmin_token = "${ADMIN_TOKEN}"`);
   url = server.wsUrl;
 });
 
 afterAll(async () => {
   await server.dispose();
+});
+
+describe("server-wide shared log", () => {
+  it("delivers a feature flag change to every user as flagsChanged with their complete set", async () => {
+    // The operator turns a flag on for Alice only: both get the event (from the
+    // server-wide shared log), Alice's set holds the flag, Bob's is empty.
+    const [alice, bob] = [await newUser(url, "al"), await newUser(url, "bo")];
+    const [a, b] = [await device(url, alice), await device(url, bob)];
+    const r = await fetch(`http://127.0.0.1:${server.httpPort}/admin/v1/flags/new-composer`, {
+      method: "PUT",
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
+      body: JSON.stringify({ percent: 0, allow: [alice] }),
+    });
+    expect(r.status).toBe(200);
+    const forAlice = await a.rec.waitFor("flagsChanged");
+    expect(forAlice.enabled).toEqual(["new-composer"]);
+    expect(forAlice.meta.groupSeq).toBeGreaterThan(0n);
+    const forBob = await b.rec.waitFor("flagsChanged");
+    expect(forBob.enabled).toEqual([]);
+    // A device connecting later sees the flag in its Welcome.
+    const later = await device(url, alice);
+    expect(later.client.welcome?.flags).toEqual(["new-composer"]);
+  });
 });
 
 describe("large groups", () => {

@@ -33,6 +33,27 @@ describe("messaging", () => {
     expect(history.messages.map((m) => m.content?.text)).toEqual(["hello alice", "hi bob"]);
   });
 
+  it("pages history backwards with before and has_more", async () => {
+    const [alice, bob] = [await newUser(url, "al"), await newUser(url, "bo")];
+    const a = await device(url, alice);
+    for (let i = 1; i <= 5; i++) await a.client.send(bob, `m${i}`);
+    const seen: string[] = [];
+    let before: bigint = 0n;
+    let pages = 0;
+    for (;;) {
+      const page = await a.client.history(bob, { before, limit: 2 });
+      pages++;
+      seen.push(...page.messages.map((m) => m.content?.text ?? ""));
+      if (!page.hasMore) break;
+      before = page.messages[page.messages.length - 1]!.convSeq;
+    }
+    expect(seen).toEqual(["m5", "m4", "m3", "m2", "m1"]);
+    expect(pages).toBe(3);
+    const empty = await a.client.history(await newUser(url, "em"));
+    expect(empty).toMatchObject({ messages: [], hasMore: false });
+    expect(empty.conversationId).toMatch(/^d:/);
+  });
+
   it("catches up an offline recipient from its persisted sync key", async () => {
     // Bob syncs, goes offline keeping his key; Alice sends three messages; Bob's
     // new client with the same token and storage gets exactly those three.
