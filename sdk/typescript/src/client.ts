@@ -370,8 +370,8 @@ export class PigeonClient {
       try {
         await h(event);
       } catch (e) {
-        const report = this.opts.onHandlerError ?? ((err: unknown) => (globalThis as { console?: { error(...a: unknown[]): void } }).console?.error("pigeon: event handler failed", err));
-        report(e, event);
+        if (this.opts.onHandlerError) this.opts.onHandlerError(e, event);
+        else report("pigeon: event handler failed", e);
       }
     }
   }
@@ -556,7 +556,7 @@ export class PigeonClient {
       if (link.kind === "up" && this.generation >= generationMin && !link.conn.isClosed) {
         return { generation: this.generation, conn: link.conn };
       }
-      if (link.kind === "idle" && this.currentToken === undefined) {
+      if (link.kind === "idle") {
         throw new PigeonError("closed", "the client is not started (call start() or login())");
       }
       if (Date.now() >= deadline) throw new PigeonError("timeout", "no connection in time");
@@ -654,7 +654,14 @@ export class PigeonClient {
     const scope = `${this.scopeBase}|${welcome.userId}|${welcome.deviceId}`;
     if (scope !== this.scope) {
       this.scope = scope;
-      this.key = (await this.storage.load(scope))?.slice() ?? new Uint8Array();
+      let stored: Uint8Array | undefined;
+      try {
+        stored = await this.storage.load(scope);
+      } catch (e) {
+        // Without the stored key the client syncs from the start: slower, never wrong.
+        report("pigeon: loading the sync key failed; syncing from the start", e);
+      }
+      this.key = stored?.slice() ?? new Uint8Array();
     }
     this.setLink({ kind: "up", conn });
     const generation = this.generation;
@@ -705,7 +712,14 @@ export class PigeonClient {
     for (const raw of events) await this.emit(toLogEvent(raw, source));
     const changed = !bytesEqual(key, this.key);
     this.key = key.slice();
-    if (changed && this.scope !== undefined) await this.storage.save(this.scope, this.key);
+    if (changed && this.scope !== undefined) {
+      try {
+        await this.storage.save(this.scope, this.key);
+      } catch (e) {
+        // The next run gets these events again (applying them is idempotent).
+        report("pigeon: storing the sync key failed", e);
+      }
+    }
   }
 
   /** Syncs from the current key until the server has nothing more. */
@@ -780,6 +794,11 @@ export class PigeonClient {
       cancel();
     };
   }
+}
+
+/** Logs to the console where there is one. */
+function report(what: string, error: unknown): void {
+  (globalThis as { console?: { error(...a: unknown[]): void } }).console?.error(what, error);
 }
 
 function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {

@@ -92,6 +92,40 @@ describe("client against a fake server", () => {
     expect(new TextDecoder().decode(storage.load(scope))).toBe("k2");
   });
 
+  it("keeps going when a handler throws or the storage fails, reporting the handler error", async () => {
+    const server = await fake();
+    const failing = { load: () => { throw new Error("no storage"); }, save: () => { throw new Error("full"); }, remove: () => {} };
+    const reported: string[] = [];
+    const { client: c, rec } = client(server.url, {
+      storage: failing,
+      onHandlerError: (e, event) => reported.push(`${(e as Error).message} on ${event.type}`),
+    });
+    c.on("message", (e) => {
+      if (e.message.content?.text === "1") throw new Error("boom");
+    });
+    const errors: unknown[] = [];
+    const origError = console.error;
+    console.error = (...a: unknown[]) => void errors.push(a[0]);
+    try {
+      c.start();
+      const peer = await server.acceptHello();
+      const s = await peer.expectSync();
+      expect(s.key).toBe("");
+      peer.sendSync(s.id, [1, 2], "k2", false);
+      await rec.waitFor("synced");
+    } finally {
+      console.error = origError;
+    }
+    expect(seqs(rec)).toEqual([1, 2]);
+    expect(reported).toEqual(["boom on message"]);
+    expect(new TextDecoder().decode(c.syncKey)).toBe("k2");
+    expect(errors).toEqual(["pigeon: loading the sync key failed; syncing from the start", "pigeon: storing the sync key failed"]);
+    // Not started: requests fail at once rather than waiting.
+    const idle = new PigeonClient({ url: server.url, token: "t", webSocket: WebSocket });
+    const e = await idle.listBlocked().catch((err: unknown) => err);
+    expect(e).toMatchObject({ kind: "closed" });
+  });
+
   it("on RESYNC_REQUIRED tells the application and restarts from the empty key", async () => {
     const server = await fake();
     const storage = new MemorySyncKeyStorage();
