@@ -88,6 +88,7 @@ export class App {
   private caughtUp = false;
   private noticeSeq = 0;
   private refreshTimer: ReturnType<typeof setTimeout> | undefined;
+  private presenceTimer: ReturnType<typeof setTimeout> | undefined;
   /** Set when the login screen should say why it is shown. */
   authMessage = "";
 
@@ -157,7 +158,7 @@ export class App {
 
   /** Starts the client from the stored session: loads what was persisted,
    * connects, loads the conversation list, and syncs from the stored key. */
-  async start(): Promise<void> {
+  async start(resume = false): Promise<void> {
     const sess = this.session;
     if (!sess) return;
     const s = this.state;
@@ -178,10 +179,32 @@ export class App {
     };
     const client = new PigeonClient({ url: serverUrl(), token: sess.token, storage, clientName: "pigeon-web/0.1.0" });
     this.client = client;
-    this.caughtUp = false;
+    // Notices are for news: not for the first catch-up of a page load (the
+    // unread counts show it), but for what arrives after an outage.
+    if (!resume) this.caughtUp = false;
     this.wire(client);
     client.start();
     this.changed();
+  }
+
+  /** The browser says the network is gone: drop the connection now rather
+   * than wait for a heartbeat to go unanswered (a socket on a dead network
+   * can look open for a long time), and show it. */
+  goOffline(): void {
+    const c = this.client;
+    if (!c || !this.session) return;
+    this.client = null;
+    this.state.connection = "disconnected";
+    this.state.typing.clear();
+    void c.close().catch(() => {});
+    this.changed();
+  }
+
+  /** The network is back: reconnect at once instead of after a backoff
+   * that grew while offline. */
+  goOnline(): void {
+    if (this.client || !this.session) return;
+    void this.start(true);
   }
 
   private wire(client: PigeonClient): void {
@@ -211,6 +234,7 @@ export class App {
       const fresh = M.applyMessage(s, m);
       const c = s.conversations.get(m.convId)!;
       if (!c.group && !c.peer) this.scheduleRefresh();
+      this.presenceCheck(c);
       if (fresh && (e.meta.source === "push" || this.caughtUp)) this.notify(c, m);
       this.changed();
       this.maybeMarkRead();
@@ -287,6 +311,16 @@ export class App {
       void this.refreshList();
       if (s.openId) void this.loadNewest(s.openId);
     });
+  }
+
+  /** Presence is UNKNOWN between users who share no conversation yet
+   * (protocol §13.1), and no push comes when the first message changes
+   * that: ask again once a direct conversation has messages. */
+  private presenceCheck(c: M.Conversation): void {
+    if (c.group || !c.peer || !c.last || c.peerId === this.state.me?.userId) return;
+    if ((this.state.presence.get(c.peer)?.state ?? "unknown") !== "unknown") return;
+    clearTimeout(this.presenceTimer);
+    this.presenceTimer = setTimeout(() => void this.refreshPresence(), 300);
   }
 
   private scheduleRefresh(): void {
@@ -495,9 +529,12 @@ export class App {
         editedAtMs: 0,
       });
       this.state.pending.delete(p.clientMsgId);
+      const c = this.state.conversations.get(ack.conversationId);
+      if (c) this.presenceCheck(c);
     } catch (e) {
       // Final refusals stay on screen, marked; anything else (offline for
-      // longer than the SDK's send deadline) is retried at the next connect.
+      // longer than the SDK's send deadline, or the client was replaced) is
+      // retried at the next connect.
       if (e instanceof PigeonError && e.kind === "server" && !retryable(e)) {
         p.error = errorText(e);
         this.state.pending.delete(p.clientMsgId);
@@ -507,6 +544,11 @@ export class App {
       this.inFlight.delete(p.clientMsgId);
       this.saveOutbox();
       this.changed();
+    }
+    // A newer client may have connected while this attempt was failing.
+    const now = this.client;
+    if (now && now !== client && now.state === "connected" && this.state.pending.get(p.clientMsgId) === p && !p.error) {
+      void this.deliver(p);
     }
   }
 

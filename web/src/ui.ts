@@ -31,7 +31,7 @@ function lastSeen(ms: number, now: number): string {
 }
 
 function initials(name: string): string {
-  return (name.replace(/[^a-z0-9]/gi, "").slice(0, 2) || "?").toUpperCase();
+  return (name.replace(/[^a-z0-9]/gi, "").slice(0, 1) || "?").toUpperCase();
 }
 
 /** A stable hue per name, for avatars. */
@@ -42,11 +42,31 @@ function hue(name: string): number {
 }
 
 function avatar(name: string, group: boolean): HTMLElement {
-  return h(
-    "span",
-    { class: `avatar${group ? " group" : ""}`, style: `--hue:${hue(name)}`, "aria-hidden": "true" },
-    group ? "#" : initials(name),
-  );
+  const el = h("span", { class: `avatar${group ? " group" : ""}`, "aria-hidden": "true" }, group ? "#" : initials(name));
+  // Through the CSSOM: the page's CSP refuses style attributes.
+  el.style.setProperty("--hue", String(hue(name)));
+  return el;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+/** The logo: a speech bubble with a wing, drawn inline (no image files, no
+ * emoji font needed). */
+function logo(size: number): SVGSVGElement {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 32 32");
+  svg.setAttribute("width", String(size));
+  svg.setAttribute("height", String(size));
+  svg.setAttribute("class", "logo");
+  svg.setAttribute("aria-hidden", "true");
+  const bubble = document.createElementNS(SVG, "path");
+  bubble.setAttribute("d", "M16 3C8.8 3 3 8.1 3 14.4c0 3.5 1.8 6.6 4.6 8.7L6.5 29l6.1-3.4c1.1.2 2.2.4 3.4.4 7.2 0 13-5.1 13-11.6S23.2 3 16 3z");
+  bubble.setAttribute("fill", "currentColor");
+  const wing = document.createElementNS(SVG, "path");
+  wing.setAttribute("d", "M9.5 15.5c3-.2 5.6-1.6 7.5-4.2 1 2.9.4 5.7-1.9 7.6 2.6-.3 5-1.6 6.9-3.9-.9 4.1-4.8 6.6-9.3 6.1-1.6-.2-2.8-1.2-3.2-2.6z");
+  wing.setAttribute("fill", "var(--panel)");
+  svg.append(bubble, wing);
+  return svg;
 }
 
 export class Ui {
@@ -76,6 +96,8 @@ export class Ui {
     app.subscribe(() => this.schedule());
     window.addEventListener("hashchange", () => this.followHash());
     document.addEventListener("visibilitychange", () => this.app.maybeMarkRead());
+    window.addEventListener("offline", () => this.app.goOffline());
+    window.addEventListener("online", () => this.app.goOnline());
     // Typing indicators and "last seen" age without events.
     setInterval(() => this.schedule(), 15000);
   }
@@ -198,7 +220,7 @@ export class Ui {
       h(
         "section",
         { class: "auth", "data-testid": "auth" },
-        h("div", { class: "brand" }, h("span", { class: "logo", "aria-hidden": "true" }, "🕊"), h("h1", {}, "Pigeon")),
+        h("div", { class: "brand" }, logo(40), h("h1", {}, "Pigeon")),
         form,
       ),
     );
@@ -458,7 +480,7 @@ export class Ui {
       if (this.shownConv !== null || !this.chat!.firstChild) {
         replace(
           this.chat!,
-          h("div", { class: "placeholder" }, h("span", { class: "logo" }, "🕊"), h("p", {}, "Pick a conversation or start a new one.")),
+          h("div", { class: "placeholder" }, logo(56), h("p", {}, "Pick a conversation or start a new one.")),
         );
         this.shownConv = null;
       }
