@@ -764,31 +764,32 @@ export class PigeonClient {
       HEARTBEAT_INTERVAL_MIN_MS,
       this.opts.heartbeatIntervalMs ?? (announced > 0 ? announced : HEARTBEAT_INTERVAL_DEFAULT_MS),
     );
+    // Background timers: the socket keeps a Node process alive, not the heartbeat.
     let cancel = () => {};
     let stopped = false;
     const tick = () => {
       if (stopped || conn.isClosed) return;
       const idle = Date.now() - conn.lastSentAt;
       if (idle < interval) {
-        cancel = after(interval - idle, tick);
+        cancel = after(interval - idle, tick, true);
         return;
       }
       const sentAt = Date.now();
       conn.ping(interval).then(
         () => {
-          cancel = after(interval, tick);
+          cancel = after(interval, tick, true);
         },
         (e: unknown) => {
           if (stopped || conn.isClosed) return;
           if (e instanceof PigeonError && e.kind === "timeout" && conn.lastReceivedAt <= sentAt) {
             conn.close("heartbeat: no pong in time");
           } else {
-            cancel = after(interval, tick);
+            cancel = after(interval, tick, true);
           }
         },
       );
     };
-    cancel = after(interval, tick);
+    cancel = after(interval, tick, true);
     return () => {
       stopped = true;
       cancel();

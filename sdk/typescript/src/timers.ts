@@ -14,11 +14,14 @@ interface CryptoGlobals {
 
 const timers = globalThis as unknown as TimerGlobals;
 
-/** Runs `fn` after `ms`; returns a function that cancels it. */
-export function after(ms: number, fn: () => void): () => void {
+/**
+ * Runs `fn` after `ms`; returns a function that cancels it. In Node the
+ * timer keeps the process alive (a client waiting to reconnect, or a send
+ * waiting to retry, is work to do) unless `background` is set.
+ */
+export function after(ms: number, fn: () => void, background = false): () => void {
   const handle = timers.setTimeout(fn, Math.max(0, ms));
-  // In Node a pending timer keeps the process alive; ours must not.
-  (handle as { unref?: () => void }).unref?.();
+  if (background) (handle as { unref?: () => void }).unref?.();
   return () => timers.clearTimeout(handle);
 }
 
