@@ -234,6 +234,8 @@ export class PigeonClient {
   private readonly handlers = new Map<PigeonEventType, Set<AnyHandler>>();
   private readonly anyHandlers = new Set<AnyHandler>();
   private wakeSleep: (() => void) | undefined;
+  /** `reconnect()` was called: the next attempt goes at once, the backoff starts over. */
+  private reconnectRequested = false;
 
   constructor(options: ClientOptions) {
     parseUrl(options.url);
@@ -317,6 +319,21 @@ export class PigeonClient {
     if (scope !== undefined) await this.storage.remove(scope);
     this.currentToken = undefined;
     await this.stop(new PigeonError("goodbye", "logged out", { code: ErrorCode.TOKEN_REVOKED }), "logged out");
+  }
+
+  /**
+   * Drops the current connection (if any) and connects again at once,
+   * starting the backoff over; a wait for the next attempt is cut short.
+   * Pending sends stay pending and are retried on the new connection, as
+   * after any lost connection. For a browser's `online` event, say. Does
+   * nothing on a client that is not started or has stopped.
+   */
+  reconnect(): void {
+    const link = this.link;
+    if (link.kind === "idle" || link.kind === "stopped") return;
+    this.reconnectRequested = true;
+    if (link.kind === "up") link.conn.close("reconnect requested by the application");
+    this.wakeSleep?.();
   }
 
   /** Stops for good: the connection is closed and waiting sends fail with kind "closed". */
@@ -620,6 +637,7 @@ export class PigeonClient {
           conn.close();
           return;
         }
+        this.reconnectRequested = false;
         backoff.reset();
         end = await this.session(conn);
         conn.close();
@@ -640,10 +658,20 @@ export class PigeonClient {
         // The server said when; 0 means "use your own backoff" (protocol §3.4).
         if (end.afterMs > 0) wait = end.afterMs;
       }
+      if (this.reconnectRequested) {
+        this.reconnectRequested = false;
+        backoff.reset();
+        wait = 0;
+      }
       this.uiState = "disconnected";
       await this.emit({ type: "connection", state: "disconnected", reason: end.error.message, error: end.error, retryInMs: wait });
       if (this.stopped) return;
       await this.pause(wait);
+      if (this.reconnectRequested) {
+        // Woken by reconnect(): this attempt goes now, later ones start from the shortest delay.
+        this.reconnectRequested = false;
+        backoff.reset();
+      }
     }
   }
 

@@ -51,6 +51,33 @@ describe("reconnect", () => {
     await a.client.ping();
   });
 
+  it("reconnect() drops the connection and connects again at once, also cutting a backoff wait short", async () => {
+    const [alice, bob] = [await newUser(url, "al"), await newUser(url, "bo")];
+    const a = await device(url, alice, { backoffMinMs: 5_000, backoffMaxMs: 10_000 });
+    const b = await device(url, bob);
+    const connected = () => a.rec.of("connection").filter((e) => e.state === "connected").length;
+    let started = Date.now();
+    a.client.reconnect();
+    await a.rec.waitFor("connection", () => connected() >= 2, 3_000);
+    expect(Date.now() - started).toBeLessThan(2_000);
+    const dropped = a.rec.of("connection").find((e) => e.state === "disconnected");
+    expect(dropped).toMatchObject({ retryInMs: 0, reason: expect.stringMatching(/reconnect requested/) });
+
+    // Server down: the client backs off for at least 5 s; reconnect() after the
+    // restart cuts that short, and the send made meanwhile goes through once.
+    await server.kill();
+    const waiting = await a.rec.waitFor("connection", (e) => e.state === "disconnected" && (e.retryInMs ?? 0) >= 5_000, 10_000);
+    expect(waiting.retryInMs).toBeGreaterThanOrEqual(5_000);
+    const pending = a.client.send(bob, "after reconnect()");
+    await server.restart();
+    started = Date.now();
+    a.client.reconnect();
+    const ack = await pending;
+    expect(Date.now() - started).toBeLessThan(3_000);
+    expect(ack.duplicate).toBe(false);
+    await b.rec.waitFor("message", (e) => e.message.content?.text === "after reconnect()", 15_000);
+  });
+
   it("survives a server restart (SIGTERM, then SIGKILL): sends complete once, sync resumes from the key", async () => {
     const [alice, bob] = [await newUser(url, "al"), await newUser(url, "bo")];
     const a = await device(url, alice);
