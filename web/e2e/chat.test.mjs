@@ -225,7 +225,9 @@ describe("web chat app", () => {
     await open(a, "bob");
     await until("newest page", async () => (await messages(a)).length, (n) => n === 30);
     assert.equal((await messages(a)).at(-1).text, "line 35");
-    await a.getByTestId("load-older").click();
+    // Scrolling to the top loads the older page (as the button does).
+    assert.equal(await a.getByTestId("load-older").count(), 1);
+    await a.getByTestId("message-list").evaluate((el) => el.scrollTo(0, 0));
     await until("older page", async () => (await messages(a)).length, (n) => n === 38);
     assert.equal((await messages(a))[0].text, "hi bob");
     await a.getByTestId("history-start").waitFor({ timeout: WAIT_MS });
@@ -259,5 +261,26 @@ describe("web chat app", () => {
     await open(b, "alice");
     await until("bob reads them", () => unread(b, "alice"), (n) => n === 0);
     await until("read", () => messageStatus(a, "call me"), (s) => s === "read");
+  });
+
+  it("log out, a wrong password, and back in on a new device", async () => {
+    const c = carol.page;
+    await c.getByTestId("logout").click();
+    await c.getByTestId("auth-form").waitFor();
+    assert.equal(await c.evaluate(() => localStorage.getItem("pigeon.session")), null);
+    await c.getByTestId("auth-username").fill("carol");
+    await c.getByTestId("auth-password").fill("not her password");
+    await c.getByTestId("auth-submit").click();
+    await until("refused", () => c.getByTestId("auth-error").textContent(), (t) => /Wrong username or password/.test(t));
+    await c.getByTestId("auth-password").fill(PASSWORD);
+    await c.getByTestId("auth-submit").click();
+    await connected(c);
+    // A new device syncs from the start: the group, its history and no
+    // unread messages (carol read them before logging out).
+    await until("the group is back, read", () => unread(c, "trip"), (n) => n === 0);
+    await open(c, "trip");
+    await until("history", async () => (await messages(c)).map((m) => m.text).join("|"), (t) =>
+      t === "welcome to the trip|hi all|count me in",
+    );
   });
 });

@@ -2,8 +2,9 @@
 # Tests the web chat app: installs what is missing (npm packages of web/,
 # Debian's chromium), type-checks, checks that the web app embedded in the
 # server (crates/server/web-dist/) matches its sources, builds the pigeon
-# binary (unless $PIGEON_BIN names one), and runs the end-to-end tests in
-# headless Chromium against it. Screenshots: web/e2e/artifacts/.
+# binary (unless $PIGEON_BIN names one), and runs the unit tests of the
+# app's state rules and the end-to-end tests in headless Chromium against
+# the binary. Screenshots: web/e2e/artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,16 +39,16 @@ if [ -z "${PIGEON_BIN:-}" ]; then
   (cd .. && cargo build -q -p pigeon-server --bin pigeon)
 fi
 
-echo "== end-to-end tests (headless Chromium)"
+echo "== unit tests (src/model.ts) and end-to-end tests (headless Chromium)"
 tap=$(mktemp)
 trap 'rm -f "$tap"' EXIT
 status=0
 node --test --test-concurrency=1 \
   --test-reporter=spec --test-reporter-destination=stdout \
   --test-reporter=tap --test-reporter-destination="$tap" \
-  e2e/ || status=$?
+  test/ e2e/ || status=$?
 pass=$(awk '/^# pass /{print $3}' "$tap")
 fail=$(awk '/^# fail /{print $3}' "$tap")
 echo "screenshots: web/e2e/artifacts/"
-echo "web-e2e: ${pass:-0} passed, ${fail:-0} failed"
+echo "web: ${pass:-0} passed, ${fail:-0} failed"
 exit "$status"
