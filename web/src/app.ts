@@ -158,7 +158,7 @@ export class App {
 
   /** Starts the client from the stored session: loads what was persisted,
    * connects, loads the conversation list, and syncs from the stored key. */
-  async start(resume = false): Promise<void> {
+  async start(): Promise<void> {
     const sess = this.session;
     if (!sess) return;
     const s = this.state;
@@ -181,30 +181,25 @@ export class App {
     this.client = client;
     // Notices are for news: not for the first catch-up of a page load (the
     // unread counts show it), but for what arrives after an outage.
-    if (!resume) this.caughtUp = false;
+    this.caughtUp = false;
     this.wire(client);
     client.start();
     this.changed();
   }
 
-  /** The browser says the network is gone: drop the connection now rather
-   * than wait for a heartbeat to go unanswered (a socket on a dead network
-   * can look open for a long time), and show it. */
-  goOffline(): void {
-    const c = this.client;
-    if (!c || !this.session) return;
-    this.client = null;
-    this.state.connection = "disconnected";
-    this.state.typing.clear();
-    void c.close().catch(() => {});
+  /** The browser says the network went away or came back. A socket on a
+   * dead network can look open until a heartbeat goes unanswered, and the
+   * backoff grows while offline: drop the connection at once, and connect
+   * at once when the network is back. Pending sends stay pending. */
+  networkChanged(): void {
+    this.client?.reconnect();
+    if (!navigator.onLine) this.state.typing.clear();
     this.changed();
   }
 
-  /** The network is back: reconnect at once instead of after a backoff
-   * that grew while offline. */
-  goOnline(): void {
-    if (this.client || !this.session) return;
-    void this.start(true);
+  /** The connection state to show: the browser knows first when it is offline. */
+  get connectionShown(): M.State["connection"] {
+    return navigator.onLine ? this.state.connection : "disconnected";
   }
 
   private wire(client: PigeonClient): void {
@@ -533,8 +528,7 @@ export class App {
       if (c) this.presenceCheck(c);
     } catch (e) {
       // Final refusals stay on screen, marked; anything else (offline for
-      // longer than the SDK's send deadline, or the client was replaced) is
-      // retried at the next connect.
+      // longer than the SDK's send deadline) is retried at the next connect.
       if (e instanceof PigeonError && e.kind === "server" && !retryable(e)) {
         p.error = errorText(e);
         this.state.pending.delete(p.clientMsgId);
@@ -544,11 +538,6 @@ export class App {
       this.inFlight.delete(p.clientMsgId);
       this.saveOutbox();
       this.changed();
-    }
-    // A newer client may have connected while this attempt was failing.
-    const now = this.client;
-    if (now && now !== client && now.state === "connected" && this.state.pending.get(p.clientMsgId) === p && !p.error) {
-      void this.deliver(p);
     }
   }
 

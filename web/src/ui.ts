@@ -96,8 +96,8 @@ export class Ui {
     app.subscribe(() => this.schedule());
     window.addEventListener("hashchange", () => this.followHash());
     document.addEventListener("visibilitychange", () => this.app.maybeMarkRead());
-    window.addEventListener("offline", () => this.app.goOffline());
-    window.addEventListener("online", () => this.app.goOnline());
+    window.addEventListener("offline", () => this.app.networkChanged());
+    window.addEventListener("online", () => this.app.networkChanged());
     // Typing indicators and "last seen" age without events.
     setInterval(() => this.schedule(), 15000);
   }
@@ -132,7 +132,7 @@ export class Ui {
     }
     if (!this.shell) this.buildShell();
     const s = this.app.state;
-    this.renderStatus(s);
+    this.renderStatus();
     this.renderList(s);
     this.renderChat(s);
     this.renderNotices(s);
@@ -310,15 +310,15 @@ export class Ui {
     this.shownConv = null;
   }
 
-  private renderStatus(s: M.State): void {
+  private renderStatus(): void {
     const label = {
       connected: "online",
       connecting: "connecting…",
       disconnected: "offline — reconnecting…",
       stopped: "stopped",
-    }[s.connection];
+    }[this.app.connectionShown];
     this.status!.textContent = label;
-    this.status!.dataset.state = s.connection;
+    this.status!.dataset.state = this.app.connectionShown;
   }
 
   private showNewChat(): void {
