@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { PASSWORD, WAIT_MS, launchBrowser, newUser, screenshot, startServer } from "./harness.mjs";
+import { PASSWORD, WAIT_MS, launchBrowser, newUser, problems, screenshot, startServer } from "./harness.mjs";
 
 /** Polls `read` until `ok(value)`; fails with `what` and the last value. */
 async function until(what, read, ok = Boolean, ms = WAIT_MS) {
@@ -98,6 +98,9 @@ describe("web chat app", () => {
   after(async () => {
     await browser?.close();
     if (server && process.exitCode) console.log(`# server log (tail):\n${server.log().slice(-3000)}`);
+    // The server's warnings and errors, as diagnostics (they do not fail the run).
+    const noisy = (server?.log() ?? "").split("\n").filter((l) => / (WARN|ERROR) /.test(l.replace(/\x1b\[[0-9;]*m/g, "")));
+    for (const l of noisy.slice(0, 20)) console.log(`# server: ${l.replace(/\x1b\[[0-9;]*m/g, "")}`);
     await server?.stop();
   });
 
@@ -282,5 +285,9 @@ describe("web chat app", () => {
     await until("history", async () => (await messages(c)).map((m) => m.text).join("|"), (t) =>
       t === "welcome to the trip|hi all|count me in",
     );
+  });
+
+  it("no page threw and the Content-Security-Policy blocked nothing", () => {
+    assert.deepEqual(problems, []);
   });
 });

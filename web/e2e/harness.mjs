@@ -133,10 +133,20 @@ export async function newUser(browser, base, label) {
   return { context, page, label };
 }
 
+/** Uncaught page errors and Content-Security-Policy violations seen so far
+ * (a test asserts there are none). Failed WebSocket connects while a test
+ * holds a browser offline are expected and only logged. */
+export const problems = [];
+
 export function watch(page, label) {
-  page.on("pageerror", (e) => console.log(`# [${label}] page error: ${e.message}`));
+  page.on("pageerror", (e) => {
+    console.log(`# [${label}] page error: ${e.message}`);
+    problems.push(`[${label}] ${e.message}`);
+  });
   page.on("console", (m) => {
-    if (m.type() === "error" || m.type() === "warning") console.log(`# [${label}] console.${m.type()}: ${m.text()}`);
+    if (m.type() !== "error" && m.type() !== "warning") return;
+    console.log(`# [${label}] console.${m.type()}: ${m.text()}`);
+    if (/Content Security Policy/i.test(m.text())) problems.push(`[${label}] ${m.text()}`);
   });
 }
 
