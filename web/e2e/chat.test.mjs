@@ -177,6 +177,10 @@ describe("web chat app", () => {
     await until("carol sees alice's message", async () => await messages(c), (ms) =>
       ms.some((m) => m.text === "welcome to the trip" && m.sender === "alice"),
     );
+    // Typing shows in a group too, with the typist's name.
+    await c.getByTestId("composer-input").pressSequentially("hi a", { delay: 50 });
+    await until("alice sees carol typing", () => a.getByTestId("typing-indicator").textContent(), (t) => t === "carol is typing…");
+    await c.getByTestId("composer-input").fill("");
     await send(c, "hi all");
 
     await until("bob sees the group, 2 unread", () => unread(b, "trip"), (n) => n === 2);
@@ -253,6 +257,9 @@ describe("web chat app", () => {
     assert.match(await a.getByTestId("presence").textContent(), /last seen/);
     for (const t of ["are you there?", "ping", "call me"]) await send(a, t);
     await until("sent, not delivered", () => messageStatus(a, "call me"), (s) => s === "sent");
+    // Bob writes in the group while offline: it waits in his outbox.
+    await send(b, "written offline");
+    await until("bob's message waits", () => messageStatus(b, "written offline"), (s) => s === "sending");
 
     await bob.context.setOffline(false);
     await connected(b);
@@ -260,8 +267,12 @@ describe("web chat app", () => {
     await until("bob is told", () => b.getByTestId("notice").first().textContent(), (t) => t.includes("alice"));
     await until("now delivered", () => messageStatus(a, "call me"), (s) => s === "delivered");
     await until("alice sees bob online again", () => a.getByTestId("presence").getAttribute("data-state"), (s) => s === "online");
+    await until("bob's outbox went out", () => messageStatus(b, "written offline"), (s) => ["sent", "delivered", "read"].includes(s));
+    await until("alice has it in the group", () => unread(a, "trip"), (n) => n === 1);
     await screenshot(b, "back-online-bob");
-    await open(b, "alice");
+    // The notice opens the conversation.
+    await b.getByTestId("notice").first().click();
+    await until("alice's conversation open", () => b.getByTestId("conv-header-title").textContent(), (t) => t === "alice");
     await until("bob reads them", () => unread(b, "alice"), (n) => n === 0);
     await until("read", () => messageStatus(a, "call me"), (s) => s === "read");
   });
@@ -283,7 +294,7 @@ describe("web chat app", () => {
     await until("the group is back, read", () => unread(c, "trip"), (n) => n === 0);
     await open(c, "trip");
     await until("history", async () => (await messages(c)).map((m) => m.text).join("|"), (t) =>
-      t === "welcome to the trip|hi all|count me in",
+      t === "welcome to the trip|hi all|count me in|written offline",
     );
   });
 

@@ -145,6 +145,7 @@ export function watch(page, label) {
   });
   page.on("console", (m) => {
     if (m.type() !== "error" && m.type() !== "warning") return;
+    if (/ERR_INTERNET_DISCONNECTED/.test(m.text())) return; // a test took the browser offline
     console.log(`# [${label}] console.${m.type()}: ${m.text()}`);
     if (/Content Security Policy/i.test(m.text())) problems.push(`[${label}] ${m.text()}`);
   });
