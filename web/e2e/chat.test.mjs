@@ -220,6 +220,10 @@ describe("web chat app", () => {
     const tab = await alice.context.newPage();
     await tab.goto("/#/c/" + encodeURIComponent(await a.getByTestId("conv-view").getAttribute("data-conv-id")));
     await until("new tab shows the conversation", async () => (await messages(tab)).length, (n) => n === 3);
+    // An address naming somebody else's conversation leads back to the list.
+    await tab.goto("/#/c/d:998:999");
+    await until("back to the list", () => tab.evaluate(() => location.hash), (h) => h === "#/");
+    assert.equal(await tab.getByTestId("conv-view").count(), 0);
     await tab.close();
   });
 

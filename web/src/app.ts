@@ -442,8 +442,16 @@ export class App {
       const r = await client.history({ conversationId: id }, { limit: HISTORY_PAGE });
       const c = M.ensureConversation(this.state, id);
       this.applyPage(c, r);
-    } catch {
-      // offline: loaded on the next connect
+    } catch (e) {
+      // A conversation that is not ours (an old or mistyped address): drop
+      // it. Anything else (offline): loaded again on the next connect.
+      const code = e instanceof PigeonError ? e.codeName : undefined;
+      if (code === "CONVERSATION_NOT_FOUND" || code === "FORBIDDEN") {
+        const c = this.state.conversations.get(id);
+        if (c && c.messages.size === 0) this.state.conversations.delete(id);
+        if (this.state.openId === id) this.state.openId = null;
+        this.changed();
+      }
     }
   }
 
@@ -480,13 +488,15 @@ export class App {
     client
       .markRead(c.id, newest)
       .then((r) => {
+        this.markingRead.delete(c.id);
         M.applyRead(s, c.id, n(r.readUpTo), n(r.unreadCount) === 0 ? 0 : undefined);
         this.changed();
-      })
-      .catch(() => {})
-      .finally(() => {
-        this.markingRead.delete(c.id);
+        // More arrived meanwhile.
         if (c.last && c.last.convSeq > c.readUpTo) setTimeout(() => this.maybeMarkRead(), 200);
+      })
+      .catch(() => {
+        // Offline: the next connect (or message, or visibility change) tries again.
+        this.markingRead.delete(c.id);
       });
   }
 

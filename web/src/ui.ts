@@ -125,13 +125,16 @@ export class Ui {
   }
 
   render(): void {
+    const s = this.app.state;
+    // The address names no conversation once none is open (logged out, or
+    // the conversation turned out not to be ours).
+    if (!s.openId && location.hash.startsWith("#/c/")) history.replaceState(null, "", "#/");
     if (!this.app.loggedIn) {
       if (!this.root.querySelector("[data-testid=auth]")) this.renderAuth();
       this.shell = undefined;
       return;
     }
     if (!this.shell) this.buildShell();
-    const s = this.app.state;
     this.renderStatus();
     this.renderList(s);
     this.renderChat(s);
@@ -477,6 +480,8 @@ export class Ui {
     const c = s.openId ? s.conversations.get(s.openId) : undefined;
     this.shell!.classList.toggle("has-open", !!c);
     if (!c) {
+      this.chat!.removeAttribute("data-testid");
+      delete this.chat!.dataset.convId;
       if (this.shownConv !== null || !this.chat!.firstChild) {
         replace(
           this.chat!,
