@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { PASSWORD, WAIT_MS, launchBrowser, newUser, problems, screenshot, startServer } from "./harness.mjs";
+import { PASSWORD, WAIT_MS, dumpPages, launchBrowser, newUser, problems, screenshot, startServer } from "./harness.mjs";
 
 /** Polls `read` until `ok(value)`; fails with `what` and the last value. */
 async function until(what, read, ok = Boolean, ms = WAIT_MS) {
@@ -18,7 +18,10 @@ async function until(what, read, ok = Boolean, ms = WAIT_MS) {
     } catch (e) {
       last = `(threw: ${e.message})`;
     }
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}; last value: ${JSON.stringify(last)}`);
+    if (Date.now() > deadline) {
+      await dumpPages();
+      assert.fail(`timed out waiting for ${what}; last value: ${JSON.stringify(last)}`);
+    }
     await new Promise((r) => setTimeout(r, 100));
   }
 }

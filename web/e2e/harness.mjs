@@ -130,7 +130,26 @@ export async function newUser(browser, base, label) {
   context.setDefaultTimeout(WAIT_MS);
   const page = await context.newPage();
   watch(page, label);
+  pages.push({ page, label });
   return { context, page, label };
+}
+
+/** Every user's page, for the picture of a failure. */
+const pages = [];
+
+/** Screenshots of every open page (failure-<label>.png) and their text, to
+ * see what the people saw when a step failed. */
+export async function dumpPages() {
+  for (const { page, label } of pages) {
+    if (page.isClosed()) continue;
+    try {
+      const path = await screenshot(page, `failure-${label}`);
+      const text = await page.evaluate(() => `${location.href}\n${document.body.innerText}`);
+      console.log(`# [${label}] ${path}\n${text.replace(/^/gm, `# [${label}] `)}`);
+    } catch (e) {
+      console.log(`# [${label}] no picture: ${e.message}`);
+    }
+  }
 }
 
 /** Uncaught page errors and Content-Security-Policy violations seen so far

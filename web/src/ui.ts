@@ -94,7 +94,9 @@ export class Ui {
   ) {
     this.root = root;
     app.subscribe(() => this.schedule());
+    // Back and forward, and addresses typed or pasted.
     window.addEventListener("hashchange", () => this.followHash());
+    window.addEventListener("popstate", () => this.followHash());
     document.addEventListener("visibilitychange", () => this.app.maybeMarkRead());
     window.addEventListener("offline", () => this.app.networkChanged());
     window.addEventListener("online", () => this.app.networkChanged());
@@ -106,14 +108,17 @@ export class Ui {
   followHash(): void {
     const m = /^#\/c\/(.+)$/.exec(location.hash);
     const id = m ? decodeURIComponent(m[1]!) : null;
-    if (this.app.loggedIn) this.app.open(id);
+    if (this.app.loggedIn && (id !== this.app.state.openId || id === null)) this.app.open(id);
     this.schedule();
   }
 
+  /** Opens a conversation and records it in the address. Synchronously: a
+   * render between setting the hash and its hashchange event would see no
+   * conversation open and reset the address. */
   private go(id: string | null): void {
     const hash = id ? `#/c/${encodeURIComponent(id)}` : "#/";
-    if (location.hash !== hash) location.hash = hash;
-    else this.followHash();
+    if (location.hash !== hash) history.pushState(null, "", hash);
+    this.followHash();
   }
 
   schedule(): void {
