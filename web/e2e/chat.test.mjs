@@ -126,6 +126,7 @@ describe("web chat app", () => {
     // Bob is online with no conversation open: his device gets the message
     // (delivered) but he has not read it.
     await until("hi bob delivered", () => messageStatus(a, "hi bob"), (s) => s === "delivered");
+    await screenshot(a, "direct-delivered-alice");
     // Presence is shown once they share a conversation (protocol §13.1).
     await until("bob shown online", () => a.getByTestId("presence").getAttribute("data-state"), (s) => s === "online");
     await until("bob sees the conversation, 1 unread", () => unread(b, "alice"), (n) => n === 1);
