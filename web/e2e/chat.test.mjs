@@ -4,8 +4,9 @@
 // would. Screenshots go to e2e/artifacts/.
 
 import assert from "node:assert/strict";
+import { rmSync } from "node:fs";
 import { after, before, describe, it } from "node:test";
-import { PASSWORD, WAIT_MS, dumpPages, launchBrowser, newUser, problems, screenshot, startServer } from "./harness.mjs";
+import { PASSWORD, WAIT_MS, artifacts, dumpPages, launchBrowser, newUser, problems, screenshot, startServer } from "./harness.mjs";
 
 /** Polls `read` until `ok(value)`; fails with `what` and the last value. */
 async function until(what, read, ok = Boolean, ms = WAIT_MS) {
@@ -92,6 +93,7 @@ describe("web chat app", () => {
   let carol;
 
   before(async () => {
+    rmSync(artifacts, { recursive: true, force: true }); // pictures of this run only
     server = await startServer();
     browser = await launchBrowser();
     alice = await newUser(browser, server.base, "alice");
