@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct Config {
     /// TCP listener for the binary protocol.
     pub(crate) listen: String,
-    /// HTTP listener: `/ws`, `/healthz`, `/readyz`, `/metrics`.
+    /// HTTP listener: `/ws`, `/healthz`, `/readyz`, `/metrics`, the web app.
     pub(crate) http: String,
     /// PEM certificate chain (leaf first) for TLS on both listeners; empty
     /// (with `tls_key` empty) for plain TCP and HTTP.
@@ -126,6 +126,8 @@ pub(crate) struct Config {
     pub(crate) webhook_backoff_max_ms: u64,
     /// Time an endpoint has to answer.
     pub(crate) webhook_timeout_ms: u64,
+    /// Whether the HTTP port serves the web chat app at `/`.
+    pub(crate) web_app: bool,
     /// Bearer token of the admin HTTP API (`/admin/`); empty refuses every
     /// admin request.
     pub(crate) admin_token: Secret,
@@ -213,6 +215,7 @@ impl Default for Config {
             webhook_backoff_initial_ms: 1000,
             webhook_backoff_max_ms: 3_600_000,
             webhook_timeout_ms: 10_000,
+            web_app: true,
             admin_token: Secret::default(),
         }
     }

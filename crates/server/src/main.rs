@@ -3,15 +3,16 @@
 //! `listen`, `history`, ...), which come from `pigeon-cli`.
 //!
 //! Layout: [`config`] (file, environment, flags), [`serve`] (wiring, the
-//! HTTP side, signals and orderly shutdown), [`tls`] (certificates, HTTPS).
-//! HTTP side, signals and orderly shutdown), [`admin`] (the admin HTTP API
-//! and its OpenAPI document).
+//! HTTP side, signals and orderly shutdown), [`tls`] (certificates, HTTPS),
+//! [`admin`] (the admin HTTP API and its OpenAPI document), [`webhooks`]
+//! (deliveries), [`web`] (the embedded web chat app).
 
 mod admin;
 mod backend;
 mod config;
 mod serve;
 mod tls;
+mod web;
 mod webhooks;
 
 use std::path::PathBuf;

@@ -130,6 +130,14 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         }),
     })
     .merge(crate::admin::router(admin));
+    // Last, as the fallback: every route above keeps its paths. Without an
+    // explicit fallback the admin router's token check would answer every
+    // unknown path with 401.
+    let app = if config.web_app {
+        app.fallback(crate::web::serve)
+    } else {
+        app.fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+    };
     let http_task = match tls {
         Some(tls) => tokio::spawn(crate::tls::serve_https(
             http,
