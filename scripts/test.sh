@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Runs Pigeon's whole test suite on a fresh machine: checks formatting and
-# lints, then every test of every crate (unit, storage contract, and the
-# end-to-end tests that start the real `pigeon` binary), then the
-# property-based test of the admin HTTP API (scripts/schemathesis.sh).
-# Installs what it needs when it is missing. Prints the test runner's
-# summary.
+# lints, then every test of every crate (unit, storage contract on memory,
+# fjall and PostgreSQL, the end-to-end tests that start the real `pigeon`
+# binary, cluster tests on PostgreSQL and NATS), the TypeScript SDK's tests
+# and the web app's end-to-end tests in headless Chromium, the crash cycles
+# (one node, then a three-node cluster failover) and the property-based
+# test of the admin HTTP API (scripts/schemathesis.sh). Installs what it
+# needs when it is missing (Node packages, Chromium, PostgreSQL 15,
+# nats-server, Python tools). Prints each runner's summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +36,18 @@ else
   grep -E '^test result:' target/test-output.txt | awk '{p+=$4; f+=$6; i+=$8} END {printf "passed %d, failed %d, ignored %d\n", p, f, i}'
   [ "$status" -eq 0 ] || exit "$status"
 fi
+
+# The TypeScript SDK (vitest) and the web app (unit tests, then end-to-end
+# tests in headless Chromium) against the pigeon binary the tests just built.
+if ! need node || ! need npm; then
+  echo "== installing Node.js and npm (apt; Node 20 or newer is needed)"
+  apt-get install -y -q nodejs npm >/dev/null
+fi
+pigeon_bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/pigeon"
+echo "== TypeScript SDK (sdk/typescript)"
+PIGEON_BIN=$pigeon_bin sdk/typescript/scripts/test.sh
+echo "== web app (web/)"
+PIGEON_BIN=$pigeon_bin web/scripts/test.sh
 
 CRASH_TEST_PROFILE=dev scripts/crash-test 20 # kill -9 crash cycles and the independent checker (docs/TESTING.md)
 # The cluster failover test: three nodes on PostgreSQL and NATS, one killed per cycle.
