@@ -74,8 +74,10 @@ impl Setup {
             height: 20,
         })
         .unwrap();
-        until(&mut chat, "connected", |app| {
-            *app.link() == pigeon_cli::chat::app::Link::Connected
+        // Connected and the first listing applied: a message sent after
+        // this arrives as news (with a notice), not as part of the list.
+        until(&mut chat, "connected and listed", |app| {
+            *app.link() == pigeon_cli::chat::app::Link::Connected && !app.listing()
         })
         .await;
         chat

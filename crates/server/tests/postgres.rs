@@ -19,6 +19,14 @@ async fn a_node_on_postgres_keeps_everything_across_a_restart_and_shares_it() {
     let db = pg.create_database().unwrap();
     let store = ["--store".to_string(), db.clone()];
     let mut node = Server::start_with_args("", &store);
+    // The startup line names the store; the ports accept connections a
+    // moment before it is written.
+    for _ in 0..500 {
+        if node.log().contains(&db) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert!(node.log().contains(&db), "{}", node.log());
     let url = node.tcp_url();
     let alice_token = register_and_login(&url, "alice").await;

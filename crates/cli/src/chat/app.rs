@@ -601,6 +601,11 @@ impl App {
             .and_then(|id| self.conversations.get(id))
     }
 
+    /// Whether a listing of the conversations is on its way.
+    pub fn listing(&self) -> bool {
+        self.conversations_loading
+    }
+
     /// The input line.
     pub fn input(&self) -> &str {
         &self.input
