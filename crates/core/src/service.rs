@@ -283,7 +283,35 @@ impl Service {
     }
 
     /// Stores a message durably (idempotently) and notifies online devices.
+    /// A retry of a stored send gets the original acknowledgement, also
+    /// where a new send would now be refused.
     pub async fn send(
+        &self,
+        session: &Session,
+        req: SendRequest,
+    ) -> Result<SendResponse, CoreError> {
+        let client_msg_id = req.client_msg_id.clone();
+        match self.send_new(session, req).await {
+            Err(
+                e @ (CoreError::Forbidden(_)
+                | CoreError::ConversationNotFound(_)
+                | CoreError::UserNotFound(_)),
+            ) if !client_msg_id.is_empty() => {
+                match self.store.sent(session.user_id, &client_msg_id).await? {
+                    Some(ack) => Ok(SendResponse {
+                        conversation_id: ack.conversation_id,
+                        conv_seq: ack.conv_seq,
+                        sent_at_ms: ack.sent_at_ms,
+                        duplicate: true,
+                    }),
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn send_new(
         &self,
         session: &Session,
         req: SendRequest,

@@ -219,6 +219,17 @@ pub struct AppendOutcome {
     pub stream_notice: Option<Arc<[UserId]>>,
 }
 
+/// The acknowledgement an earlier send was given ([`Store::sent`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentAck {
+    /// Where it was stored.
+    pub conversation_id: String,
+    /// Its position in the conversation.
+    pub conv_seq: u64,
+    /// When it was accepted, Unix ms.
+    pub sent_at_ms: i64,
+}
+
 /// The result of [`Store::read_log`].
 #[derive(Debug, Clone)]
 pub struct LogRead {
@@ -435,6 +446,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Every feature flag.
     async fn flags(&self) -> Result<Vec<crate::flags::Flag>, StoreError>;
+    /// The acknowledgement of an earlier, durable send by `sender` with
+    /// `client_msg_id`, if there was one: what a retry is answered with even
+    /// where a new send would now be refused (the sender was blocked or left
+    /// the group since), so that a client never takes a stored message for
+    /// a failed one.
+    async fn sent(
+        &self,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<SentAck>, StoreError>;
     /// One stored message.
     async fn message(
         &self,

@@ -175,6 +175,10 @@ async fn removed_member_receives_nothing_after_removal() {
         .send("m1", to_group(&id), content("before"))
         .await
         .unwrap();
+    let sent_before = gone
+        .send("g1", to_group(&id), content("mine, before"))
+        .await
+        .unwrap();
     let (_, old_key) = sync_all(&gone, &[]).await;
     owner.remove_members(&id, &["gone"]).await.unwrap();
     owner
@@ -188,14 +192,17 @@ async fn removed_member_receives_nothing_after_removal() {
         "only the removal itself"
     );
     let (all, _) = sync_all(&gone, &[]).await;
-    assert_eq!(story(&all), vec!["<Created>", "before", "<MembersRemoved>"]);
+    assert_eq!(
+        story(&all),
+        vec!["<Created>", "before", "mine, before", "<MembersRemoved>"]
+    );
     let page = gone.history(to_group(&id), 0, 0).await.unwrap();
     let texts: Vec<String> = page
         .messages
         .iter()
         .map(|m| m.content.clone().unwrap().text)
         .collect();
-    assert_eq!(texts, vec!["before"]);
+    assert_eq!(texts, vec!["mine, before", "before"]);
     assert_eq!(
         gone.get_group(&id).await.unwrap().my_role,
         GroupRole::None as i32
@@ -205,11 +212,26 @@ async fn removed_member_receives_nothing_after_removal() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    // A retry of what they sent while a member still gets its original
+    // acknowledgement (a lost ack must not turn a stored message into a
+    // failed one), and stores nothing.
+    let retry = gone
+        .send("g1", to_group(&id), content("mine, before"))
+        .await
+        .expect("the original acknowledgement");
+    assert!(retry.duplicate);
+    assert_eq!(retry.conv_seq, sent_before.conv_seq);
     let kept = device(&url, "kept").await;
     let (events, _) = sync_all(&kept, &[]).await;
     assert_eq!(
         story(&events),
-        vec!["<Created>", "before", "<MembersRemoved>", "after"]
+        vec![
+            "<Created>",
+            "before",
+            "mine, before",
+            "<MembersRemoved>",
+            "after"
+        ]
     );
 }
 

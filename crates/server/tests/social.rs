@@ -344,6 +344,17 @@ async fn blocking() {
         !err.to_string().contains("block"),
         "the refusal does not say why: {err}"
     );
+    // A retry of the message stored before the block (its ack was lost,
+    // say) still gets its original acknowledgement, not a refusal.
+    let retry = alice
+        .send("a1", to_user("bob"), content("hello"))
+        .await
+        .expect("a retry of a stored send is acknowledged");
+    assert!(retry.duplicate);
+    assert_eq!(
+        (retry.conversation_id.as_str(), retry.conv_seq),
+        (ack.conversation_id.as_str(), ack.conv_seq)
+    );
     drain_pushes(&b1).await;
     alice.set_typing(&ack.conversation_id, true).await.unwrap();
     assert!(

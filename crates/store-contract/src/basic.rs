@@ -201,6 +201,27 @@ pub async fn retries_with_the_same_client_id_store_nothing_twice(f: &dyn Factory
         (again.conv_seq, again.sent_at_ms),
         (first.conv_seq, first.sent_at_ms)
     );
+    // The acknowledgement is kept for retries that are refused otherwise.
+    let ack = b
+        .store
+        .sent(a.id, "same")
+        .await
+        .unwrap()
+        .expect("a stored send");
+    assert_eq!(
+        (ack.conversation_id.as_str(), ack.conv_seq, ack.sent_at_ms),
+        (
+            first.conversation_id.as_str(),
+            first.conv_seq,
+            first.sent_at_ms
+        )
+    );
+    assert_eq!(b.store.sent(a.id, "never").await.unwrap(), None);
+    assert_eq!(
+        b.store.sent(c.id, "same").await.unwrap(),
+        None,
+        "per sender"
+    );
     assert_eq!(
         b.store
             .read_log(c.id, 0, 100, 1 << 20)

@@ -743,6 +743,27 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn sent(
+        &self,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<pigeon_core::store::SentAck>, StoreError> {
+        // Committed rows only: a claim in flight is invisible until its
+        // transaction commits with the real values.
+        let row = reads::opt(
+            self,
+            "SELECT conversation_id, conv_seq, sent_at_ms FROM sends \
+             WHERE sender_id = $1 AND client_msg_id = $2 AND conv_seq > 0",
+            &[&i(sender), &client_msg_id],
+        )
+        .await?;
+        Ok(row.map(|r| pigeon_core::store::SentAck {
+            conversation_id: r.get(0),
+            conv_seq: r.get::<_, i64>(1) as u64,
+            sent_at_ms: r.get(2),
+        }))
+    }
+
     async fn message(
         &self,
         conversation_id: &str,

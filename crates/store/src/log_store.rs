@@ -631,6 +631,27 @@ impl Store for LogStore {
         rows.iter().map(|(_, v)| decode_json("flag", v)).collect()
     }
 
+    async fn sent(
+        &self,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<pigeon_core::store::SentAck>, StoreError> {
+        // Through the committer: its answer leaves only once the batch that
+        // would hold a concurrent original is durable.
+        let key = keys::dedup(sender, client_msg_id);
+        self.exec(move |_, tx| {
+            Ok(tx
+                .b
+                .get_json::<DedupRecord>("dedup", Table::Dedup, &key)?
+                .map(|d| pigeon_core::store::SentAck {
+                    conversation_id: d.conversation_id,
+                    conv_seq: d.conv_seq,
+                    sent_at_ms: d.sent_at_ms,
+                }))
+        })
+        .await
+    }
+
     async fn message(
         &self,
         conversation_id: &str,
