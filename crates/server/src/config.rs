@@ -59,6 +59,9 @@ pub(crate) struct Config {
     pub(crate) sync_log_retain_events: u64,
     /// Open connections per process.
     pub(crate) connections_max: usize,
+    /// Connections the kernel may hold per listening port before the
+    /// server accepts them (capped by `net.core.somaxconn`).
+    pub(crate) listen_backlog: u32,
     /// Seconds to let connections finish on SIGTERM.
     pub(crate) shutdown_grace_secs: u64,
     /// Log format on stderr: "text" or "json".
@@ -184,6 +187,7 @@ impl Default for Config {
             history_page_max: core.history_page_max,
             sync_log_retain_events: StoreConfig::default().log_retain_events,
             connections_max: gw.connections_max,
+            listen_backlog: 4096,
             shutdown_grace_secs: 10,
             log_format: "text".into(),
             group_large_threshold: core.group_large_threshold,
@@ -294,6 +298,7 @@ impl Config {
             ("outbound_queue_frames_max", self.outbound_queue_frames_max),
             ("inflight_requests_max", self.inflight_requests_max),
             ("connections_max", self.connections_max),
+            ("listen_backlog", self.listen_backlog as usize),
             ("sync_batch_events_max", self.sync_batch_events_max as usize),
             ("history_page_max", self.history_page_max as usize),
         ] {

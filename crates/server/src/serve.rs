@@ -34,10 +34,10 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let store = backend.store();
     let registry = Arc::new(Registry::default());
     // Bind first: a cluster node announces its endpoints when it joins.
-    let tcp = TcpListener::bind(&config.listen)
+    let tcp = listen(&config.listen, config.listen_backlog)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    let http = TcpListener::bind(&config.http)
+    let http = listen(&config.http, config.listen_backlog)
         .await
         .with_context(|| format!("binding {}", config.http))?;
     let (tcp_addr, http_addr) = (tcp.local_addr()?, http.local_addr()?);
@@ -214,6 +214,24 @@ struct Endpoints {
     tls: bool,
     /// In a cluster: the live nodes, least loaded first.
     cluster: Option<Arc<pigeon_bus::Cluster>>,
+}
+
+/// Binds `addr` (host:port, the first address it resolves to) with room
+/// for `backlog` connections waiting to be accepted (tokio's `bind` uses
+/// 1,024, and the kernel caps either at `net.core.somaxconn`).
+async fn listen(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// This node's client-facing URLs for the other nodes to list: the
