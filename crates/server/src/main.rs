@@ -15,6 +15,12 @@ mod tls;
 mod web;
 mod webhooks;
 
+/// mimalloc instead of the system allocator: the committer and the
+/// connection tasks allocate many small short-lived values (see
+/// BENCHMARKS.md, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
