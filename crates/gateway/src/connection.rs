@@ -1,20 +1,29 @@
-//! One connection's life, the same for TCP and WebSocket.
+//! One connection's life, the same for TCP, TLS and WebSocket.
 //!
-//! Three tasks per connection: a reader (frames in, through a small bounded
-//! channel, so a fast sender is slowed by TCP, not buffered), a writer
-//! (frames out of the bounded outbound queue), and this loop, which owns the
-//! connection state. Requests that touch the device's sync position (sync,
-//! login, logout) and pushes are handled here in order; the others run as
-//! tasks, at most `inflight_requests_max` at a time, so a pipelining client
-//! gets its sends into one group commit.
+//! One task per connection: a loop that owns the connection state and the
+//! socket, and waits in one `select!` for whichever comes first: a frame
+//! from the peer, room to write queued frames, a push, the answer of a
+//! request running as a task, shutdown, or a deadline. Requests that touch
+//! the device's sync position (sync, login, logout) and pushes are handled
+//! here in order; the others run as tasks, at most `inflight_requests_max`
+//! at a time, so a pipelining client gets its sends into one group commit.
 //!
-//! Only this loop puts frames on the outbound queue, and it never waits for
-//! room: a full queue means the peer does not read, and the connection is
-//! closed (`SLOW_CONSUMER`) rather than allowed to grow memory or stall.
+//! An idle connection is kept small: no channels (pushes and answers arrive
+//! in queues that hold no memory while empty, answers' only once a request
+//! ran as a task), no read or write buffer between frames (see
+//! `transport.rs`), and the work of a frame, whose futures are large, runs
+//! boxed, so the task's own future holds only what waiting needs.
+//!
+//! Only this loop queues frames for the socket, and it never waits for room:
+//! a full queue means the peer does not read, and the connection is closed
+//! (`SLOW_CONSUMER`) rather than allowed to grow memory or stall.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::future::poll_fn;
+use std::io;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pigeon_core::config::{HISTORY_PAGE_CEILING, SYNC_BATCH_EVENTS_CEILING};
@@ -23,18 +32,19 @@ use pigeon_proto::Body;
 use pigeon_proto::v1::{self, EventsPush, Limits, Pong, SyncNotice, Welcome};
 use pigeon_proto::version::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, negotiate};
 use pigeon_proto::{ErrorCode, Frame, limits};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::Gateway;
 use crate::admission::{self, Priority};
-use crate::registry::{ConnFlags, Push, Registration};
-use crate::transport::{FrameReader, FrameWriter, Inbound};
+use crate::registry::{Push, Registration};
+use crate::transport::{self, Inbound, Transport};
 
-/// Frames read ahead of the connection loop.
-const INBOUND_QUEUE_FRAMES_MAX: usize = 8;
 /// Longest wait for in-flight requests when the server drains.
 const DRAIN_WAIT_MAX: Duration = Duration::from_secs(5);
+/// Longest wait, once a connection ends, for its last frames (the goodbye
+/// among them) to be written.
+const CLOSE_WAIT_MAX: Duration = Duration::from_secs(2);
 
 const SERVER_NAME: &str = concat!("pigeon/", env!("CARGO_PKG_VERSION"));
 
@@ -54,9 +64,14 @@ fn bye(code: ErrorCode, reason: impl Into<String>) -> Close {
 }
 
 /// Tells a peer we cannot serve it, then closes.
-pub(crate) async fn refuse(mut writer: Box<dyn FrameWriter>, goodbye: Frame) {
-    let _ = timeout(Duration::from_secs(2), writer.write(&goodbye)).await;
-    writer.close().await;
+pub(crate) async fn refuse(mut transport: Box<dyn Transport>, goodbye: Frame) {
+    transport.queue(&goodbye);
+    let _ = timeout(CLOSE_WAIT_MAX, async {
+        if transport::flush(&mut *transport).await.is_ok() {
+            transport::close(&mut *transport).await;
+        }
+    })
+    .await;
 }
 
 /// Serves one connection until it ends. `_permit` holds its place under the
@@ -64,46 +79,32 @@ pub(crate) async fn refuse(mut writer: Box<dyn FrameWriter>, goodbye: Frame) {
 /// (time spent on a TLS handshake counts).
 pub(crate) async fn run(
     gw: Arc<Gateway>,
-    mut reader: Box<dyn FrameReader>,
-    writer: Box<dyn FrameWriter>,
+    transport: Box<dyn Transport>,
     peer: String,
     _permit: OwnedSemaphorePermit,
     accepted: Instant,
 ) {
     crate::metrics::connection(1);
-    let (in_tx, mut in_rx) = mpsc::channel(INBOUND_QUEUE_FRAMES_MAX);
-    let reader_task = tokio::spawn(async move {
-        loop {
-            let item = reader.next().await;
-            let last = matches!(item, Inbound::Closed | Inbound::Violation(..));
-            if in_tx.send(item).await.is_err() || last {
-                return;
-            }
-        }
-    });
-    // One slot more than the limit: room for the goodbye to a slow reader.
-    let (out_tx, out_rx) = mpsc::channel(gw.config.outbound_queue_frames_max.max(1) + 1);
-    let mut writer_task = tokio::spawn(write_loop(writer, out_rx, gw.config.write_timeout));
-
     let peer_ip = peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
     let mut conn = Conn {
         peer_ip,
-        inflight: Arc::new(Semaphore::new(gw.config.inflight_requests_max)),
-        done: mpsc::channel(gw.config.inflight_requests_max.max(1)),
+        link: Link {
+            transport,
+            write_timeout: gw.config.write_timeout,
+            write_deadline: None,
+        },
+        inflight: 0,
+        answers: None,
         inflight_ids: HashSet::new(),
         started: HashMap::new(),
         gw,
-        out: out_tx,
         session: None,
         registration: None,
         cursor: None,
         notice_pending: false,
         accepted,
     };
-    let close = tokio::select! {
-        close = conn.serve(&mut in_rx) => close,
-        _ = &mut writer_task => Close::Silent,
-    };
+    let close = conn.serve().await;
     let goodbye = match close {
         Close::Goodbye(code, reason) => {
             tracing::debug!(%peer, ?code, %reason, "closing connection");
@@ -113,43 +114,157 @@ pub(crate) async fn run(
         Close::Silent => None,
     };
     if let Some(frame) = goodbye {
-        // The queue may be full (slow consumer): then the goodbye is lost,
-        // which is fine, the socket closes anyway.
-        let _ = conn.out.try_send(Box::new(frame));
+        // Past the queue's limit if need be: a slow reader is told why.
+        conn.link.queue(&frame);
     }
-    reader_task.abort();
     if let (Some(reg), Some(session)) = (conn.registration.take(), conn.session.take())
         && conn.gw.registry.unregister(reg)
     {
         conn.presence(&session, false);
     }
-    drop(conn);
-    let _ = timeout(Duration::from_secs(2), writer_task).await;
+    conn.link.finish().await;
     crate::metrics::connection(-1);
 }
 
-async fn write_loop(
-    mut writer: Box<dyn FrameWriter>,
-    mut rx: mpsc::Receiver<Box<Frame>>,
+/// The socket and the deadline of its writes.
+struct Link {
+    transport: Box<dyn Transport>,
+    /// Time allowed for the socket to take the next queued frame.
     write_timeout: Duration,
-) {
-    while let Some(frame) = rx.recv().await {
-        crate::metrics::queued(-1);
-        let last = matches!(frame.body, Some(Body::Goodbye(_)));
-        match timeout(write_timeout, writer.write(&frame)).await {
-            Ok(Ok(())) if !last => {}
-            _ => break,
+    /// While frames are queued: when the socket must have taken the next.
+    write_deadline: Option<Instant>,
+}
+
+/// What polling the socket produced.
+enum Io {
+    /// The peer sent something.
+    Inbound(Inbound),
+    /// Writing failed: the peer is gone.
+    Broken,
+}
+
+impl Link {
+    fn queued(&self) -> usize {
+        self.transport.queued()
+    }
+
+    fn queue(&mut self, frame: &Frame) {
+        if self.transport.queued() == 0 {
+            self.write_deadline = Some(Instant::now() + self.write_timeout);
+        }
+        self.transport.queue(frame);
+        crate::metrics::queued(1);
+    }
+
+    /// Writes what is queued: ready once all of it is written, or on error.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let before = self.transport.queued();
+        if before == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let written = self.transport.poll_flush(cx);
+        let after = self.transport.queued();
+        if after < before {
+            crate::metrics::queued(after as i64 - before as i64);
+            self.write_deadline = (after > 0).then(|| Instant::now() + self.write_timeout);
+        }
+        written
+    }
+
+    /// Writes what it can, then reads: ready when the peer sent something or
+    /// writing failed.
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Io> {
+        if let Poll::Ready(Err(_)) = self.poll_write(cx) {
+            return Poll::Ready(Io::Broken);
+        }
+        self.transport.poll_next(cx).map(Io::Inbound)
+    }
+
+    /// Writes what is queued; ready only if writing failed.
+    fn poll_broken(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.poll_write(cx) {
+            Poll::Ready(Err(_)) => Poll::Ready(()),
+            _ => Poll::Pending,
         }
     }
-    writer.close().await;
+
+    /// The earlier of `idle` and the write deadline.
+    fn deadline(&self, idle: Instant) -> Instant {
+        self.write_deadline.map_or(idle, |w| w.min(idle))
+    }
+
+    /// Whether the socket took too long to take a frame.
+    fn write_overdue(&self) -> bool {
+        self.write_deadline.is_some_and(|d| d <= Instant::now())
+    }
+
+    /// Writes the last frames (bounded in time) and closes the socket.
+    async fn finish(&mut self) {
+        let _ = timeout(CLOSE_WAIT_MAX, async {
+            if poll_fn(|cx| self.poll_write(cx)).await.is_ok() {
+                transport::close(&mut *self.transport).await;
+            }
+        })
+        .await;
+        crate::metrics::queued(-(self.queued() as i64));
+    }
+}
+
+/// Answers of a connection's requests that ran as tasks. Allocated with the
+/// first such request; holds at most `inflight_requests_max` answers.
+#[derive(Default)]
+struct Answers {
+    queue: Mutex<Vec<Frame>>,
+    wake: Notify,
+}
+
+/// A request task's promise to answer: if the task ends without answering
+/// (it panicked), the client still gets an error for its request id.
+struct Answer {
+    answers: Option<Arc<Answers>>,
+    id: u64,
+}
+
+impl Answer {
+    fn give(mut self, frame: Frame) {
+        if let Some(answers) = self.answers.take() {
+            answers.put(frame);
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(answers) = self.answers.take() {
+            answers.put(Frame::error(
+                self.id,
+                ErrorCode::Internal,
+                "internal server error",
+            ));
+        }
+    }
+}
+
+impl Answers {
+    fn put(&self, frame: Frame) {
+        self.queue
+            .lock()
+            .expect("answers lock poisoned")
+            .push(frame);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Vec<Frame> {
+        std::mem::take(&mut *self.queue.lock().expect("answers lock poisoned"))
+    }
 }
 
 struct Conn {
     gw: Arc<Gateway>,
     /// The peer's address, for per-address limits.
     peer_ip: Option<std::net::IpAddr>,
-    /// Frames for the socket, boxed so an idle connection's queue is small.
-    out: mpsc::Sender<Box<Frame>>,
+    /// The socket, with the frames queued for it.
+    link: Link,
     session: Option<Session>,
     registration: Option<Registration>,
     /// The seq this device is at, as far as this connection told it (by a
@@ -159,18 +274,17 @@ struct Conn {
     notice_pending: bool,
     /// When the socket was accepted (or the WebSocket upgraded).
     accepted: Instant,
-    inflight: Arc<Semaphore>,
+    /// Requests running as tasks or answered and not yet queued for the
+    /// socket (at most `inflight_requests_max`).
+    inflight: usize,
+    /// Where those requests leave their answers.
+    answers: Option<Arc<Answers>>,
     /// Request ids of the requests running as tasks.
     inflight_ids: HashSet<u64>,
     /// Requests read and not yet answered: type and arrival, so that every
     /// answer is counted and timed here, where requests are dispatched.
     started: HashMap<u64, (&'static str, std::time::Instant, Priority)>,
-    /// Answers of requests running as tasks.
-    done: (mpsc::Sender<Answer>, mpsc::Receiver<Answer>),
 }
-
-/// The answer of a request that ran as a task, with its in-flight permit.
-type Answer = (Box<Frame>, OwnedSemaphorePermit);
 
 /// The outcome of queueing a frame: a full queue ends the connection.
 type Sent = Result<(), Close>;
@@ -187,9 +301,7 @@ impl Conn {
                 self.gw.admission.observe(took);
             }
         }
-        // The last slot is kept for the goodbye that tells a slow reader why
-        // it is cut off.
-        if self.out.capacity() <= 1 {
+        if self.link.queued() >= self.gw.config.outbound_queue_frames_max.max(1) {
             crate::metrics::slow_consumer();
             tracing::info!("closing a connection whose reader is too slow");
             return Err(bye(
@@ -197,13 +309,8 @@ impl Conn {
                 "you did not read your frames fast enough; reconnect and sync",
             ));
         }
-        match self.out.try_send(Box::new(frame)) {
-            Ok(()) => {
-                crate::metrics::queued(1);
-                Ok(())
-            }
-            Err(_) => Err(Close::Silent),
-        }
+        self.link.queue(&frame);
+        Ok(())
     }
 
     /// Never sends a frame the peer would refuse as too large: an answer
@@ -232,44 +339,45 @@ impl Conn {
         }
     }
 
-    async fn serve(&mut self, in_rx: &mut mpsc::Receiver<Inbound>) -> Close {
-        match self.handshake(in_rx).await {
-            Ok(()) => {}
-            Err(close) => return close,
+    async fn serve(&mut self) -> Close {
+        // Boxed, like every frame's work below: their futures are large and
+        // would otherwise make every idle connection's task as large.
+        if let Err(close) = Box::pin(self.handshake()).await {
+            return close;
         }
         let mut shutdown = self.gw.shutdown_rx.clone();
-        let mut deadline = Instant::now() + self.gw.config.idle_timeout;
+        let idle_timeout = self.gw.config.idle_timeout;
+        let mut idle_deadline = Instant::now() + idle_timeout;
         loop {
-            let flags = self.registration.as_ref().map(|r| r.flags.clone());
+            let deadline = self.link.deadline(idle_deadline);
             let step = tokio::select! {
-                _ = crate::stopped(&mut shutdown) => return self.drain().await,
-                Some((frame, _permit)) = self.done.1.recv() => {
-                    let frame = *frame;
-                    self.inflight_ids.remove(&frame.request_id);
-                    self.send(frame)
-                }
-                inbound = in_rx.recv() => {
-                    deadline = Instant::now() + self.gw.config.idle_timeout;
-                    match inbound {
-                        Some(Inbound::Frame(frame)) => self.on_frame(*frame).await,
-                        Some(Inbound::Activity) => Ok(()),
-                        Some(Inbound::Violation(code, reason)) => Err(bye(code, reason)),
-                        Some(Inbound::Closed) | None => Err(Close::Silent),
+                _ = crate::stopped(&mut shutdown) => return Box::pin(self.drain()).await,
+                () = answered(self.answers.as_deref()) => self.on_answers(),
+                () = mail(self.registration.as_ref()) => self.on_mailbox(),
+                io = poll_fn(|cx| self.link.poll_io(cx)) => match io {
+                    Io::Inbound(inbound) => {
+                        idle_deadline = Instant::now() + idle_timeout;
+                        match inbound {
+                            Inbound::Frame(frame) => Box::pin(self.on_frame(frame)).await,
+                            Inbound::Activity => Ok(()),
+                            Inbound::Violation(code, reason) => Err(bye(code, reason)),
+                            Inbound::Closed => Err(Close::Silent),
+                        }
                     }
-                }
-                Some(push) = recv_push(&mut self.registration) => match push {
-                    Push::Events(batch) => self.on_push(&batch),
-                    Push::Notice => self.notice(),
-                    Push::Ephemeral(body) => {
-                        crate::metrics::pushed(if matches!(*body, Body::TypingPush(_)) { "typing" } else { "presence" });
-                        self.send(Frame::push((*body).clone()))
-                    }
+                    Io::Broken => Err(Close::Silent),
                 },
-                _ = wake(flags.as_deref()) => self.on_flags(),
-                _ = sleep_until(deadline) => Err(bye(
-                    ErrorCode::IdleTimeout,
-                    format!("nothing received for {} ms", self.gw.config.idle_timeout.as_millis()),
-                )),
+                () = sleep_until(deadline) => {
+                    if self.link.write_overdue() {
+                        Err(Close::Silent)
+                    } else if idle_deadline <= Instant::now() {
+                        Err(bye(
+                            ErrorCode::IdleTimeout,
+                            format!("nothing received for {} ms", idle_timeout.as_millis()),
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                }
             };
             if let Err(close) = step {
                 return close;
@@ -277,33 +385,33 @@ impl Conn {
         }
     }
 
-    async fn handshake(&mut self, in_rx: &mut mpsc::Receiver<Inbound>) -> Sent {
+    async fn handshake(&mut self) -> Sent {
         let deadline = self.accepted + self.gw.config.handshake_timeout;
         let (id, hello) = loop {
-            let Ok(first) = tokio::time::timeout_at(deadline, in_rx.recv()).await else {
+            let Ok(first) =
+                tokio::time::timeout_at(deadline, poll_fn(|cx| self.link.poll_io(cx))).await
+            else {
                 return Err(bye(ErrorCode::HandshakeTimeout, "no Hello in time"));
             };
+            let first = match first {
+                Io::Inbound(inbound) => inbound,
+                Io::Broken => return Err(Close::Silent),
+            };
             match first {
-                Some(Inbound::Frame(f)) if matches!(f.body, Some(Body::Hello(_))) => {
-                    let Frame {
-                        request_id,
-                        body: Some(Body::Hello(h)),
-                    } = *f
-                    else {
-                        unreachable!("matched a Hello")
-                    };
-                    break (request_id, h);
-                }
+                Inbound::Frame(Frame {
+                    request_id,
+                    body: Some(Body::Hello(h)),
+                }) => break (request_id, h),
                 // WebSocket keep-alives may come before the Hello.
-                Some(Inbound::Activity) => continue,
-                Some(Inbound::Frame(_)) => {
+                Inbound::Activity => continue,
+                Inbound::Frame(_) => {
                     return Err(bye(
                         ErrorCode::HandshakeRequired,
                         "the first frame must be a Hello",
                     ));
                 }
-                Some(Inbound::Violation(code, reason)) => return Err(bye(code, reason)),
-                Some(Inbound::Closed) | None => return Err(Close::Silent),
+                Inbound::Violation(code, reason) => return Err(bye(code, reason)),
+                Inbound::Closed => return Err(Close::Silent),
             }
         };
         let Some(version) = negotiate(
@@ -567,7 +675,7 @@ impl Conn {
         id: u64,
         work: impl Future<Output = Result<Body, CoreError>> + Send + 'static,
     ) -> Sent {
-        let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+        if self.inflight >= self.gw.config.inflight_requests_max {
             return self.send(Frame::error(
                 id,
                 ErrorCode::TooManyRequests,
@@ -576,20 +684,73 @@ impl Conn {
                     self.gw.config.inflight_requests_max
                 ),
             ));
-        };
+        }
+        self.inflight += 1;
         self.inflight_ids.insert(id);
-        let done = self.done.0.clone();
+        let answers = self.answers.get_or_insert_with(Default::default).clone();
+        let answer = Answer {
+            answers: Some(answers),
+            id,
+        };
         tokio::spawn(async move {
             let frame = match work.await {
                 Ok(body) => Frame::new(id, body),
                 Err(e) => error_frame(id, &e),
             };
-            // The permit travels with the answer and is released once the
-            // answer is queued for the socket, so a client that waits for
-            // answers never exceeds the limit; and since each queued answer
-            // holds a permit, the channel (sized to the limit) never fills.
-            let _ = done.try_send((Box::new(frame), permit));
+            // The request counts as in flight until the loop queues its
+            // answer for the socket, so a client that waits for answers
+            // never exceeds the limit, and the answers waiting never exceed
+            // it either.
+            answer.give(frame);
         });
+        Ok(())
+    }
+
+    /// Queues the answers of requests that ran as tasks.
+    fn on_answers(&mut self) -> Sent {
+        let Some(answers) = self.answers.as_ref().map(|a| a.take()) else {
+            return Ok(());
+        };
+        for frame in answers {
+            self.inflight -= 1;
+            self.inflight_ids.remove(&frame.request_id);
+            self.send(frame)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the registry's pushes and flags.
+    fn on_mailbox(&mut self) -> Sent {
+        let Some(mailbox) = self.registration.as_ref().map(|r| r.mailbox.clone()) else {
+            return Ok(());
+        };
+        if mailbox.revoked.load(Ordering::SeqCst) {
+            return Err(bye(ErrorCode::TokenRevoked, "the session was revoked"));
+        }
+        match ErrorCode::try_from(mailbox.close_code.load(Ordering::SeqCst)) {
+            Ok(ErrorCode::Unspecified) | Err(_) => {}
+            Ok(ErrorCode::AccountDisabled) => {
+                return Err(bye(ErrorCode::AccountDisabled, "this account was disabled"));
+            }
+            Ok(code) => return Err(bye(code, "the session was revoked")),
+        }
+        for push in mailbox.take() {
+            match push {
+                Push::Events(batch) => self.on_push(&batch)?,
+                Push::Notice => self.notice()?,
+                Push::Ephemeral(body) => {
+                    crate::metrics::pushed(if matches!(*body, Body::TypingPush(_)) {
+                        "typing"
+                    } else {
+                        "presence"
+                    });
+                    self.send(Frame::push((*body).clone()))?;
+                }
+            }
+        }
+        if mailbox.lagged.swap(false, Ordering::SeqCst) {
+            return self.notice();
+        }
         Ok(())
     }
 
@@ -628,45 +789,20 @@ impl Conn {
         self.send(Frame::push(Body::SyncNotice(SyncNotice {})))
     }
 
-    fn on_flags(&mut self) -> Sent {
-        let Some(flags) = self.registration.as_ref().map(|r| r.flags.clone()) else {
-            return Ok(());
-        };
-        if flags.revoked.load(Ordering::SeqCst) {
-            return Err(bye(ErrorCode::TokenRevoked, "the session was revoked"));
-        }
-        match ErrorCode::try_from(flags.close_code.load(Ordering::SeqCst)) {
-            Ok(ErrorCode::Unspecified) | Err(_) => {}
-            Ok(ErrorCode::AccountDisabled) => {
-                return Err(bye(ErrorCode::AccountDisabled, "this account was disabled"));
-            }
-            Ok(code) => return Err(bye(code, "the session was revoked")),
-        }
-        if flags.lagged.swap(false, Ordering::SeqCst) {
-            return self.notice();
-        }
-        Ok(())
-    }
-
     /// Stops taking requests, lets the running ones finish (bounded), and
     /// says goodbye.
     async fn drain(&mut self) -> Close {
-        let max = self.gw.config.inflight_requests_max as u32;
         let deadline = Instant::now() + DRAIN_WAIT_MAX;
-        while self.inflight.available_permits() < max as usize || !self.done.1.is_empty() {
-            match timeout(
-                deadline.saturating_duration_since(Instant::now()),
-                self.done.1.recv(),
-            )
-            .await
-            {
-                Ok(Some((frame, _permit))) => {
-                    let frame = *frame;
-                    if self.send(frame).is_err() {
+        while self.inflight > 0 {
+            // Queued frames keep going out meanwhile.
+            tokio::select! {
+                () = answered(self.answers.as_deref()) => {
+                    if self.on_answers().is_err() {
                         return Close::Silent;
                     }
                 }
-                _ => break,
+                () = poll_fn(|cx| self.link.poll_broken(cx)) => return Close::Silent,
+                () = sleep_until(deadline) => break,
             }
         }
         let config = &self.gw.config;
@@ -686,16 +822,18 @@ impl Conn {
     }
 }
 
-async fn recv_push(reg: &mut Option<Registration>) -> Option<Push> {
-    match reg {
-        Some(r) => r.rx.recv().await,
+/// Resolves when answers may be waiting.
+async fn answered(answers: Option<&Answers>) {
+    match answers {
+        Some(a) => a.wake.notified().await,
         None => std::future::pending().await,
     }
 }
 
-async fn wake(flags: Option<&ConnFlags>) {
-    match flags {
-        Some(f) => f.wake.notified().await,
+/// Resolves when pushes or flags may be waiting.
+async fn mail(registration: Option<&Registration>) {
+    match registration {
+        Some(r) => r.mailbox.wake.notified().await,
         None => std::future::pending().await,
     }
 }

@@ -10,8 +10,9 @@
 //!   `pigeon_core::Notifier`, turning committed events into pushes.
 //! - [`connection`]: one connection's life: handshake, auth, dispatch,
 //!   heartbeats and idle timeout, pushes, bounded outbound queue, drain.
-//! - [`transport`]: frame readers and writers for byte streams (TCP or TLS,
-//!   length-prefixed) and WebSocket (one binary message per frame).
+//! - [`transport`]: framing over byte streams (TCP or TLS, length-prefixed)
+//!   and WebSocket (one binary message per frame), polled by the
+//!   connection's one task.
 //! - [`Gateway`] (here): accept loops (plain TCP and TLS), the connection
 //!   cap and shutdown.
 //!
@@ -161,7 +162,7 @@ impl Gateway {
         // work (on TLS without a word, as nothing can be said yet).
         if let Err(wait) = self.admission.ip_connection(peer.ip()) {
             if tls.is_none() {
-                let (_, writer) = transport::tcp(stream, max);
+                let transport = transport::tcp(stream, max);
                 let mut bye = Frame::goodbye(
                     ErrorCode::Busy,
                     "too many new connections from your address",
@@ -169,18 +170,21 @@ impl Gateway {
                 if let Some(pigeon_proto::Body::Goodbye(g)) = &mut bye.body {
                     g.retry_after_ms = wait;
                 }
-                connection::refuse(writer, bye).await;
+                connection::refuse(transport, bye).await;
             }
             return;
         }
         // Taken before the TLS handshake, so handshakes in progress count
         // under the connection cap too.
         let permit = self.connections.clone().try_acquire_owned();
-        let (reader, writer) = match tls {
+        let transport = match tls {
             None => transport::tcp(stream, max),
             Some(acceptor) => {
                 let deadline = accepted + self.config.handshake_timeout;
-                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                // Boxed: a handshake's state is large, and would otherwise
+                // make every connection's task as large, TLS or not.
+                let handshake = Box::pin(acceptor.accept(stream));
+                match tokio::time::timeout_at(deadline, handshake).await {
                     Ok(Ok(session)) => transport::stream(session, max),
                     Ok(Err(e)) => {
                         // Scanners and plain-TCP clients end here: not worth a warning.
@@ -198,11 +202,11 @@ impl Gateway {
         };
         match permit {
             Ok(permit) => {
-                connection::run(self, reader, writer, peer.to_string(), permit, accepted).await
+                connection::run(self, transport, peer.to_string(), permit, accepted).await
             }
             Err(_) => {
                 connection::refuse(
-                    writer,
+                    transport,
                     Frame::goodbye(ErrorCode::Busy, "server is at its connection limit"),
                 )
                 .await
@@ -246,8 +250,8 @@ impl Gateway {
             .write_buffer_size(0)
             .max_write_buffer_size(max.saturating_mul(4))
             .on_upgrade(move |socket| async move {
-                let (reader, writer) = transport::websocket(socket);
-                connection::run(self, reader, writer, peer, permit, Instant::now()).await;
+                let transport = transport::websocket(socket);
+                connection::run(self, transport, peer, permit, Instant::now()).await;
             })
     }
 
