@@ -18,11 +18,10 @@
 //! a full queue means the peer does not read, and the connection is closed
 //! (`SLOW_CONSUMER`) rather than allowed to grow memory or stall.
 
-use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,12 +31,12 @@ use pigeon_proto::Body;
 use pigeon_proto::v1::{self, EventsPush, Limits, Pong, SyncNotice, Welcome};
 use pigeon_proto::version::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, negotiate};
 use pigeon_proto::{ErrorCode, Frame, limits};
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::Gateway;
 use crate::admission::{self, Priority};
-use crate::registry::{Push, Registration};
+use crate::registry::{Mailbox, Push, Registration};
 use crate::transport::{self, Inbound, Transport};
 
 /// Longest wait for in-flight requests when the server drains.
@@ -74,29 +73,26 @@ pub(crate) async fn refuse(mut transport: Box<dyn Transport>, goodbye: Frame) {
     .await;
 }
 
-/// Serves one connection until it ends. `_permit` holds its place under the
-/// connection cap; the Hello is due `handshake_timeout` after `accepted`
+/// Serves one connection until it ends. `permit` holds its place under the
+/// connection cap (until the connection is dropped); the Hello is due `handshake_timeout` after `accepted`
 /// (time spent on a TLS handshake counts).
-pub(crate) async fn run(
+pub(crate) fn run(
     gw: Arc<Gateway>,
     transport: Box<dyn Transport>,
     peer: String,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     accepted: Instant,
-) {
-    crate::metrics::connection(1);
-    let peer_ip = peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+) -> impl Future<Output = ()> + Send + 'static {
     let mut conn = Conn {
-        peer_ip,
+        _permit: permit,
+        peer: peer.into(),
         link: Link {
             transport,
-            write_timeout: gw.config.write_timeout,
             write_deadline: None,
         },
         inflight: 0,
-        answers: None,
-        inflight_ids: HashSet::new(),
-        started: HashMap::new(),
+        mailbox: None,
+        requests: Vec::new(),
         gw,
         session: None,
         registration: None,
@@ -104,33 +100,35 @@ pub(crate) async fn run(
         notice_pending: false,
         accepted,
     };
-    let close = conn.serve().await;
-    let goodbye = match close {
-        Close::Goodbye(code, reason) => {
-            tracing::debug!(%peer, ?code, %reason, "closing connection");
-            Some(Frame::goodbye(code, reason))
+    // An async block rather than an async fn: the arguments an async fn
+    // takes are stored twice in its future.
+    async move {
+        crate::metrics::connection(1);
+        let goodbye = match conn.serve().await {
+            Close::Goodbye(code, reason) => {
+                tracing::debug!(peer = %conn.peer, ?code, %reason, "closing connection");
+                Some(Frame::goodbye(code, reason))
+            }
+            Close::Frame(frame) => Some(*frame),
+            Close::Silent => None,
+        };
+        if let Some(frame) = goodbye {
+            // Past the queue's limit if need be: a slow reader is told why.
+            conn.link.queue(&frame, CLOSE_WAIT_MAX);
         }
-        Close::Frame(frame) => Some(*frame),
-        Close::Silent => None,
-    };
-    if let Some(frame) = goodbye {
-        // Past the queue's limit if need be: a slow reader is told why.
-        conn.link.queue(&frame);
+        if let (Some(reg), Some(session)) = (conn.registration.take(), conn.session.take())
+            && conn.gw.registry.unregister(reg)
+        {
+            conn.presence(&session, false);
+        }
+        conn.link.finish().await;
+        crate::metrics::connection(-1);
     }
-    if let (Some(reg), Some(session)) = (conn.registration.take(), conn.session.take())
-        && conn.gw.registry.unregister(reg)
-    {
-        conn.presence(&session, false);
-    }
-    conn.link.finish().await;
-    crate::metrics::connection(-1);
 }
 
 /// The socket and the deadline of its writes.
 struct Link {
     transport: Box<dyn Transport>,
-    /// Time allowed for the socket to take the next queued frame.
-    write_timeout: Duration,
     /// While frames are queued: when the socket must have taken the next.
     write_deadline: Option<Instant>,
 }
@@ -148,16 +146,21 @@ impl Link {
         self.transport.queued()
     }
 
-    fn queue(&mut self, frame: &Frame) {
+    fn queue(&mut self, frame: &Frame, write_timeout: Duration) {
         if self.transport.queued() == 0 {
-            self.write_deadline = Some(Instant::now() + self.write_timeout);
+            self.write_deadline = Some(Instant::now() + write_timeout);
         }
         self.transport.queue(frame);
         crate::metrics::queued(1);
     }
 
     /// Writes what is queued: ready once all of it is written, or on error.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// `write_timeout` is the time the socket gets to take the next frame.
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        write_timeout: Duration,
+    ) -> Poll<io::Result<()>> {
         let before = self.transport.queued();
         if before == 0 {
             return Poll::Ready(Ok(()));
@@ -166,23 +169,23 @@ impl Link {
         let after = self.transport.queued();
         if after < before {
             crate::metrics::queued(after as i64 - before as i64);
-            self.write_deadline = (after > 0).then(|| Instant::now() + self.write_timeout);
+            self.write_deadline = (after > 0).then(|| Instant::now() + write_timeout);
         }
         written
     }
 
     /// Writes what it can, then reads: ready when the peer sent something or
     /// writing failed.
-    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Io> {
-        if let Poll::Ready(Err(_)) = self.poll_write(cx) {
+    fn poll_io(&mut self, cx: &mut Context<'_>, write_timeout: Duration) -> Poll<Io> {
+        if let Poll::Ready(Err(_)) = self.poll_write(cx, write_timeout) {
             return Poll::Ready(Io::Broken);
         }
         self.transport.poll_next(cx).map(Io::Inbound)
     }
 
     /// Writes what is queued; ready only if writing failed.
-    fn poll_broken(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        match self.poll_write(cx) {
+    fn poll_broken(&mut self, cx: &mut Context<'_>, write_timeout: Duration) -> Poll<()> {
+        match self.poll_write(cx, write_timeout) {
             Poll::Ready(Err(_)) => Poll::Ready(()),
             _ => Poll::Pending,
         }
@@ -201,7 +204,10 @@ impl Link {
     /// Writes the last frames (bounded in time) and closes the socket.
     async fn finish(&mut self) {
         let _ = timeout(CLOSE_WAIT_MAX, async {
-            if poll_fn(|cx| self.poll_write(cx)).await.is_ok() {
+            if poll_fn(|cx| self.poll_write(cx, CLOSE_WAIT_MAX))
+                .await
+                .is_ok()
+            {
                 transport::close(&mut *self.transport).await;
             }
         })
@@ -210,33 +216,25 @@ impl Link {
     }
 }
 
-/// Answers of a connection's requests that ran as tasks. Allocated with the
-/// first such request; holds at most `inflight_requests_max` answers.
-#[derive(Default)]
-struct Answers {
-    queue: Mutex<Vec<Frame>>,
-    wake: Notify,
-}
-
 /// A request task's promise to answer: if the task ends without answering
 /// (it panicked), the client still gets an error for its request id.
 struct Answer {
-    answers: Option<Arc<Answers>>,
+    mailbox: Option<Arc<Mailbox>>,
     id: u64,
 }
 
 impl Answer {
     fn give(mut self, frame: Frame) {
-        if let Some(answers) = self.answers.take() {
-            answers.put(frame);
+        if let Some(mailbox) = self.mailbox.take() {
+            mailbox.answer(frame);
         }
     }
 }
 
 impl Drop for Answer {
     fn drop(&mut self) {
-        if let Some(answers) = self.answers.take() {
-            answers.put(Frame::error(
+        if let Some(mailbox) = self.mailbox.take() {
+            mailbox.answer(Frame::error(
                 self.id,
                 ErrorCode::Internal,
                 "internal server error",
@@ -245,24 +243,12 @@ impl Drop for Answer {
     }
 }
 
-impl Answers {
-    fn put(&self, frame: Frame) {
-        self.queue
-            .lock()
-            .expect("answers lock poisoned")
-            .push(frame);
-        self.wake.notify_one();
-    }
-
-    fn take(&self) -> Vec<Frame> {
-        std::mem::take(&mut *self.queue.lock().expect("answers lock poisoned"))
-    }
-}
-
 struct Conn {
     gw: Arc<Gateway>,
-    /// The peer's address, for per-address limits.
-    peer_ip: Option<std::net::IpAddr>,
+    /// The connection's place under the connection cap.
+    _permit: OwnedSemaphorePermit,
+    /// The peer's address (for logs and per-address limits).
+    peer: Box<str>,
     /// The socket, with the frames queued for it.
     link: Link,
     session: Option<Session>,
@@ -276,14 +262,24 @@ struct Conn {
     accepted: Instant,
     /// Requests running as tasks or answered and not yet queued for the
     /// socket (at most `inflight_requests_max`).
-    inflight: usize,
-    /// Where those requests leave their answers.
-    answers: Option<Arc<Answers>>,
-    /// Request ids of the requests running as tasks.
-    inflight_ids: HashSet<u64>,
-    /// Requests read and not yet answered: type and arrival, so that every
-    /// answer is counted and timed here, where requests are dispatched.
-    started: HashMap<u64, (&'static str, std::time::Instant, Priority)>,
+    inflight: u32,
+    /// Where request tasks leave their answers and, once registered, the
+    /// registry its pushes: created when first needed.
+    mailbox: Option<Arc<Mailbox>>,
+    /// Requests read and not yet answered (at most `inflight_requests_max`
+    /// and the one being read; no allocation when there are none).
+    requests: Vec<Request>,
+}
+
+/// A request read and not yet answered: its type and arrival, so that every
+/// answer is counted and timed here, where requests are dispatched.
+struct Request {
+    id: u64,
+    kind: &'static str,
+    at: std::time::Instant,
+    priority: Priority,
+    /// Running as a task.
+    running: bool,
 }
 
 /// The outcome of queueing a frame: a full queue ends the connection.
@@ -293,11 +289,16 @@ impl Conn {
     fn send(&mut self, frame: Frame) -> Sent {
         let frame = self.fit(frame);
         if frame.request_id != 0
-            && let Some((kind, at, priority)) = self.started.remove(&frame.request_id)
+            && let Some(i) = self.requests.iter().position(|r| r.id == frame.request_id)
         {
-            let took = at.elapsed();
-            crate::metrics::answered(kind, &frame, took);
-            if priority == Priority::Normal {
+            let request = self.requests.swap_remove(i);
+            if self.requests.is_empty() {
+                // Free the storage: most connections are idle most of the time.
+                self.requests = Vec::new();
+            }
+            let took = request.at.elapsed();
+            crate::metrics::answered(request.kind, &frame, took);
+            if request.priority == Priority::Normal {
                 self.gw.admission.observe(took);
             }
         }
@@ -309,7 +310,7 @@ impl Conn {
                 "you did not read your frames fast enough; reconnect and sync",
             ));
         }
-        self.link.queue(&frame);
+        self.link.queue(&frame, self.gw.config.write_timeout);
         Ok(())
     }
 
@@ -345,18 +346,22 @@ impl Conn {
         if let Err(close) = Box::pin(self.handshake()).await {
             return close;
         }
-        let mut shutdown = self.gw.shutdown_rx.clone();
-        let idle_timeout = self.gw.config.idle_timeout;
-        let mut idle_deadline = Instant::now() + idle_timeout;
+        let gw = self.gw.clone();
+        let mut stopping = std::pin::pin!(gw.stopping.notified());
+        // Registered before the flag is read, so no shutdown slips between.
+        stopping.as_mut().enable();
+        if gw.is_shutting_down() {
+            return Box::pin(self.drain()).await;
+        }
+        let mut idle_deadline = Instant::now() + gw.config.idle_timeout;
         loop {
             let deadline = self.link.deadline(idle_deadline);
             let step = tokio::select! {
-                _ = crate::stopped(&mut shutdown) => return Box::pin(self.drain()).await,
-                () = answered(self.answers.as_deref()) => self.on_answers(),
-                () = mail(self.registration.as_ref()) => self.on_mailbox(),
-                io = poll_fn(|cx| self.link.poll_io(cx)) => match io {
+                () = stopping.as_mut() => return Box::pin(self.drain()).await,
+                () = mail(self.mailbox.as_deref()) => self.on_mailbox(),
+                io = poll_fn(|cx| self.link.poll_io(cx, gw.config.write_timeout)) => match io {
                     Io::Inbound(inbound) => {
-                        idle_deadline = Instant::now() + idle_timeout;
+                        idle_deadline = Instant::now() + gw.config.idle_timeout;
                         match inbound {
                             Inbound::Frame(frame) => Box::pin(self.on_frame(frame)).await,
                             Inbound::Activity => Ok(()),
@@ -372,7 +377,10 @@ impl Conn {
                     } else if idle_deadline <= Instant::now() {
                         Err(bye(
                             ErrorCode::IdleTimeout,
-                            format!("nothing received for {} ms", idle_timeout.as_millis()),
+                            format!(
+                                "nothing received for {} ms",
+                                gw.config.idle_timeout.as_millis()
+                            ),
                         ))
                     } else {
                         Ok(())
@@ -388,9 +396,9 @@ impl Conn {
     async fn handshake(&mut self) -> Sent {
         let deadline = self.accepted + self.gw.config.handshake_timeout;
         let (id, hello) = loop {
-            let Ok(first) =
-                tokio::time::timeout_at(deadline, poll_fn(|cx| self.link.poll_io(cx))).await
-            else {
+            let write_timeout = self.gw.config.write_timeout;
+            let reading = poll_fn(|cx| self.link.poll_io(cx, write_timeout));
+            let Ok(first) = tokio::time::timeout_at(deadline, reading).await else {
                 return Err(bye(ErrorCode::HandshakeTimeout, "no Hello in time"));
             };
             let first = match first {
@@ -398,10 +406,16 @@ impl Conn {
                 Io::Broken => return Err(Close::Silent),
             };
             match first {
-                Inbound::Frame(Frame {
-                    request_id,
-                    body: Some(Body::Hello(h)),
-                }) => break (request_id, h),
+                Inbound::Frame(f) if matches!(f.body, Some(Body::Hello(_))) => {
+                    let Frame {
+                        request_id,
+                        body: Some(Body::Hello(h)),
+                    } = *f
+                    else {
+                        unreachable!("matched a Hello")
+                    };
+                    break (request_id, h);
+                }
                 // WebSocket keep-alives may come before the Hello.
                 Inbound::Activity => continue,
                 Inbound::Frame(_) => {
@@ -476,11 +490,11 @@ impl Conn {
     /// first check closed only the connections registered at the time, and
     /// would miss this one.
     async fn authenticated(&mut self, session: Session) -> Sent {
-        let (reg, first) = self.gw.registry.register(
-            session.user_id,
-            &session.token_hash,
-            self.gw.config.push_queue_batches_max,
-        );
+        let mailbox = self.mailbox().clone();
+        let (reg, first) =
+            self.gw
+                .registry
+                .register_mailbox(session.user_id, &session.token_hash, mailbox);
         if first {
             self.presence(&session, true);
         }
@@ -503,22 +517,26 @@ impl Conn {
         });
     }
 
-    async fn on_frame(&mut self, frame: Frame) -> Sent {
+    async fn on_frame(&mut self, frame: Box<Frame>) -> Sent {
         let id = frame.request_id;
         let priority = frame
             .body
             .as_ref()
             .map_or(Priority::Normal, admission::priority);
-        if id != 0 && self.started.len() <= self.gw.config.inflight_requests_max {
-            let kind = pigeon_proto::body_name(frame.body.as_ref());
-            self.started
-                .insert(id, (kind, std::time::Instant::now(), priority));
-        }
-        if id != 0 && self.inflight_ids.contains(&id) {
+        if id != 0 && self.requests.iter().any(|r| r.id == id) {
             return Err(bye(
                 ErrorCode::BadRequestId,
                 format!("request_id {id} is already in flight"),
             ));
+        }
+        if id != 0 && self.requests.len() <= self.gw.config.inflight_requests_max {
+            self.requests.push(Request {
+                id,
+                kind: pigeon_proto::body_name(frame.body.as_ref()),
+                at: std::time::Instant::now(),
+                priority,
+                running: false,
+            });
         }
         let Some(body) = frame.body else {
             // A body this version does not know. With an id it is a request
@@ -547,8 +565,8 @@ impl Conn {
             ));
         }
         if matches!(body, Body::LoginRequest(_) | Body::RegisterRequest(_))
-            && let Some(ip) = self.peer_ip
-            && let Err(wait) = self.gw.admission.ip_login(ip)
+            && let Ok(peer) = self.peer.parse::<std::net::SocketAddr>()
+            && let Err(wait) = self.gw.admission.ip_login(peer.ip())
         {
             return self.send(busy(id, wait, "too many login attempts from your address"));
         }
@@ -675,7 +693,7 @@ impl Conn {
         id: u64,
         work: impl Future<Output = Result<Body, CoreError>> + Send + 'static,
     ) -> Sent {
-        if self.inflight >= self.gw.config.inflight_requests_max {
+        if self.inflight as usize >= self.gw.config.inflight_requests_max {
             return self.send(Frame::error(
                 id,
                 ErrorCode::TooManyRequests,
@@ -686,10 +704,11 @@ impl Conn {
             ));
         }
         self.inflight += 1;
-        self.inflight_ids.insert(id);
-        let answers = self.answers.get_or_insert_with(Default::default).clone();
+        if let Some(r) = self.requests.iter_mut().find(|r| r.id == id) {
+            r.running = true;
+        }
         let answer = Answer {
-            answers: Some(answers),
+            mailbox: Some(self.mailbox().clone()),
             id,
         };
         tokio::spawn(async move {
@@ -706,24 +725,29 @@ impl Conn {
         Ok(())
     }
 
+    /// The connection's mailbox, created on first use.
+    fn mailbox(&mut self) -> &Arc<Mailbox> {
+        let capacity = self.gw.config.push_queue_batches_max;
+        self.mailbox
+            .get_or_insert_with(|| Arc::new(Mailbox::new(capacity)))
+    }
+
     /// Queues the answers of requests that ran as tasks.
-    fn on_answers(&mut self) -> Sent {
-        let Some(answers) = self.answers.as_ref().map(|a| a.take()) else {
-            return Ok(());
-        };
-        for frame in answers {
+    fn on_answers(&mut self, mailbox: &Mailbox) -> Sent {
+        for frame in mailbox.take_answers() {
             self.inflight -= 1;
-            self.inflight_ids.remove(&frame.request_id);
             self.send(frame)?;
         }
         Ok(())
     }
 
-    /// Takes the registry's pushes and flags.
+    /// Takes what the mailbox holds: answers, then the registry's flags and
+    /// pushes.
     fn on_mailbox(&mut self) -> Sent {
-        let Some(mailbox) = self.registration.as_ref().map(|r| r.mailbox.clone()) else {
+        let Some(mailbox) = self.mailbox.clone() else {
             return Ok(());
         };
+        self.on_answers(&mailbox)?;
         if mailbox.revoked.load(Ordering::SeqCst) {
             return Err(bye(ErrorCode::TokenRevoked, "the session was revoked"));
         }
@@ -793,15 +817,19 @@ impl Conn {
     /// says goodbye.
     async fn drain(&mut self) -> Close {
         let deadline = Instant::now() + DRAIN_WAIT_MAX;
+        let write_timeout = self.gw.config.write_timeout;
         while self.inflight > 0 {
+            let Some(mailbox) = self.mailbox.clone() else {
+                break;
+            };
             // Queued frames keep going out meanwhile.
             tokio::select! {
-                () = answered(self.answers.as_deref()) => {
-                    if self.on_answers().is_err() {
+                () = mailbox.wake.notified() => {
+                    if self.on_answers(&mailbox).is_err() {
                         return Close::Silent;
                     }
                 }
-                () = poll_fn(|cx| self.link.poll_broken(cx)) => return Close::Silent,
+                () = poll_fn(|cx| self.link.poll_broken(cx, write_timeout)) => return Close::Silent,
                 () = sleep_until(deadline) => break,
             }
         }
@@ -822,18 +850,10 @@ impl Conn {
     }
 }
 
-/// Resolves when answers may be waiting.
-async fn answered(answers: Option<&Answers>) {
-    match answers {
-        Some(a) => a.wake.notified().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when pushes or flags may be waiting.
-async fn mail(registration: Option<&Registration>) {
-    match registration {
-        Some(r) => r.mailbox.wake.notified().await,
+/// Resolves when the mailbox may hold something.
+async fn mail(mailbox: Option<&Mailbox>) {
+    match mailbox {
+        Some(m) => m.wake.notified().await,
         None => std::future::pending().await,
     }
 }
@@ -1021,4 +1041,32 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Size of a connection's future, at most. Tokio allocates a task as a
+    /// 32-byte header, the future (in an enum), and a 48-byte trailer,
+    /// rounded up to a multiple of 128 bytes: up to this size the task takes
+    /// 768 bytes, the largest part of an idle connection.
+    const IDLE_FUTURE_BYTES_MAX: usize = 680;
+
+    /// The size of what `f` returns, without calling it.
+    fn output_size<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Checks that the future of an idle connection, which is most of its
+    /// task's memory, stays within `IDLE_FUTURE_BYTES_MAX`: frame work must
+    /// stay boxed and the loop's state small.
+    #[test]
+    fn an_idle_connection_future_stays_small() {
+        let size = output_size(run);
+        assert!(
+            size <= IDLE_FUTURE_BYTES_MAX,
+            "a connection's future is {size} bytes, more than {IDLE_FUTURE_BYTES_MAX}"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! Online devices by user, and the `Notifier` that pushes to them.
 //!
-//! Each connection registers once authenticated and gets a [`Mailbox`]: a
+//! Each connection registers once authenticated with its [`Mailbox`]: a
 //! bounded queue of pushes and the flags that close it. `notify` never
 //! blocks: if a queue is full the connection is flagged as lagging and sends
 //! its device a sync notice instead, since a lost push costs latency, never
@@ -12,18 +12,23 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use pigeon_core::{Notifier, PushBatch, UserId};
-use pigeon_proto::Body;
+use pigeon_proto::{Body, Frame};
 use tokio::sync::Notify;
 
-/// What the registry hands one connection: pushes and the flags that close
-/// it, behind one allocation. The push queue holds no memory while empty,
-/// so an idle connection's mailbox is a few words.
+/// What other tasks hand one connection, behind one allocation and one
+/// wake-up: the registry's pushes and the flags that close it, and the
+/// answers of the connection's own requests that ran as tasks. The queues
+/// hold no memory while empty, so an idle connection's mailbox is a few
+/// words.
 #[derive(Debug)]
 pub struct Mailbox {
     /// Pushes not yet taken by the connection (at most `capacity`).
     pushes: Mutex<VecDeque<Push>>,
     /// Pushes the queue may hold.
     capacity: usize,
+    /// Answers not yet taken by the connection (bounded by the requests it
+    /// lets run at a time); the registry never touches them.
+    answers: Mutex<Vec<Frame>>,
     /// A push batch was dropped because the queue was full.
     pub lagged: AtomicBool,
     /// The session was revoked elsewhere; close the connection.
@@ -36,10 +41,12 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
-    fn new(capacity: usize) -> Mailbox {
+    /// An empty mailbox taking up to `capacity` pushes.
+    pub fn new(capacity: usize) -> Mailbox {
         Mailbox {
             pushes: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
+            answers: Mutex::new(Vec::new()),
             lagged: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
             close_code: AtomicI32::new(0),
@@ -61,6 +68,20 @@ impl Mailbox {
     /// storage freed).
     pub fn take(&self) -> VecDeque<Push> {
         std::mem::take(&mut *self.pushes.lock().expect("mailbox lock poisoned"))
+    }
+
+    /// Leaves the answer of a request and wakes the connection.
+    pub fn answer(&self, frame: Frame) {
+        self.answers
+            .lock()
+            .expect("mailbox lock poisoned")
+            .push(frame);
+        self.wake.notify_one();
+    }
+
+    /// Takes every answer left, leaving none (and the storage freed).
+    pub fn take_answers(&self) -> Vec<Frame> {
+        std::mem::take(&mut *self.answers.lock().expect("mailbox lock poisoned"))
     }
 }
 
@@ -139,8 +160,17 @@ impl Registry {
         token_hash: &str,
         capacity: usize,
     ) -> (Registration, bool) {
+        self.register_mailbox(user, token_hash, Arc::new(Mailbox::new(capacity)))
+    }
+
+    /// Registers a connection of `user` that already has a mailbox.
+    pub fn register_mailbox(
+        self: &Arc<Self>,
+        user: UserId,
+        token_hash: &str,
+        mailbox: Arc<Mailbox>,
+    ) -> (Registration, bool) {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let mailbox = Arc::new(Mailbox::new(capacity));
         let entry = Entry {
             conn_id,
             token_hash: token_hash.into(),

@@ -30,8 +30,9 @@ use tokio::net::TcpStream;
 /// What the peer sent.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A decoded frame.
-    Frame(Frame),
+    /// A decoded frame (boxed: this stays small where it waits in the
+    /// connection's future).
+    Frame(Box<Frame>),
     /// Transport-level liveness (a WebSocket ping or pong).
     Activity,
     /// The peer broke the framing; close with this code and reason.
@@ -162,7 +163,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Prefixed<S> {
         Poll::Ready(match take_prefixed(bytes, self.max) {
             Ok(Some((frame, used))) => {
                 self.buf.extend_from_slice(&bytes[used..]);
-                Some(Inbound::Frame(frame))
+                Some(Inbound::Frame(Box::new(frame)))
             }
             Ok(None) => {
                 self.buf.extend_from_slice(bytes);
@@ -187,7 +188,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Prefixed<
             match take_prefixed(&self.buf, self.max) {
                 Ok(Some((frame, used))) => {
                     bytes::Buf::advance(&mut self.buf, used);
-                    return Poll::Ready(Inbound::Frame(frame));
+                    return Poll::Ready(Inbound::Frame(Box::new(frame)));
                 }
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(violation(e)),
@@ -291,7 +292,7 @@ impl Transport for Ws {
         let inbound = match ready!(Pin::new(&mut self.socket).poll_next(cx)) {
             None => Inbound::Closed,
             Some(Ok(WsMessage::Binary(bytes))) => match decode_frame(&bytes, usize::MAX) {
-                Ok(frame) => Inbound::Frame(frame),
+                Ok(frame) => Inbound::Frame(Box::new(frame)),
                 Err(e) => violation(e),
             },
             Some(Ok(WsMessage::Text(_))) => Inbound::Violation(
@@ -349,5 +350,114 @@ impl Transport for Ws {
         Pin::new(&mut self.socket)
             .poll_close(cx)
             .map_err(io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pigeon_proto::Body;
+    use pigeon_proto::v1::Ping;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    use super::*;
+
+    fn ping(id: u64) -> Frame {
+        Frame::new(id, Body::Ping(Ping { nonce: id * 7 }))
+    }
+
+    fn prefixed(io: DuplexStream) -> Prefixed<DuplexStream> {
+        Prefixed {
+            io,
+            buf: BytesMut::new(),
+            out: VecDeque::new(),
+            written: 0,
+            max: 1024,
+        }
+    }
+
+    async fn next_of(t: &mut Prefixed<DuplexStream>) -> Inbound {
+        poll_fn(|cx| t.poll_next(cx)).await
+    }
+
+    /// Checks that frames arriving in pieces split at every byte decode in
+    /// order, and that between frames the reader holds no heap buffer.
+    #[tokio::test]
+    async fn frames_in_pieces_decode_and_leave_no_buffer() {
+        let mut wire = Vec::new();
+        for id in 1..=3 {
+            wire.extend(encode_frame_prefixed(&ping(id)));
+        }
+        for split in 0..wire.len() {
+            let (mut peer, ours) = duplex(64 * 1024);
+            let mut t = prefixed(ours);
+            peer.write_all(&wire[..split]).await.unwrap();
+            let rest = wire[split..].to_vec();
+            let writer = tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                peer.write_all(&rest).await.unwrap();
+                peer
+            });
+            for id in 1..=3 {
+                match next_of(&mut t).await {
+                    Inbound::Frame(f) => assert_eq!(*f, ping(id), "split at {split}"),
+                    other => panic!("split at {split}: {other:?}"),
+                }
+            }
+            let _peer = writer.await.unwrap();
+            assert!(t.buf.is_empty(), "split at {split}");
+            // The next poll, finding nothing buffered, frees the buffer.
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(t.poll_next(&mut cx).is_pending());
+            assert_eq!(t.buf.capacity(), 0, "split at {split}");
+        }
+    }
+
+    /// Checks that an oversized length prefix is refused before its body
+    /// arrives, and that a closed stream reads as `Closed`.
+    #[tokio::test]
+    async fn oversized_prefix_and_end_of_stream() {
+        let (mut peer, ours) = duplex(1024);
+        let mut t = prefixed(ours);
+        peer.write_all(&4096u32.to_be_bytes()).await.unwrap();
+        assert!(matches!(
+            next_of(&mut t).await,
+            Inbound::Violation(ErrorCode::FrameTooLarge, _)
+        ));
+        let (peer, ours) = duplex(1024);
+        let mut t = prefixed(ours);
+        drop(peer);
+        assert!(matches!(next_of(&mut t).await, Inbound::Closed));
+    }
+
+    /// Checks that queued frames are written in order, partly written ones
+    /// resumed after the peer reads, and the queue's storage freed once
+    /// empty.
+    #[tokio::test]
+    async fn queued_frames_are_written_in_order() {
+        // A pipe smaller than the frames: writes stop part-way.
+        let (mut peer, ours) = duplex(5);
+        let mut t = prefixed(ours);
+        let frames: Vec<Frame> = (1..=40).map(ping).collect();
+        for f in &frames {
+            t.queue(f);
+        }
+        assert_eq!(t.queued(), 40);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = BytesMut::new();
+            while got.len() < 40 {
+                let mut chunk = [0u8; 3];
+                let n = peer.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(f) = pigeon_proto::try_decode_prefixed(&mut buf, 1024).unwrap() {
+                    got.push(f);
+                }
+            }
+            got
+        });
+        poll_fn(|cx| t.poll_flush(cx)).await.unwrap();
+        assert_eq!(t.queued(), 0);
+        assert_eq!(t.out.capacity(), 0);
+        assert_eq!(reader.await.unwrap(), frames);
     }
 }
