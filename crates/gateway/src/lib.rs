@@ -47,7 +47,7 @@ pub use registry::{Registry, RegistryObserver};
 pub type RedirectSource = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 /// Read buffer of one WebSocket connection (grows for large messages).
-pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+pub const WS_READ_BUFFER_BYTES: usize = 512;
 
 /// Shared by every connection of one server.
 pub struct Gateway {
