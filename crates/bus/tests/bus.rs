@@ -49,10 +49,9 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 async fn next_push(reg: &mut Registration) -> Push {
-    tokio::time::timeout(Duration::from_secs(10), reg.rx.recv())
+    tokio::time::timeout(Duration::from_secs(10), reg.recv())
         .await
         .expect("a push arrives")
-        .expect("registration open")
 }
 
 fn event(seq: u64) -> Event {
@@ -115,12 +114,12 @@ async fn pushes_presence_and_membership_cross_nodes() {
     // close reaches every connection.
     reg_a.revoke(7, "hash-7");
     eventually("the session is revoked on b", || {
-        dev.flags.revoked.load(Ordering::SeqCst)
+        dev.mailbox.revoked.load(Ordering::SeqCst)
     })
     .await;
     a.close_user(7, pigeon_proto::ErrorCode::AccountDisabled);
     eventually("the connection is closed on b", || {
-        dev.flags.close_code.load(Ordering::SeqCst)
+        dev.mailbox.close_code.load(Ordering::SeqCst)
             == pigeon_proto::ErrorCode::AccountDisabled as i32
     })
     .await;

@@ -1,20 +1,28 @@
-//! One connection's life, the same for TCP and WebSocket.
+//! One connection's life, the same for TCP, TLS and WebSocket.
 //!
-//! Three tasks per connection: a reader (frames in, through a small bounded
-//! channel, so a fast sender is slowed by TCP, not buffered), a writer
-//! (frames out of the bounded outbound queue), and this loop, which owns the
-//! connection state. Requests that touch the device's sync position (sync,
-//! login, logout) and pushes are handled here in order; the others run as
-//! tasks, at most `inflight_requests_max` at a time, so a pipelining client
-//! gets its sends into one group commit.
+//! One task per connection: a loop that owns the connection state and the
+//! socket, and waits in one `select!` for whichever comes first: a frame
+//! from the peer, room to write queued frames, a push, the answer of a
+//! request running as a task, shutdown, or a deadline. Requests that touch
+//! the device's sync position (sync, login, logout) and pushes are handled
+//! here in order; the others run as tasks, at most `inflight_requests_max`
+//! at a time, so a pipelining client gets its sends into one group commit.
 //!
-//! Only this loop puts frames on the outbound queue, and it never waits for
-//! room: a full queue means the peer does not read, and the connection is
-//! closed (`SLOW_CONSUMER`) rather than allowed to grow memory or stall.
+//! An idle connection is kept small: no channels (pushes and answers arrive
+//! in queues that hold no memory while empty, answers' only once a request
+//! ran as a task), no read or write buffer between frames (see
+//! `transport.rs`), and the work of a frame, whose futures are large, runs
+//! boxed, so the task's own future holds only what waiting needs.
+//!
+//! Only this loop queues frames for the socket, and it never waits for room:
+//! a full queue means the peer does not read, and the connection is closed
+//! (`SLOW_CONSUMER`) rather than allowed to grow memory or stall.
 
-use std::collections::{HashMap, HashSet};
+use std::future::poll_fn;
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pigeon_core::config::{HISTORY_PAGE_CEILING, SYNC_BATCH_EVENTS_CEILING};
@@ -23,18 +31,19 @@ use pigeon_proto::Body;
 use pigeon_proto::v1::{self, EventsPush, Limits, Pong, SyncNotice, Welcome};
 use pigeon_proto::version::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, negotiate};
 use pigeon_proto::{ErrorCode, Frame, limits};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::Gateway;
 use crate::admission::{self, Priority};
-use crate::registry::{ConnFlags, Push, Registration};
-use crate::transport::{FrameReader, FrameWriter, Inbound};
+use crate::registry::{Mailbox, Push, Registration};
+use crate::transport::{self, Inbound, Transport};
 
-/// Frames read ahead of the connection loop.
-const INBOUND_QUEUE_FRAMES_MAX: usize = 8;
 /// Longest wait for in-flight requests when the server drains.
 const DRAIN_WAIT_MAX: Duration = Duration::from_secs(5);
+/// Longest wait, once a connection ends, for its last frames (the goodbye
+/// among them) to be written.
+const CLOSE_WAIT_MAX: Duration = Duration::from_secs(2);
 
 const SERVER_NAME: &str = concat!("pigeon/", env!("CARGO_PKG_VERSION"));
 
@@ -54,102 +63,194 @@ fn bye(code: ErrorCode, reason: impl Into<String>) -> Close {
 }
 
 /// Tells a peer we cannot serve it, then closes.
-pub(crate) async fn refuse(mut writer: Box<dyn FrameWriter>, goodbye: Frame) {
-    let _ = timeout(Duration::from_secs(2), writer.write(&goodbye)).await;
-    writer.close().await;
+pub(crate) async fn refuse(mut transport: Box<dyn Transport>, goodbye: Frame) {
+    transport.queue(&goodbye);
+    let _ = timeout(CLOSE_WAIT_MAX, async {
+        if transport::flush(&mut *transport).await.is_ok() {
+            transport::close(&mut *transport).await;
+        }
+    })
+    .await;
 }
 
-/// Serves one connection until it ends. `_permit` holds its place under the
-/// connection cap; the Hello is due `handshake_timeout` after `accepted`
+/// Serves one connection until it ends. `permit` holds its place under the
+/// connection cap (until the connection is dropped); the Hello is due `handshake_timeout` after `accepted`
 /// (time spent on a TLS handshake counts).
-pub(crate) async fn run(
+pub(crate) fn run(
     gw: Arc<Gateway>,
-    mut reader: Box<dyn FrameReader>,
-    writer: Box<dyn FrameWriter>,
+    transport: Box<dyn Transport>,
     peer: String,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     accepted: Instant,
-) {
-    crate::metrics::connection(1);
-    let (in_tx, mut in_rx) = mpsc::channel(INBOUND_QUEUE_FRAMES_MAX);
-    let reader_task = tokio::spawn(async move {
-        loop {
-            let item = reader.next().await;
-            let last = matches!(item, Inbound::Closed | Inbound::Violation(..));
-            if in_tx.send(item).await.is_err() || last {
-                return;
-            }
-        }
-    });
-    // One slot more than the limit: room for the goodbye to a slow reader.
-    let (out_tx, out_rx) = mpsc::channel(gw.config.outbound_queue_frames_max.max(1) + 1);
-    let mut writer_task = tokio::spawn(write_loop(writer, out_rx, gw.config.write_timeout));
-
-    let peer_ip = peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+) -> impl Future<Output = ()> + Send + 'static {
     let mut conn = Conn {
-        peer_ip,
-        inflight: Arc::new(Semaphore::new(gw.config.inflight_requests_max)),
-        done: mpsc::channel(gw.config.inflight_requests_max.max(1)),
-        inflight_ids: HashSet::new(),
-        started: HashMap::new(),
+        _permit: permit,
+        peer: peer.into(),
+        link: Link {
+            transport,
+            write_deadline: None,
+        },
+        inflight: 0,
+        mailbox: None,
+        requests: Vec::new(),
         gw,
-        out: out_tx,
         session: None,
         registration: None,
         cursor: None,
         notice_pending: false,
         accepted,
     };
-    let close = tokio::select! {
-        close = conn.serve(&mut in_rx) => close,
-        _ = &mut writer_task => Close::Silent,
-    };
-    let goodbye = match close {
-        Close::Goodbye(code, reason) => {
-            tracing::debug!(%peer, ?code, %reason, "closing connection");
-            Some(Frame::goodbye(code, reason))
+    // An async block rather than an async fn: the arguments an async fn
+    // takes are stored twice in its future.
+    async move {
+        crate::metrics::connection(1);
+        let goodbye = match conn.serve().await {
+            Close::Goodbye(code, reason) => {
+                tracing::debug!(peer = %conn.peer, ?code, %reason, "closing connection");
+                Some(Frame::goodbye(code, reason))
+            }
+            Close::Frame(frame) => Some(*frame),
+            Close::Silent => None,
+        };
+        if let Some(frame) = goodbye {
+            // Past the queue's limit if need be: a slow reader is told why.
+            conn.link.queue(&frame, CLOSE_WAIT_MAX);
         }
-        Close::Frame(frame) => Some(*frame),
-        Close::Silent => None,
-    };
-    if let Some(frame) = goodbye {
-        // The queue may be full (slow consumer): then the goodbye is lost,
-        // which is fine, the socket closes anyway.
-        let _ = conn.out.try_send(Box::new(frame));
+        if let (Some(reg), Some(session)) = (conn.registration.take(), conn.session.take())
+            && conn.gw.registry.unregister(reg)
+        {
+            conn.presence(&session, false);
+        }
+        conn.link.finish().await;
+        crate::metrics::connection(-1);
     }
-    reader_task.abort();
-    if let (Some(reg), Some(session)) = (conn.registration.take(), conn.session.take())
-        && conn.gw.registry.unregister(reg)
-    {
-        conn.presence(&session, false);
-    }
-    drop(conn);
-    let _ = timeout(Duration::from_secs(2), writer_task).await;
-    crate::metrics::connection(-1);
 }
 
-async fn write_loop(
-    mut writer: Box<dyn FrameWriter>,
-    mut rx: mpsc::Receiver<Box<Frame>>,
-    write_timeout: Duration,
-) {
-    while let Some(frame) = rx.recv().await {
-        crate::metrics::queued(-1);
-        let last = matches!(frame.body, Some(Body::Goodbye(_)));
-        match timeout(write_timeout, writer.write(&frame)).await {
-            Ok(Ok(())) if !last => {}
-            _ => break,
+/// The socket and the deadline of its writes.
+struct Link {
+    transport: Box<dyn Transport>,
+    /// While frames are queued: when the socket must have taken the next.
+    write_deadline: Option<Instant>,
+}
+
+/// What polling the socket produced.
+enum Io {
+    /// The peer sent something.
+    Inbound(Inbound),
+    /// Writing failed: the peer is gone.
+    Broken,
+}
+
+impl Link {
+    fn queued(&self) -> usize {
+        self.transport.queued()
+    }
+
+    fn queue(&mut self, frame: &Frame, write_timeout: Duration) {
+        if self.transport.queued() == 0 {
+            self.write_deadline = Some(Instant::now() + write_timeout);
+        }
+        self.transport.queue(frame);
+        crate::metrics::queued(1);
+    }
+
+    /// Writes what is queued: ready once all of it is written, or on error.
+    /// `write_timeout` is the time the socket gets to take the next frame.
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        write_timeout: Duration,
+    ) -> Poll<io::Result<()>> {
+        let before = self.transport.queued();
+        if before == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let written = self.transport.poll_flush(cx);
+        let after = self.transport.queued();
+        if after < before {
+            crate::metrics::queued(after as i64 - before as i64);
+            self.write_deadline = (after > 0).then(|| Instant::now() + write_timeout);
+        }
+        written
+    }
+
+    /// Writes what it can, then reads: ready when the peer sent something or
+    /// writing failed.
+    fn poll_io(&mut self, cx: &mut Context<'_>, write_timeout: Duration) -> Poll<Io> {
+        if let Poll::Ready(Err(_)) = self.poll_write(cx, write_timeout) {
+            return Poll::Ready(Io::Broken);
+        }
+        self.transport.poll_next(cx).map(Io::Inbound)
+    }
+
+    /// Writes what is queued; ready only if writing failed.
+    fn poll_broken(&mut self, cx: &mut Context<'_>, write_timeout: Duration) -> Poll<()> {
+        match self.poll_write(cx, write_timeout) {
+            Poll::Ready(Err(_)) => Poll::Ready(()),
+            _ => Poll::Pending,
         }
     }
-    writer.close().await;
+
+    /// The earlier of `idle` and the write deadline.
+    fn deadline(&self, idle: Instant) -> Instant {
+        self.write_deadline.map_or(idle, |w| w.min(idle))
+    }
+
+    /// Whether the socket took too long to take a frame.
+    fn write_overdue(&self) -> bool {
+        self.write_deadline.is_some_and(|d| d <= Instant::now())
+    }
+
+    /// Writes the last frames (bounded in time) and closes the socket.
+    async fn finish(&mut self) {
+        let _ = timeout(CLOSE_WAIT_MAX, async {
+            if poll_fn(|cx| self.poll_write(cx, CLOSE_WAIT_MAX))
+                .await
+                .is_ok()
+            {
+                transport::close(&mut *self.transport).await;
+            }
+        })
+        .await;
+        crate::metrics::queued(-(self.queued() as i64));
+    }
+}
+
+/// A request task's promise to answer: if the task ends without answering
+/// (it panicked), the client still gets an error for its request id.
+struct Answer {
+    mailbox: Option<Arc<Mailbox>>,
+    id: u64,
+}
+
+impl Answer {
+    fn give(mut self, frame: Frame) {
+        if let Some(mailbox) = self.mailbox.take() {
+            mailbox.answer(frame);
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(mailbox) = self.mailbox.take() {
+            mailbox.answer(Frame::error(
+                self.id,
+                ErrorCode::Internal,
+                "internal server error",
+            ));
+        }
+    }
 }
 
 struct Conn {
     gw: Arc<Gateway>,
-    /// The peer's address, for per-address limits.
-    peer_ip: Option<std::net::IpAddr>,
-    /// Frames for the socket, boxed so an idle connection's queue is small.
-    out: mpsc::Sender<Box<Frame>>,
+    /// The connection's place under the connection cap.
+    _permit: OwnedSemaphorePermit,
+    /// The peer's address (for logs and per-address limits).
+    peer: Box<str>,
+    /// The socket, with the frames queued for it.
+    link: Link,
     session: Option<Session>,
     registration: Option<Registration>,
     /// The seq this device is at, as far as this connection told it (by a
@@ -159,18 +260,27 @@ struct Conn {
     notice_pending: bool,
     /// When the socket was accepted (or the WebSocket upgraded).
     accepted: Instant,
-    inflight: Arc<Semaphore>,
-    /// Request ids of the requests running as tasks.
-    inflight_ids: HashSet<u64>,
-    /// Requests read and not yet answered: type and arrival, so that every
-    /// answer is counted and timed here, where requests are dispatched.
-    started: HashMap<u64, (&'static str, std::time::Instant, Priority)>,
-    /// Answers of requests running as tasks.
-    done: (mpsc::Sender<Answer>, mpsc::Receiver<Answer>),
+    /// Requests running as tasks or answered and not yet queued for the
+    /// socket (at most `inflight_requests_max`).
+    inflight: u32,
+    /// Where request tasks leave their answers and, once registered, the
+    /// registry its pushes: created when first needed.
+    mailbox: Option<Arc<Mailbox>>,
+    /// Requests read and not yet answered (at most `inflight_requests_max`
+    /// and the one being read; no allocation when there are none).
+    requests: Vec<Request>,
 }
 
-/// The answer of a request that ran as a task, with its in-flight permit.
-type Answer = (Box<Frame>, OwnedSemaphorePermit);
+/// A request read and not yet answered: its type and arrival, so that every
+/// answer is counted and timed here, where requests are dispatched.
+struct Request {
+    id: u64,
+    kind: &'static str,
+    at: std::time::Instant,
+    priority: Priority,
+    /// Running as a task.
+    running: bool,
+}
 
 /// The outcome of queueing a frame: a full queue ends the connection.
 type Sent = Result<(), Close>;
@@ -179,17 +289,20 @@ impl Conn {
     fn send(&mut self, frame: Frame) -> Sent {
         let frame = self.fit(frame);
         if frame.request_id != 0
-            && let Some((kind, at, priority)) = self.started.remove(&frame.request_id)
+            && let Some(i) = self.requests.iter().position(|r| r.id == frame.request_id)
         {
-            let took = at.elapsed();
-            crate::metrics::answered(kind, &frame, took);
-            if priority == Priority::Normal {
+            let request = self.requests.swap_remove(i);
+            if self.requests.is_empty() {
+                // Free the storage: most connections are idle most of the time.
+                self.requests = Vec::new();
+            }
+            let took = request.at.elapsed();
+            crate::metrics::answered(request.kind, &frame, took);
+            if request.priority == Priority::Normal {
                 self.gw.admission.observe(took);
             }
         }
-        // The last slot is kept for the goodbye that tells a slow reader why
-        // it is cut off.
-        if self.out.capacity() <= 1 {
+        if self.link.queued() >= self.gw.config.outbound_queue_frames_max.max(1) {
             crate::metrics::slow_consumer();
             tracing::info!("closing a connection whose reader is too slow");
             return Err(bye(
@@ -197,13 +310,8 @@ impl Conn {
                 "you did not read your frames fast enough; reconnect and sync",
             ));
         }
-        match self.out.try_send(Box::new(frame)) {
-            Ok(()) => {
-                crate::metrics::queued(1);
-                Ok(())
-            }
-            Err(_) => Err(Close::Silent),
-        }
+        self.link.queue(&frame, self.gw.config.write_timeout);
+        Ok(())
     }
 
     /// Never sends a frame the peer would refuse as too large: an answer
@@ -232,44 +340,52 @@ impl Conn {
         }
     }
 
-    async fn serve(&mut self, in_rx: &mut mpsc::Receiver<Inbound>) -> Close {
-        match self.handshake(in_rx).await {
-            Ok(()) => {}
-            Err(close) => return close,
+    async fn serve(&mut self) -> Close {
+        // Boxed, like every frame's work below: their futures are large and
+        // would otherwise make every idle connection's task as large.
+        if let Err(close) = Box::pin(self.handshake()).await {
+            return close;
         }
-        let mut shutdown = self.gw.shutdown_rx.clone();
-        let mut deadline = Instant::now() + self.gw.config.idle_timeout;
+        let gw = self.gw.clone();
+        let mut stopping = std::pin::pin!(gw.stopping.notified());
+        // Registered before the flag is read, so no shutdown slips between.
+        stopping.as_mut().enable();
+        if gw.is_shutting_down() {
+            return Box::pin(self.drain()).await;
+        }
+        let mut idle_deadline = Instant::now() + gw.config.idle_timeout;
         loop {
-            let flags = self.registration.as_ref().map(|r| r.flags.clone());
+            let deadline = self.link.deadline(idle_deadline);
             let step = tokio::select! {
-                _ = crate::stopped(&mut shutdown) => return self.drain().await,
-                Some((frame, _permit)) = self.done.1.recv() => {
-                    let frame = *frame;
-                    self.inflight_ids.remove(&frame.request_id);
-                    self.send(frame)
-                }
-                inbound = in_rx.recv() => {
-                    deadline = Instant::now() + self.gw.config.idle_timeout;
-                    match inbound {
-                        Some(Inbound::Frame(frame)) => self.on_frame(*frame).await,
-                        Some(Inbound::Activity) => Ok(()),
-                        Some(Inbound::Violation(code, reason)) => Err(bye(code, reason)),
-                        Some(Inbound::Closed) | None => Err(Close::Silent),
+                () = stopping.as_mut() => return Box::pin(self.drain()).await,
+                () = mail(self.mailbox.as_deref()) => self.on_mailbox(),
+                io = poll_fn(|cx| self.link.poll_io(cx, gw.config.write_timeout)) => match io {
+                    Io::Inbound(inbound) => {
+                        idle_deadline = Instant::now() + gw.config.idle_timeout;
+                        match inbound {
+                            Inbound::Frame(frame) => Box::pin(self.on_frame(frame)).await,
+                            Inbound::Activity => Ok(()),
+                            Inbound::Violation(code, reason) => Err(bye(code, reason)),
+                            Inbound::Closed => Err(Close::Silent),
+                        }
                     }
-                }
-                Some(push) = recv_push(&mut self.registration) => match push {
-                    Push::Events(batch) => self.on_push(&batch),
-                    Push::Notice => self.notice(),
-                    Push::Ephemeral(body) => {
-                        crate::metrics::pushed(if matches!(*body, Body::TypingPush(_)) { "typing" } else { "presence" });
-                        self.send(Frame::push((*body).clone()))
-                    }
+                    Io::Broken => Err(Close::Silent),
                 },
-                _ = wake(flags.as_deref()) => self.on_flags(),
-                _ = sleep_until(deadline) => Err(bye(
-                    ErrorCode::IdleTimeout,
-                    format!("nothing received for {} ms", self.gw.config.idle_timeout.as_millis()),
-                )),
+                () = sleep_until(deadline) => {
+                    if self.link.write_overdue() {
+                        Err(Close::Silent)
+                    } else if idle_deadline <= Instant::now() {
+                        Err(bye(
+                            ErrorCode::IdleTimeout,
+                            format!(
+                                "nothing received for {} ms",
+                                gw.config.idle_timeout.as_millis()
+                            ),
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                }
             };
             if let Err(close) = step {
                 return close;
@@ -277,14 +393,20 @@ impl Conn {
         }
     }
 
-    async fn handshake(&mut self, in_rx: &mut mpsc::Receiver<Inbound>) -> Sent {
+    async fn handshake(&mut self) -> Sent {
         let deadline = self.accepted + self.gw.config.handshake_timeout;
         let (id, hello) = loop {
-            let Ok(first) = tokio::time::timeout_at(deadline, in_rx.recv()).await else {
+            let write_timeout = self.gw.config.write_timeout;
+            let reading = poll_fn(|cx| self.link.poll_io(cx, write_timeout));
+            let Ok(first) = tokio::time::timeout_at(deadline, reading).await else {
                 return Err(bye(ErrorCode::HandshakeTimeout, "no Hello in time"));
             };
+            let first = match first {
+                Io::Inbound(inbound) => inbound,
+                Io::Broken => return Err(Close::Silent),
+            };
             match first {
-                Some(Inbound::Frame(f)) if matches!(f.body, Some(Body::Hello(_))) => {
+                Inbound::Frame(f) if matches!(f.body, Some(Body::Hello(_))) => {
                     let Frame {
                         request_id,
                         body: Some(Body::Hello(h)),
@@ -295,15 +417,15 @@ impl Conn {
                     break (request_id, h);
                 }
                 // WebSocket keep-alives may come before the Hello.
-                Some(Inbound::Activity) => continue,
-                Some(Inbound::Frame(_)) => {
+                Inbound::Activity => continue,
+                Inbound::Frame(_) => {
                     return Err(bye(
                         ErrorCode::HandshakeRequired,
                         "the first frame must be a Hello",
                     ));
                 }
-                Some(Inbound::Violation(code, reason)) => return Err(bye(code, reason)),
-                Some(Inbound::Closed) | None => return Err(Close::Silent),
+                Inbound::Violation(code, reason) => return Err(bye(code, reason)),
+                Inbound::Closed => return Err(Close::Silent),
             }
         };
         let Some(version) = negotiate(
@@ -368,11 +490,11 @@ impl Conn {
     /// first check closed only the connections registered at the time, and
     /// would miss this one.
     async fn authenticated(&mut self, session: Session) -> Sent {
-        let (reg, first) = self.gw.registry.register(
-            session.user_id,
-            &session.token_hash,
-            self.gw.config.push_queue_batches_max,
-        );
+        let mailbox = self.mailbox().clone();
+        let (reg, first) =
+            self.gw
+                .registry
+                .register_mailbox(session.user_id, &session.token_hash, mailbox);
         if first {
             self.presence(&session, true);
         }
@@ -395,22 +517,26 @@ impl Conn {
         });
     }
 
-    async fn on_frame(&mut self, frame: Frame) -> Sent {
+    async fn on_frame(&mut self, frame: Box<Frame>) -> Sent {
         let id = frame.request_id;
         let priority = frame
             .body
             .as_ref()
             .map_or(Priority::Normal, admission::priority);
-        if id != 0 && self.started.len() <= self.gw.config.inflight_requests_max {
-            let kind = pigeon_proto::body_name(frame.body.as_ref());
-            self.started
-                .insert(id, (kind, std::time::Instant::now(), priority));
-        }
-        if id != 0 && self.inflight_ids.contains(&id) {
+        if id != 0 && self.requests.iter().any(|r| r.id == id) {
             return Err(bye(
                 ErrorCode::BadRequestId,
                 format!("request_id {id} is already in flight"),
             ));
+        }
+        if id != 0 && self.requests.len() <= self.gw.config.inflight_requests_max {
+            self.requests.push(Request {
+                id,
+                kind: pigeon_proto::body_name(frame.body.as_ref()),
+                at: std::time::Instant::now(),
+                priority,
+                running: false,
+            });
         }
         let Some(body) = frame.body else {
             // A body this version does not know. With an id it is a request
@@ -439,8 +565,8 @@ impl Conn {
             ));
         }
         if matches!(body, Body::LoginRequest(_) | Body::RegisterRequest(_))
-            && let Some(ip) = self.peer_ip
-            && let Err(wait) = self.gw.admission.ip_login(ip)
+            && let Ok(peer) = self.peer.parse::<std::net::SocketAddr>()
+            && let Err(wait) = self.gw.admission.ip_login(peer.ip())
         {
             return self.send(busy(id, wait, "too many login attempts from your address"));
         }
@@ -567,7 +693,7 @@ impl Conn {
         id: u64,
         work: impl Future<Output = Result<Body, CoreError>> + Send + 'static,
     ) -> Sent {
-        let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+        if self.inflight as usize >= self.gw.config.inflight_requests_max {
             return self.send(Frame::error(
                 id,
                 ErrorCode::TooManyRequests,
@@ -576,20 +702,79 @@ impl Conn {
                     self.gw.config.inflight_requests_max
                 ),
             ));
+        }
+        self.inflight += 1;
+        if let Some(r) = self.requests.iter_mut().find(|r| r.id == id) {
+            r.running = true;
+        }
+        let answer = Answer {
+            mailbox: Some(self.mailbox().clone()),
+            id,
         };
-        self.inflight_ids.insert(id);
-        let done = self.done.0.clone();
         tokio::spawn(async move {
             let frame = match work.await {
                 Ok(body) => Frame::new(id, body),
                 Err(e) => error_frame(id, &e),
             };
-            // The permit travels with the answer and is released once the
-            // answer is queued for the socket, so a client that waits for
-            // answers never exceeds the limit; and since each queued answer
-            // holds a permit, the channel (sized to the limit) never fills.
-            let _ = done.try_send((Box::new(frame), permit));
+            // The request counts as in flight until the loop queues its
+            // answer for the socket, so a client that waits for answers
+            // never exceeds the limit, and the answers waiting never exceed
+            // it either.
+            answer.give(frame);
         });
+        Ok(())
+    }
+
+    /// The connection's mailbox, created on first use.
+    fn mailbox(&mut self) -> &Arc<Mailbox> {
+        let capacity = self.gw.config.push_queue_batches_max;
+        self.mailbox
+            .get_or_insert_with(|| Arc::new(Mailbox::new(capacity)))
+    }
+
+    /// Queues the answers of requests that ran as tasks.
+    fn on_answers(&mut self, mailbox: &Mailbox) -> Sent {
+        for frame in mailbox.take_answers() {
+            self.inflight -= 1;
+            self.send(frame)?;
+        }
+        Ok(())
+    }
+
+    /// Takes what the mailbox holds: answers, then the registry's flags and
+    /// pushes.
+    fn on_mailbox(&mut self) -> Sent {
+        let Some(mailbox) = self.mailbox.clone() else {
+            return Ok(());
+        };
+        self.on_answers(&mailbox)?;
+        if mailbox.revoked.load(Ordering::SeqCst) {
+            return Err(bye(ErrorCode::TokenRevoked, "the session was revoked"));
+        }
+        match ErrorCode::try_from(mailbox.close_code.load(Ordering::SeqCst)) {
+            Ok(ErrorCode::Unspecified) | Err(_) => {}
+            Ok(ErrorCode::AccountDisabled) => {
+                return Err(bye(ErrorCode::AccountDisabled, "this account was disabled"));
+            }
+            Ok(code) => return Err(bye(code, "the session was revoked")),
+        }
+        for push in mailbox.take() {
+            match push {
+                Push::Events(batch) => self.on_push(&batch)?,
+                Push::Notice => self.notice()?,
+                Push::Ephemeral(body) => {
+                    crate::metrics::pushed(if matches!(*body, Body::TypingPush(_)) {
+                        "typing"
+                    } else {
+                        "presence"
+                    });
+                    self.send(Frame::push((*body).clone()))?;
+                }
+            }
+        }
+        if mailbox.lagged.swap(false, Ordering::SeqCst) {
+            return self.notice();
+        }
         Ok(())
     }
 
@@ -628,45 +813,24 @@ impl Conn {
         self.send(Frame::push(Body::SyncNotice(SyncNotice {})))
     }
 
-    fn on_flags(&mut self) -> Sent {
-        let Some(flags) = self.registration.as_ref().map(|r| r.flags.clone()) else {
-            return Ok(());
-        };
-        if flags.revoked.load(Ordering::SeqCst) {
-            return Err(bye(ErrorCode::TokenRevoked, "the session was revoked"));
-        }
-        match ErrorCode::try_from(flags.close_code.load(Ordering::SeqCst)) {
-            Ok(ErrorCode::Unspecified) | Err(_) => {}
-            Ok(ErrorCode::AccountDisabled) => {
-                return Err(bye(ErrorCode::AccountDisabled, "this account was disabled"));
-            }
-            Ok(code) => return Err(bye(code, "the session was revoked")),
-        }
-        if flags.lagged.swap(false, Ordering::SeqCst) {
-            return self.notice();
-        }
-        Ok(())
-    }
-
     /// Stops taking requests, lets the running ones finish (bounded), and
     /// says goodbye.
     async fn drain(&mut self) -> Close {
-        let max = self.gw.config.inflight_requests_max as u32;
         let deadline = Instant::now() + DRAIN_WAIT_MAX;
-        while self.inflight.available_permits() < max as usize || !self.done.1.is_empty() {
-            match timeout(
-                deadline.saturating_duration_since(Instant::now()),
-                self.done.1.recv(),
-            )
-            .await
-            {
-                Ok(Some((frame, _permit))) => {
-                    let frame = *frame;
-                    if self.send(frame).is_err() {
+        let write_timeout = self.gw.config.write_timeout;
+        while self.inflight > 0 {
+            let Some(mailbox) = self.mailbox.clone() else {
+                break;
+            };
+            // Queued frames keep going out meanwhile.
+            tokio::select! {
+                () = mailbox.wake.notified() => {
+                    if self.on_answers(&mailbox).is_err() {
                         return Close::Silent;
                     }
                 }
-                _ => break,
+                () = poll_fn(|cx| self.link.poll_broken(cx, write_timeout)) => return Close::Silent,
+                () = sleep_until(deadline) => break,
             }
         }
         let config = &self.gw.config;
@@ -686,16 +850,10 @@ impl Conn {
     }
 }
 
-async fn recv_push(reg: &mut Option<Registration>) -> Option<Push> {
-    match reg {
-        Some(r) => r.rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn wake(flags: Option<&ConnFlags>) {
-    match flags {
-        Some(f) => f.wake.notified().await,
+/// Resolves when the mailbox may hold something.
+async fn mail(mailbox: Option<&Mailbox>) {
+    match mailbox {
+        Some(m) => m.wake.notified().await,
         None => std::future::pending().await,
     }
 }
@@ -883,4 +1041,32 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Size of a connection's future, at most. Tokio allocates a task as a
+    /// 32-byte header, the future (in an enum), and a 48-byte trailer,
+    /// rounded up to a multiple of 128 bytes: up to this size the task takes
+    /// 768 bytes, the largest part of an idle connection.
+    const IDLE_FUTURE_BYTES_MAX: usize = 680;
+
+    /// The size of what `f` returns, without calling it.
+    fn output_size<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Checks that the future of an idle connection, which is most of its
+    /// task's memory, stays within `IDLE_FUTURE_BYTES_MAX`: frame work must
+    /// stay boxed and the loop's state small.
+    #[test]
+    fn an_idle_connection_future_stays_small() {
+        let size = output_size(run);
+        assert!(
+            size <= IDLE_FUTURE_BYTES_MAX,
+            "a connection's future is {size} bytes, more than {IDLE_FUTURE_BYTES_MAX}"
+        );
+    }
 }

@@ -10,8 +10,9 @@
 //!   `pigeon_core::Notifier`, turning committed events into pushes.
 //! - [`connection`]: one connection's life: handshake, auth, dispatch,
 //!   heartbeats and idle timeout, pushes, bounded outbound queue, drain.
-//! - [`transport`]: frame readers and writers for byte streams (TCP or TLS,
-//!   length-prefixed) and WebSocket (one binary message per frame).
+//! - [`transport`]: framing over byte streams (TCP or TLS, length-prefixed)
+//!   and WebSocket (one binary message per frame), polled by the
+//!   connection's one task.
 //! - [`Gateway`] (here): accept loops (plain TCP and TLS), the connection
 //!   cap and shutdown.
 //!
@@ -34,7 +35,7 @@ use axum::response::{IntoResponse, Response};
 use pigeon_core::Service;
 use pigeon_proto::{ErrorCode, Frame};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
@@ -46,7 +47,7 @@ pub use registry::{Registry, RegistryObserver};
 pub type RedirectSource = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 /// Read buffer of one WebSocket connection (grows for large messages).
-pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+pub const WS_READ_BUFFER_BYTES: usize = 512;
 
 /// Shared by every connection of one server.
 pub struct Gateway {
@@ -57,6 +58,9 @@ pub struct Gateway {
     admission: admission::Admission,
     shutdown_tx: watch::Sender<bool>,
     shutdown_rx: watch::Receiver<bool>,
+    /// Wakes every connection when shutdown begins (smaller to wait on in
+    /// each connection than a watch receiver).
+    stopping: tokio::sync::Notify,
     redirects: std::sync::OnceLock<RedirectSource>,
 }
 
@@ -85,6 +89,7 @@ impl Gateway {
             config,
             shutdown_tx,
             shutdown_rx,
+            stopping: tokio::sync::Notify::new(),
             redirects: std::sync::OnceLock::new(),
         })
     }
@@ -148,20 +153,19 @@ impl Gateway {
                 }
             };
             let _ = stream.set_nodelay(true);
-            tokio::spawn(self.clone().open(stream, peer, tls.clone()));
+            self.clone().open(stream, peer, tls.as_ref());
         }
     }
 
-    /// Runs one accepted connection: the TLS handshake if any, then the
-    /// protocol, or a `BUSY` goodbye at the connection limit.
-    async fn open(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+    /// Starts one accepted connection in a task of its own: the TLS
+    /// handshake if any, then the protocol, or a `BUSY` goodbye.
+    fn open(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, tls: Option<&TlsAcceptor>) {
         let accepted = Instant::now();
         let max = self.config.frame_bytes_max;
         // Past its address's connection rate: refused before any handshake
         // work (on TLS without a word, as nothing can be said yet).
         if let Err(wait) = self.admission.ip_connection(peer.ip()) {
             if tls.is_none() {
-                let (_, writer) = transport::tcp(stream, max);
                 let mut bye = Frame::goodbye(
                     ErrorCode::Busy,
                     "too many new connections from your address",
@@ -169,43 +173,74 @@ impl Gateway {
                 if let Some(pigeon_proto::Body::Goodbye(g)) = &mut bye.body {
                     g.retry_after_ms = wait;
                 }
-                connection::refuse(writer, bye).await;
+                tokio::spawn(connection::refuse(transport::tcp(stream, max), bye));
             }
             return;
         }
         // Taken before the TLS handshake, so handshakes in progress count
         // under the connection cap too.
-        let permit = self.connections.clone().try_acquire_owned();
-        let (reader, writer) = match tls {
-            None => transport::tcp(stream, max),
+        let permit = self.connections.clone().try_acquire_owned().ok();
+        match tls {
+            None => self.start(transport::tcp(stream, max), peer, permit, accepted),
             Some(acceptor) => {
-                let deadline = accepted + self.config.handshake_timeout;
-                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                    Ok(Ok(session)) => transport::stream(session, max),
-                    Ok(Err(e)) => {
-                        // Scanners and plain-TCP clients end here: not worth a warning.
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        crate::metrics::tls_handshake_failed("tcp", false);
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        crate::metrics::tls_handshake_failed("tcp", true);
-                        return;
-                    }
-                }
+                tokio::spawn(self.tls_handshake(acceptor.clone(), stream, peer, permit, accepted));
             }
-        };
-        match permit {
-            Ok(permit) => {
-                connection::run(self, reader, writer, peer.to_string(), permit, accepted).await
+        }
+    }
+
+    /// Runs a TLS handshake, then starts the connection inside it. A task
+    /// of its own, which ends with the handshake: the connection's task
+    /// then holds none of the handshake's state.
+    async fn tls_handshake(
+        self: Arc<Self>,
+        acceptor: TlsAcceptor,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: Option<OwnedSemaphorePermit>,
+        accepted: Instant,
+    ) {
+        let deadline = accepted + self.config.handshake_timeout;
+        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(session)) => {
+                let transport = transport::stream(session, self.config.frame_bytes_max);
+                self.start(transport, peer, permit, accepted);
+            }
+            Ok(Err(e)) => {
+                // Scanners and plain-TCP clients end here: not worth a warning.
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                crate::metrics::tls_handshake_failed("tcp", false);
             }
             Err(_) => {
-                connection::refuse(
-                    writer,
+                tracing::debug!(%peer, "TLS handshake timed out");
+                crate::metrics::tls_handshake_failed("tcp", true);
+            }
+        }
+    }
+
+    /// Spawns the connection's task, or, with no place under the connection
+    /// cap, one that says `BUSY` and closes.
+    fn start(
+        self: Arc<Self>,
+        transport: Box<dyn transport::Transport>,
+        peer: SocketAddr,
+        permit: Option<OwnedSemaphorePermit>,
+        accepted: Instant,
+    ) {
+        match permit {
+            Some(permit) => {
+                tokio::spawn(connection::run(
+                    self,
+                    transport,
+                    peer.to_string(),
+                    permit,
+                    accepted,
+                ));
+            }
+            None => {
+                tokio::spawn(connection::refuse(
+                    transport,
                     Frame::goodbye(ErrorCode::Busy, "server is at its connection limit"),
-                )
-                .await
+                ));
             }
         }
     }
@@ -246,8 +281,16 @@ impl Gateway {
             .write_buffer_size(0)
             .max_write_buffer_size(max.saturating_mul(4))
             .on_upgrade(move |socket| async move {
-                let (reader, writer) = transport::websocket(socket);
-                connection::run(self, reader, writer, peer, permit, Instant::now()).await;
+                // A task of the connection's own, so that it holds nothing
+                // of the upgrade's state.
+                let transport = transport::websocket(socket);
+                tokio::spawn(connection::run(
+                    self,
+                    transport,
+                    peer,
+                    permit,
+                    Instant::now(),
+                ));
             })
     }
 
@@ -256,6 +299,7 @@ impl Gateway {
     /// have closed or `grace` has passed.
     pub async fn shutdown(&self, grace: Duration) {
         let _ = self.shutdown_tx.send(true);
+        self.stopping.notify_waiters();
         let all = self.config.connections_max as u32;
         let _ = tokio::time::timeout(grace, self.connections.acquire_many(all)).await;
     }

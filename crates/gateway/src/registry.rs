@@ -1,22 +1,34 @@
 //! Online devices by user, and the `Notifier` that pushes to them.
 //!
-//! Each connection registers once authenticated and gets a bounded queue of
-//! pushes. `notify` never blocks: if a queue is full the connection is
-//! flagged as lagging and sends its device a sync notice instead, since a
-//! lost push costs latency, never data. Ephemeral pushes (presence, typing)
-//! that do not fit are dropped: they are never stored anyway.
+//! Each connection registers once authenticated with its [`Mailbox`]: a
+//! bounded queue of pushes and the flags that close it. `notify` never
+//! blocks: if a queue is full the connection is flagged as lagging and sends
+//! its device a sync notice instead, since a lost push costs latency, never
+//! data. Ephemeral pushes (presence, typing) that do not fit are dropped:
+//! they are never stored anyway.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use pigeon_core::{Notifier, PushBatch, UserId};
-use pigeon_proto::Body;
-use tokio::sync::{Notify, mpsc};
+use pigeon_proto::{Body, Frame};
+use tokio::sync::Notify;
 
-/// Signals the registry raises on one connection.
-#[derive(Debug, Default)]
-pub struct ConnFlags {
+/// What other tasks hand one connection, behind one allocation and one
+/// wake-up: the registry's pushes and the flags that close it, and the
+/// answers of the connection's own requests that ran as tasks. The queues
+/// hold no memory while empty, so an idle connection's mailbox is a few
+/// words.
+#[derive(Debug)]
+pub struct Mailbox {
+    /// Pushes not yet taken by the connection (at most `capacity`).
+    pushes: Mutex<VecDeque<Push>>,
+    /// Pushes the queue may hold.
+    capacity: usize,
+    /// Answers not yet taken by the connection (bounded by the requests it
+    /// lets run at a time); the registry never touches them.
+    answers: Mutex<Vec<Frame>>,
     /// A push batch was dropped because the queue was full.
     pub lagged: AtomicBool,
     /// The session was revoked elsewhere; close the connection.
@@ -24,8 +36,53 @@ pub struct ConnFlags {
     /// Close the connection with a Goodbye carrying this `ErrorCode`
     /// (0: no). Set by the administrator's actions on the user.
     pub close_code: AtomicI32,
-    /// Wakes the connection to look at the flags.
+    /// Wakes the connection to look at its pushes and flags.
     pub wake: Notify,
+}
+
+impl Mailbox {
+    /// An empty mailbox taking up to `capacity` pushes.
+    pub fn new(capacity: usize) -> Mailbox {
+        Mailbox {
+            pushes: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            answers: Mutex::new(Vec::new()),
+            lagged: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
+            close_code: AtomicI32::new(0),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Queues a push unless the queue is full; says whether it was queued.
+    fn offer(&self, push: &Push) -> bool {
+        let mut pushes = self.pushes.lock().expect("mailbox lock poisoned");
+        if pushes.len() >= self.capacity {
+            return false;
+        }
+        pushes.push_back(push.clone());
+        true
+    }
+
+    /// Takes every queued push, in order, leaving the queue empty (and its
+    /// storage freed).
+    pub fn take(&self) -> VecDeque<Push> {
+        std::mem::take(&mut *self.pushes.lock().expect("mailbox lock poisoned"))
+    }
+
+    /// Leaves the answer of a request and wakes the connection.
+    pub fn answer(&self, frame: Frame) {
+        self.answers
+            .lock()
+            .expect("mailbox lock poisoned")
+            .push(frame);
+        self.wake.notify_one();
+    }
+
+    /// Takes every answer left, leaving none (and the storage freed).
+    pub fn take_answers(&self) -> Vec<Frame> {
+        std::mem::take(&mut *self.answers.lock().expect("mailbox lock poisoned"))
+    }
 }
 
 /// Something to push to one connection.
@@ -41,9 +98,8 @@ pub enum Push {
 
 struct Entry {
     conn_id: u64,
-    token_hash: String,
-    tx: mpsc::Sender<Push>,
-    flags: Arc<ConnFlags>,
+    token_hash: Box<str>,
+    mailbox: Arc<Mailbox>,
 }
 
 /// Told when this node's view of a user changes, so that other nodes can
@@ -75,10 +131,8 @@ pub struct Registration {
     registry: Arc<Registry>,
     user: UserId,
     conn_id: u64,
-    /// Pushes for this connection.
-    pub rx: mpsc::Receiver<Push>,
-    /// Flags raised for this connection.
-    pub flags: Arc<ConnFlags>,
+    /// Pushes and flags for this connection.
+    pub mailbox: Arc<Mailbox>,
 }
 
 impl Registry {
@@ -106,18 +160,27 @@ impl Registry {
         token_hash: &str,
         capacity: usize,
     ) -> (Registration, bool) {
+        self.register_mailbox(user, token_hash, Arc::new(Mailbox::new(capacity)))
+    }
+
+    /// Registers a connection of `user` that already has a mailbox.
+    pub fn register_mailbox(
+        self: &Arc<Self>,
+        user: UserId,
+        token_hash: &str,
+        mailbox: Arc<Mailbox>,
+    ) -> (Registration, bool) {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let flags = Arc::new(ConnFlags::default());
         let entry = Entry {
             conn_id,
-            token_hash: token_hash.to_string(),
-            tx,
-            flags: flags.clone(),
+            token_hash: token_hash.into(),
+            mailbox: mailbox.clone(),
         };
         let mut users = self.users.write().expect("registry lock poisoned");
         let list = users.entry(user).or_default();
         let first = list.is_empty();
+        // Most users have one device online: no room for four.
+        list.reserve_exact(1);
         list.push(entry);
         drop(users);
         if first && let Some(o) = self.observer.get() {
@@ -128,8 +191,7 @@ impl Registry {
                 registry: self.clone(),
                 user,
                 conn_id,
-                rx,
-                flags,
+                mailbox,
             },
             first,
         )
@@ -164,9 +226,11 @@ impl Registry {
     fn push_to(&self, user: UserId, push: &Push) {
         let users = self.users.read().expect("registry lock poisoned");
         for e in users.get(&user).into_iter().flatten() {
-            if e.tx.try_send(push.clone()).is_err() && !matches!(push, Push::Ephemeral(_)) {
-                e.flags.lagged.store(true, Ordering::SeqCst);
-                e.flags.wake.notify_one();
+            if e.mailbox.offer(push) {
+                e.mailbox.wake.notify_one();
+            } else if !matches!(push, Push::Ephemeral(_)) {
+                e.mailbox.lagged.store(true, Ordering::SeqCst);
+                e.mailbox.wake.notify_one();
             }
         }
     }
@@ -188,10 +252,10 @@ impl Registry {
             .get(&user)
             .into_iter()
             .flatten()
-            .filter(|e| e.token_hash == token_hash)
+            .filter(|e| &*e.token_hash == token_hash)
         {
-            e.flags.revoked.store(true, Ordering::SeqCst);
-            e.flags.wake.notify_one();
+            e.mailbox.revoked.store(true, Ordering::SeqCst);
+            e.mailbox.wake.notify_one();
         }
     }
 
@@ -199,8 +263,8 @@ impl Registry {
     pub fn close_user(&self, user: UserId, code: pigeon_proto::ErrorCode) {
         let users = self.users.read().expect("registry lock poisoned");
         for e in users.get(&user).into_iter().flatten() {
-            e.flags.close_code.store(code as i32, Ordering::SeqCst);
-            e.flags.wake.notify_one();
+            e.mailbox.close_code.store(code as i32, Ordering::SeqCst);
+            e.mailbox.wake.notify_one();
         }
     }
 
@@ -252,6 +316,25 @@ impl Notifier for Registry {
 
     fn close_user(&self, user: UserId, code: pigeon_proto::ErrorCode) {
         Registry::close_user(self, user, code);
+    }
+}
+
+impl Registration {
+    /// Waits for the next push (flags raised meanwhile are left to the
+    /// caller to look at).
+    pub async fn recv(&mut self) -> Push {
+        loop {
+            if let Some(push) = self
+                .mailbox
+                .pushes
+                .lock()
+                .expect("mailbox lock poisoned")
+                .pop_front()
+            {
+                return push;
+            }
+            self.mailbox.wake.notified().await;
+        }
     }
 }
 
