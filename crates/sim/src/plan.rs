@@ -68,9 +68,9 @@ impl fmt::Display for Action {
 pub struct Plan {
     /// The seed everything here was drawn from.
     pub seed: u64,
-    /// Writer host and user names (`w0`, `w1`, ...).
+    /// Writer host and user names (`writer0`, `writer1`, ...).
     pub writers: Vec<String>,
-    /// Reader host and user names (`r0`, ...).
+    /// Reader host and user names (`reader0`, ...).
     pub readers: Vec<String>,
     /// Longest pause of a writer between two messages.
     pub think_max: Duration,
@@ -113,10 +113,10 @@ impl Plan {
     pub fn from_seed(seed: u64) -> Plan {
         let mut rng = StdRng::seed_from_u64(seed);
         let writers = (0..rng.random_range(2..=WRITERS_MAX))
-            .map(|i| format!("w{i}"))
+            .map(|i| format!("writer{i}"))
             .collect::<Vec<_>>();
         let readers = (0..rng.random_range(1..=READERS_MAX))
-            .map(|i| format!("r{i}"))
+            .map(|i| format!("reader{i}"))
             .collect::<Vec<_>>();
         let think_max = ms(rng.random_range(0..=40));
         let sync_limit = [4, 16, 256][rng.random_range(0..3)];
