@@ -100,9 +100,16 @@ pub(crate) async fn run(
         notice_pending: false,
         accepted,
     };
+    // A JoinHandle must not be polled again once it has completed: when the
+    // writer ends first (the socket failed), there is nothing to wait for
+    // at the end.
+    let mut writer_ended = false;
     let close = tokio::select! {
         close = conn.serve(&mut in_rx) => close,
-        _ = &mut writer_task => Close::Silent,
+        _ = &mut writer_task => {
+            writer_ended = true;
+            Close::Silent
+        }
     };
     let goodbye = match close {
         Close::Goodbye(code, reason) => {
@@ -124,7 +131,9 @@ pub(crate) async fn run(
         conn.presence(&session, false);
     }
     drop(conn);
-    let _ = timeout(Duration::from_secs(2), writer_task).await;
+    if !writer_ended {
+        let _ = timeout(Duration::from_secs(2), writer_task).await;
+    }
     crate::metrics::connection(-1);
 }
 
