@@ -82,6 +82,9 @@ pub(crate) struct Shared {
     pub(crate) tokens: Vec<(String, String)>,
     /// The auditor has drained every log.
     pub(crate) audited: bool,
+    /// What the clients did, with the simulated time: part of a run's
+    /// trace, so two runs of a seed can be compared step by step.
+    pub(crate) journal: Vec<String>,
 }
 
 /// [`Shared`] behind its lock.
@@ -98,7 +101,14 @@ impl Handle {
     }
 
     fn error(&self, e: String) {
+        self.note(format!("error: {e}"));
         self.lock().observed.client_errors.push(e);
+    }
+
+    /// Adds a line to the journal.
+    fn note(&self, line: String) {
+        let ms = turmoil::sim_elapsed().unwrap_or_default().as_millis();
+        self.lock().journal.push(format!("{ms} ms: {line}"));
     }
 }
 
@@ -175,6 +185,7 @@ pub(crate) async fn writer(shared: Handle, i: usize) -> turmoil::Result {
         let w = &s.writers[i];
         (w.user.clone(), w.token.clone(), w.targets.clone(), n)
     };
+    shared.note(format!("{user} starts at {n}"));
     let mut conn: Option<Connection> = None;
     let mut failures = 0;
     loop {
@@ -209,6 +220,12 @@ pub(crate) async fn writer(shared: Handle, i: usize) -> turmoil::Result {
             };
             match result {
                 Ok(r) => {
+                    shared.note(format!(
+                        "{user} {id}: {}#{}{}",
+                        r.conversation_id,
+                        r.conv_seq,
+                        if r.duplicate { " dup" } else { "" }
+                    ));
                     shared.lock().observed.writers[i]
                         .sent
                         .last_mut()
@@ -222,6 +239,7 @@ pub(crate) async fn writer(shared: Handle, i: usize) -> turmoil::Result {
                     break;
                 }
                 Err(e) if transient(&e) => {
+                    shared.note(format!("{user} {id}: {e}"));
                     // A refusal leaves the connection usable; anything
                     // else may have left it stalled.
                     if !matches!(e, ClientError::Server { .. }) {
@@ -268,6 +286,7 @@ pub(crate) async fn reader(shared: Handle, i: usize) -> turmoil::Result {
             shared.error(format!("{user}: following the log: {e}"));
             return Ok(());
         }
+        shared.note(format!("{user}: {e}"));
         failures += 1;
         let wait = backoff(&mut shared.lock().readers[i].rng, failures, &e);
         sleep(wait).await;
@@ -323,6 +342,10 @@ async fn follow(shared: &Handle, i: usize, conn: &Connection, failures: &mut u32
 
 /// Applies events and persists the key after them, in one step.
 fn apply(shared: &Handle, i: usize, events: &[v1::Event], key: Vec<u8>) {
+    if !events.is_empty() {
+        let user = shared.lock().readers[i].user.clone();
+        shared.note(format!("{user} applies {} events", events.len()));
+    }
     let mut s = shared.lock();
     let user = s.readers[i].user.clone();
     let live = s.observed.live.entry(user).or_default();
@@ -356,6 +379,7 @@ pub(crate) async fn auditor(shared: Handle) -> turmoil::Result {
                 }
             }
         };
+        shared.note(format!("auditor: {user} has {} events", events.len()));
         shared.lock().observed.drained.insert(user, events);
     }
     shared.lock().audited = true;

@@ -14,6 +14,7 @@
 //! 5. Check ([`crate::check`]) and return the report with a trace of
 //!    everything observed, so two runs of a seed can be compared.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -62,6 +63,18 @@ impl Outcome {
     pub fn failure(&self) -> Option<String> {
         self.report.first()
     }
+
+    /// A fingerprint of the trace (64-bit FNV-1a), to compare runs of a
+    /// seed across processes: printed by the tests.
+    pub fn digest(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for line in &self.trace {
+            for b in line.bytes().chain([b'\n']) {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h
+    }
 }
 
 /// Runs the simulation of `seed` and checks it.
@@ -78,13 +91,14 @@ pub fn run(seed: u64) -> Outcome {
         .min_message_latency(plan.latency.0)
         .max_message_latency(plan.latency.1)
         .build();
-    let (engine, core, store) = (
+    let (engine, core, store, hash) = (
         setup.engine.clone(),
         setup::core_config(&plan),
         setup::store_config(&plan),
+        setup.dummy_hash.clone(),
     );
     sim.host(SERVER, move || {
-        server::serve(engine.clone(), core.clone(), store.clone())
+        server::serve(engine.clone(), core.clone(), store.clone(), hash.clone())
     });
     for (i, name) in plan.writers.iter().enumerate() {
         let s = shared.clone();
@@ -99,22 +113,18 @@ pub fn run(seed: u64) -> Outcome {
 
     let mut driver = Driver {
         sim,
-        trace: Vec::new(),
         plan: &plan,
         shared: &shared,
         stopped: None,
+        links: BTreeMap::new(),
     };
     driver.drive();
-    let Driver {
-        sim,
-        mut trace,
-        stopped,
-        ..
-    } = driver;
+    let Driver { sim, stopped, .. } = driver;
     let simulated = sim.elapsed();
     drop(sim);
 
     let mut observed = shared.lock_owned();
+    let mut trace = std::mem::take(&mut shared.0.lock().expect("state lock").journal);
     if let Some(e) = stopped {
         observed.client_errors.push(e);
     }
@@ -201,17 +211,28 @@ fn initial_state(plan: &Plan, setup: &setup::Setup) -> Shared {
             .map(|u| (u.clone(), user(u).token))
             .collect(),
         audited: false,
+        journal: Vec::new(),
     }
 }
 
 /// Steps the simulation through the phases of a run.
 struct Driver<'a> {
     sim: turmoil::Sim<'static>,
-    trace: Vec<String>,
     plan: &'a Plan,
     shared: &'a Handle,
     /// Why the run stopped early, if it did.
     stopped: Option<String>,
+    /// Client links to the server that are cut or held now.
+    links: BTreeMap<String, Link>,
+}
+
+/// A fault on a link that lasts until it is ended.
+#[derive(Debug, Clone, Copy)]
+enum Link {
+    /// Everything is dropped.
+    Partitioned,
+    /// Everything is held.
+    Held,
 }
 
 impl Driver<'_> {
@@ -220,7 +241,7 @@ impl Driver<'_> {
         let mut actions = plan.actions.iter().peekable();
         while self.sim.elapsed() < plan.chaos {
             while let Some((at, action)) = actions.next_if(|(at, _)| *at <= self.sim.elapsed()) {
-                self.trace.push(format!("{} ms: {action}", at.as_millis()));
+                self.note(format!("{} ms: {action}", at.as_millis()));
                 self.apply(action);
             }
             if !self.step() {
@@ -255,22 +276,76 @@ impl Driver<'_> {
     }
 
     fn apply(&mut self, action: &Action) {
-        let sim = &mut self.sim;
+        let host = |h: &String| h.clone();
         match action {
-            Action::Crash(h) => sim.crash(h.as_str()),
-            Action::Restart(h) => sim.bounce(h.as_str()),
-            Action::Partition(h) => sim.partition(h.as_str(), SERVER),
-            Action::Repair(h) => sim.repair(h.as_str(), SERVER),
-            Action::Hold(h) => sim.hold(h.as_str(), SERVER),
-            Action::Release(h) => sim.release(h.as_str(), SERVER),
-            Action::Loss(h, rate) => sim.set_link_fail_rate(h.as_str(), SERVER, *rate),
+            Action::Crash(h) => self.crash(h),
+            Action::Restart(h) => {
+                if self.sim.is_host_running(h.as_str()) {
+                    self.crash(h);
+                }
+                self.sim.bounce(h.as_str());
+            }
+            Action::Partition(h) => {
+                self.links.insert(host(h), Link::Partitioned);
+                self.sim.partition(h.as_str(), SERVER);
+            }
+            Action::Repair(h) => {
+                self.links.remove(h);
+                self.sim.repair(h.as_str(), SERVER);
+            }
+            Action::Hold(h) => {
+                self.links.insert(host(h), Link::Held);
+                self.sim.hold(h.as_str(), SERVER);
+            }
+            Action::Release(h) => {
+                self.links.remove(h);
+                self.sim.release(h.as_str(), SERVER);
+            }
+            Action::Loss(h, rate) => self.sim.set_link_fail_rate(h.as_str(), SERVER, *rate),
             Action::Latency(h, max) => {
                 let max = if max.is_zero() {
                     self.plan.latency.1
                 } else {
                     *max
                 };
-                sim.set_link_max_message_latency(h.as_str(), SERVER, max);
+                self.sim
+                    .set_link_max_message_latency(h.as_str(), SERVER, max);
+            }
+        }
+    }
+
+    /// Crashes a host as a power loss would: its links to the server (all
+    /// of them, for the server) are cut while its software is torn down,
+    /// so the FIN and RST segments its sockets would send as they are
+    /// dropped never leave it, and what was in flight to or from it is
+    /// lost. Peers find out by timeouts, or by the RST a restarted server
+    /// answers their next segment with.
+    ///
+    /// Why not let the segments go: tokio drops a runtime's tasks in an
+    /// order that depends on process-wide task ids, so the order in which
+    /// those segments would be sent (and the network RNG draws they would
+    /// take) would depend on what ran before in the process, and a seed
+    /// would not replay.
+    fn crash(&mut self, host: &str) {
+        let peers: Vec<String> = if host == SERVER {
+            self.plan
+                .users()
+                .cloned()
+                .chain([AUDITOR.to_string()])
+                .collect()
+        } else {
+            vec![host.to_string()]
+        };
+        for p in &peers {
+            self.sim.partition(p.as_str(), SERVER);
+        }
+        self.sim.crash(host);
+        for p in &peers {
+            self.sim.repair(p.as_str(), SERVER);
+            match self.links.get(p) {
+                Some(Link::Partitioned) => self.sim.partition(p.as_str(), SERVER),
+                Some(Link::Held) => self.sim.hold(p.as_str(), SERVER),
+                None => {}
             }
         }
     }
@@ -278,9 +353,9 @@ impl Driver<'_> {
     /// Ends every fault: links healthy (held messages delivered), normal
     /// latency, crashed hosts restarted.
     fn heal(&mut self) {
-        self.trace
-            .push(format!("{} ms: heal", self.sim.elapsed().as_millis()));
+        self.note(format!("{} ms: heal", self.sim.elapsed().as_millis()));
         let plan = self.plan;
+        self.links.clear();
         for h in plan.users() {
             let h = h.as_str();
             self.sim.repair(h, SERVER);
@@ -296,11 +371,13 @@ impl Driver<'_> {
         }
     }
 
+    /// Adds a line to the run's journal, in order with the clients' lines.
+    fn note(&self, line: String) {
+        self.shared.0.lock().expect("state lock").journal.push(line);
+    }
+
     fn set_phase(&mut self, phase: Phase) {
-        self.trace.push(format!(
-            "{} ms: {phase:?}",
-            self.sim.elapsed().as_millis()
-        ));
+        self.note(format!("{} ms: {phase:?}", self.sim.elapsed().as_millis()));
         self.shared.0.lock().expect("state lock").phase = phase;
     }
 

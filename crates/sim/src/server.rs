@@ -38,10 +38,16 @@ pub(crate) async fn serve(
     engine: Arc<MemoryEngine>,
     core: CoreConfig,
     store: StoreConfig,
+    dummy_hash: String,
 ) -> turmoil::Result {
     let store = Arc::new(LogStore::start_in_task(engine, store));
     let registry = Arc::new(Registry::default());
-    let service = Service::new(store, registry.clone(), Arc::new(SimClock), core).await?;
+    // With the dummy hash made in the setup: `Service::new` would hash on
+    // the blocking pool, whose real thread makes the start's simulated
+    // timing race against the host's tick.
+    let service =
+        Service::with_dummy_hash(store, registry.clone(), Arc::new(SimClock), core, dummy_hash)
+            .await?;
     let gateway = Gateway::new(Arc::new(service), registry, gateway_config());
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     loop {

@@ -40,6 +40,8 @@ pub(crate) struct Setup {
     pub(crate) users: BTreeMap<String, User>,
     /// The group of everyone, made by the first writer.
     pub(crate) group: String,
+    /// A password hash for the server's starts (see `server.rs`).
+    pub(crate) dummy_hash: String,
 }
 
 /// The service's settings in a run.
@@ -114,10 +116,14 @@ pub(crate) fn prepare(plan: &Plan) -> Setup {
             .await
             .expect("the group");
         store.shutdown().await;
+        let dummy_hash =
+            pigeon_core::accounts::hash_password("dummy", core_config(plan).password_hash_cost)
+                .expect("a password hash");
         Setup {
             engine,
             users,
             group: group.conversation_id,
+            dummy_hash,
         }
     })
 }

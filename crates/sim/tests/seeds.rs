@@ -63,7 +63,8 @@ fn seeds_hold_the_invariants() {
         match catch_unwind(AssertUnwindSafe(|| run(seed))) {
             Ok(outcome) => {
                 println!(
-                    "seed {seed}: {} simulated ms in {} ms; {:?}; {}",
+                    "seed {seed}: trace {:016x}, {} simulated ms in {} ms; {:?}; {}",
+                    outcome.digest(),
                     outcome.simulated.as_millis(),
                     started.elapsed().as_millis(),
                     outcome.plan.fault_counts(),
@@ -104,8 +105,9 @@ fn a_seed_replays_exactly() {
     let b = run(seed);
     assert!(a.trace.len() > 100, "a trivial trace: {:?}", a.trace);
     if let Some(i) = a.trace.iter().zip(&b.trace).position(|(x, y)| x != y) {
+        let context = a.trace[i.saturating_sub(8)..i].join("\n    ");
         panic!(
-            "seed {seed} diverged at trace line {i}:\n  first run:  {}\n  second run: {}",
+            "seed {seed} diverged at trace line {i}, after\n    {context}\n  first run:  {}\n  second run: {}",
             a.trace[i], b.trace[i]
         );
     }
