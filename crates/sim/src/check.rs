@@ -137,7 +137,7 @@ pub fn check(o: &Observed) -> Report {
     let mut placed: BTreeMap<Key, BTreeSet<(String, u64)>> = BTreeMap::new();
     for (user, log) in &o.drained {
         check_order(&mut r, &format!("{user} (drained)"), log);
-        let mut seen: BTreeMap<Key, u64> = BTreeMap::new();
+        let mut seen: BTreeMap<Key, String> = BTreeMap::new();
         for ev in log {
             let Kind::Message(m) = &ev.kind else {
                 continue;
@@ -145,10 +145,10 @@ pub fn check(o: &Observed) -> Report {
             r.delivered += 1;
             let key = (m.sender.clone(), m.client_msg_id.clone());
             let at = format!("{user} seq {} gseq {}", ev.seq, ev.group_seq);
-            if let Some(first) = seen.insert(key.clone(), ev.seq.max(ev.group_seq)) {
+            if let Some(first) = seen.insert(key.clone(), at.clone()) {
                 r.bad(
                     "delivered twice",
-                    format!("{user}: {} {} at {first} and again at {at}", key.0, key.1),
+                    format!("{} {}: at {first} and again at {at}", key.0, key.1),
                 );
             }
             views
@@ -168,7 +168,10 @@ pub fn check(o: &Observed) -> Report {
             if writer != m.sender {
                 r.bad(
                     "never sent",
-                    format!("{at}: {} {} was sent by {writer}", m.sender, m.client_msg_id),
+                    format!(
+                        "{at}: {} {} was sent by {writer}",
+                        m.sender, m.client_msg_id
+                    ),
                 );
                 continue;
             }
@@ -238,7 +241,10 @@ fn check_order(r: &mut Report, who: &str, log: &[LogEvent]) {
     for ev in log {
         if ev.seq > 0 {
             if ev.seq <= seq {
-                r.bad("log seq not increasing", format!("{who}: {} after {seq}", ev.seq));
+                r.bad(
+                    "log seq not increasing",
+                    format!("{who}: {} after {seq}", ev.seq),
+                );
             }
             seq = seq.max(ev.seq);
         }
@@ -311,7 +317,11 @@ fn check_participants(
             p
         };
         let expected: Vec<(u64, Key)> = union.iter().map(|(s, k)| (*s, k.clone())).collect();
-        let everyone: BTreeSet<&str> = participants.iter().chain(per_user.keys()).copied().collect();
+        let everyone: BTreeSet<&str> = participants
+            .iter()
+            .chain(per_user.keys())
+            .copied()
+            .collect();
         for user in everyone {
             if !participants.contains(user) {
                 r.bad("wrong participant", format!("{user} sees {conv}"));
@@ -429,7 +439,10 @@ fn check_live(r: &mut Report, o: &Observed) {
             continue;
         };
         for (which, of) in [
-            ("own log", (|e: &LogEvent| e.seq > 0) as fn(&LogEvent) -> bool),
+            (
+                "own log",
+                (|e: &LogEvent| e.seq > 0) as fn(&LogEvent) -> bool,
+            ),
             ("shared streams", |e: &LogEvent| e.group_seq > 0),
         ] {
             let live: Vec<&LogEvent> = live.iter().filter(|e| of(e)).collect();
@@ -605,7 +618,8 @@ mod tests {
     fn lost_ack_is_caught() {
         let mut o = clean();
         for u in ["w0", "r0"] {
-            drained(&mut o, u).retain(|e| !matches!(&e.kind, Kind::Message(m) if m.client_msg_id == "w0-2"));
+            drained(&mut o, u)
+                .retain(|e| !matches!(&e.kind, Kind::Message(m) if m.client_msg_id == "w0-2"));
         }
         o.live.clear();
         expect(&o, "acknowledged but lost");
@@ -734,7 +748,8 @@ mod tests {
         expect(&o, "writer did not finish");
 
         let mut o = clean();
-        o.client_errors.push("r0: sync refused: INVALID_SYNC_KEY".into());
+        o.client_errors
+            .push("r0: sync refused: INVALID_SYNC_KEY".into());
         expect(&o, "client error");
     }
 }

@@ -112,7 +112,10 @@ impl LogEvent {
                 sender: m.sender_username.clone(),
                 sender_id: m.sender_id,
                 client_msg_id: m.client_msg_id.clone(),
-                text: m.content.as_ref().map_or_else(String::new, |c| c.text.clone()),
+                text: m
+                    .content
+                    .as_ref()
+                    .map_or_else(String::new, |c| c.text.clone()),
             }),
             Some(other) => Kind::Other(kind_name(other)),
             None => Kind::Other("unknown"),

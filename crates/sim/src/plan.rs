@@ -247,10 +247,7 @@ mod tests {
                 .actions
                 .iter()
                 .filter(|(_, a)| {
-                    matches!(
-                        a,
-                        Action::Crash(_) | Action::Partition(_) | Action::Hold(_)
-                    )
+                    matches!(a, Action::Crash(_) | Action::Partition(_) | Action::Hold(_))
                 })
                 .count();
             let ends = p

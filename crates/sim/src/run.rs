@@ -153,7 +153,8 @@ impl Handle {
 fn initial_state(plan: &Plan, setup: &setup::Setup) -> Shared {
     let user = |name: &str| setup.users[name].clone();
     // Each client's RNG: the seed and the host's place, mixed.
-    let rng = |k: u64| StdRng::seed_from_u64(plan.seed ^ (k + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let rng =
+        |k: u64| StdRng::seed_from_u64(plan.seed ^ (k + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let writers = plan
         .writers
         .iter()
@@ -197,7 +198,11 @@ fn initial_state(plan: &Plan, setup: &setup::Setup) -> Shared {
                 ..WriterRecord::default()
             })
             .collect(),
-        live: plan.readers.iter().map(|r| (r.clone(), Vec::new())).collect(),
+        live: plan
+            .readers
+            .iter()
+            .map(|r| (r.clone(), Vec::new()))
+            .collect(),
         ..Observed::default()
     };
     Shared {
@@ -206,10 +211,7 @@ fn initial_state(plan: &Plan, setup: &setup::Setup) -> Shared {
         observed,
         writers,
         readers,
-        tokens: plan
-            .users()
-            .map(|u| (u.clone(), user(u).token))
-            .collect(),
+        tokens: plan.users().map(|u| (u.clone(), user(u).token)).collect(),
         audited: false,
         journal: Vec::new(),
     }
@@ -254,14 +256,14 @@ impl Driver<'_> {
         }
         self.set_phase(Phase::Finish);
         let finished = |s: &Shared| s.observed.writers.iter().all(|w| w.finished);
-        if !self.step_until(FINISH_MAX, finished) {
+        if !self.step_until(FINISH_MAX, "every writer finishing", finished) {
             return;
         }
         if !self.step_for(SETTLE) {
             return;
         }
         self.set_phase(Phase::Audit);
-        if !self.step_until(AUDIT_MAX, |s| s.audited) {
+        if !self.step_until(AUDIT_MAX, "the audit", |s| s.audited) {
             return;
         }
         let caught_up = |s: &Shared| {
@@ -272,7 +274,11 @@ impl Driver<'_> {
                     .is_some_and(|d| live.len() >= d.len())
             })
         };
-        self.step_until(CATCH_UP_MAX, caught_up);
+        self.step_until(
+            CATCH_UP_MAX,
+            "every reader catching up with its drained log",
+            caught_up,
+        );
     }
 
     fn apply(&mut self, action: &Action) {
@@ -405,27 +411,24 @@ impl Driver<'_> {
         true
     }
 
-    /// Steps until `done` holds, at most `max`; records a violation if it
-    /// never does.
-    fn step_until(&mut self, max: Duration, done: impl Fn(&Shared) -> bool) -> bool {
+    /// Steps until `done` holds, at most `max`; records a violation
+    /// naming `what` if it never does.
+    fn step_until(&mut self, max: Duration, what: &str, done: impl Fn(&Shared) -> bool) -> bool {
         let end = self.sim.elapsed() + max;
         loop {
             if done(&self.shared.0.lock().expect("state lock")) {
                 return true;
             }
             if self.sim.elapsed() >= end {
-                let what = format!(
-                    "waited {} ms in {:?} for what should have happened",
-                    max.as_millis(),
-                    self.shared.0.lock().expect("state lock").phase
-                );
+                let stuck = format!("waited {} ms for {what} (liveness)", max.as_millis());
+                self.note(stuck.clone());
                 self.shared
                     .0
                     .lock()
                     .expect("state lock")
                     .observed
                     .client_errors
-                    .push(what);
+                    .push(stuck);
                 return false;
             }
             if !self.step() {

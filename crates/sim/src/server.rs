@@ -45,9 +45,14 @@ pub(crate) async fn serve(
     // With the dummy hash made in the setup: `Service::new` would hash on
     // the blocking pool, whose real thread makes the start's simulated
     // timing race against the host's tick.
-    let service =
-        Service::with_dummy_hash(store, registry.clone(), Arc::new(SimClock), core, dummy_hash)
-            .await?;
+    let service = Service::with_dummy_hash(
+        store,
+        registry.clone(),
+        Arc::new(SimClock),
+        core,
+        dummy_hash,
+    )
+    .await?;
     let gateway = Gateway::new(Arc::new(service), registry, gateway_config());
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     loop {

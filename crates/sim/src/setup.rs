@@ -91,10 +91,7 @@ pub(crate) fn prepare(plan: &Plan) -> Setup {
                 .register(name, PASSWORD)
                 .await
                 .expect("registration");
-            let (login, session) = service
-                .login(name, PASSWORD, "sim")
-                .await
-                .expect("login");
+            let (login, session) = service.login(name, PASSWORD, "sim").await.expect("login");
             users.insert(
                 name.clone(),
                 User {

@@ -15,7 +15,9 @@ use pigeon_sim::{DETERMINISTIC, Plan, run};
 /// crashes, partitions, held links, loss and latency spikes (checked by
 /// `fixed_seeds_cover_every_fault`), within about a minute in a debug
 /// build on two cores.
-const CI_SEEDS: &[u64] = &[1, 2, 3, 4, 5, 6, 7, 8];
+const CI_SEEDS: &[u64] = &[
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+];
 
 /// The seed whose two runs must agree line for line.
 const REPLAY_SEED: u64 = 3;
@@ -111,7 +113,11 @@ fn a_seed_replays_exactly() {
             a.trace[i], b.trace[i]
         );
     }
-    assert_eq!(a.trace.len(), b.trace.len(), "seed {seed}: traces differ in length");
+    assert_eq!(
+        a.trace.len(),
+        b.trace.len(),
+        "seed {seed}: traces differ in length"
+    );
 }
 
 /// The fixed seeds exercise every kind of fault.
