@@ -359,7 +359,10 @@ impl Connection {
     /// [`Connection::connect`] does. `opts.url` is not dialled. For
     /// transports the SDK does not dial itself, such as the simulated
     /// network of `pigeon-sim`.
-    pub async fn connect_stream<S>(stream: S, opts: &ConnectOptions) -> Result<Connection, ClientError>
+    pub async fn connect_stream<S>(
+        stream: S,
+        opts: &ConnectOptions,
+    ) -> Result<Connection, ClientError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {

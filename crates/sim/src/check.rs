@@ -104,6 +104,10 @@ impl fmt::Display for Report {
 /// A stored message's identity: (sender, client message id).
 type Key = (String, String);
 
+/// Each conversation as each user's log holds it: conversation -> user ->
+/// [(conv_seq, message)].
+type Views<'a> = BTreeMap<&'a str, BTreeMap<&'a str, Vec<(u64, Key)>>>;
+
 /// Checks every invariant.
 pub fn check(o: &Observed) -> Report {
     let mut r = Report::default();
@@ -132,8 +136,7 @@ pub fn check(o: &Observed) -> Report {
         }
     }
 
-    // conversation -> user -> [(conv_seq, key)]
-    let mut views: BTreeMap<&str, BTreeMap<&str, Vec<(u64, Key)>>> = BTreeMap::new();
+    let mut views: Views<'_> = BTreeMap::new();
     let mut placed: BTreeMap<Key, BTreeSet<(String, u64)>> = BTreeMap::new();
     for (user, log) in &o.drained {
         check_order(&mut r, &format!("{user} (drained)"), log);
@@ -285,7 +288,7 @@ fn direct_id(o: &Observed, a: &str, b: &str) -> Option<String> {
 fn check_participants(
     r: &mut Report,
     o: &Observed,
-    views: &BTreeMap<&str, BTreeMap<&str, Vec<(u64, Key)>>>,
+    views: &Views<'_>,
     sends: &BTreeMap<&str, (&str, &Target, u64)>,
 ) -> BTreeMap<String, BTreeMap<u64, Key>> {
     let mut by_conv_seq = BTreeMap::new();

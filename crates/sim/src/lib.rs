@@ -43,4 +43,6 @@ pub use run::{Outcome, run};
 /// Whether this build can replay a seed exactly: tokio's `select!` draws
 /// from a per-runtime RNG that only a `tokio_unstable` build lets turmoil
 /// seed.
-pub const DETERMINISTIC: bool = cfg!(tokio_unstable);
+pub fn deterministic() -> bool {
+    cfg!(tokio_unstable)
+}

@@ -9,7 +9,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use pigeon_sim::plan::FaultCounts;
-use pigeon_sim::{DETERMINISTIC, Plan, run};
+use pigeon_sim::{Plan, deterministic, run};
 
 /// The seeds CI runs. Together they schedule server crashes, client
 /// crashes, partitions, held links, loss and latency spikes (checked by
@@ -53,7 +53,7 @@ fn replay_hint(seed: u64) -> String {
 /// it, if any run breaks an invariant (or panics).
 #[test]
 fn seeds_hold_the_invariants() {
-    if !DETERMINISTIC {
+    if !deterministic() {
         eprintln!(
             "warning: built without --cfg tokio_unstable (RUSTFLAGS replaces .cargo/config.toml): \
              seeds will not replay exactly"
@@ -99,7 +99,7 @@ fn seeds_hold_the_invariants() {
 #[test]
 fn a_seed_replays_exactly() {
     assert!(
-        DETERMINISTIC,
+        deterministic(),
         "build with --cfg tokio_unstable (set in .cargo/config.toml; a RUSTFLAGS variable replaces it)"
     );
     let seed = env_u64("PIGEON_SIM_SEED").unwrap_or(REPLAY_SEED);
