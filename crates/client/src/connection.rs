@@ -354,6 +354,38 @@ impl Connection {
         ))
     }
 
+    /// Runs the handshake over a byte stream connected elsewhere, with the
+    /// framing of `tcp://` (length-prefixed frames), then serves it as
+    /// [`Connection::connect`] does. `opts.url` is not dialled. For
+    /// transports the SDK does not dial itself, such as the simulated
+    /// network of `pigeon-sim`.
+    pub async fn connect_stream<S>(
+        stream: S,
+        opts: &ConnectOptions,
+    ) -> Result<Connection, ClientError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let frame_bytes_max = opts
+            .frame_bytes_max
+            .clamp(FRAME_BYTES_MAX_FLOOR, FRAME_BYTES_MAX_CEILING);
+        let (read, write) = tokio::io::split(stream);
+        let (reader, writer) = crate::transport::prefixed(Box::new(read), Box::new(write));
+        let (reader, writer, welcome) = timeout(
+            opts.connect_timeout,
+            hello(reader, writer, opts, frame_bytes_max),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout)??;
+        Ok(Connection::start(
+            reader,
+            writer,
+            welcome,
+            opts,
+            frame_bytes_max,
+        ))
+    }
+
     fn start(
         reader: FrameReader,
         writer: FrameWriter,
@@ -860,12 +892,22 @@ async fn handshake(
     opts: &ConnectOptions,
     frame_bytes_max: usize,
 ) -> Result<(FrameReader, FrameWriter, v1::Welcome), ClientError> {
-    let (mut reader, mut writer) = dial(&DialOptions {
+    let (reader, writer) = dial(&DialOptions {
         endpoint,
         extra_ca_pem: opts.ca_pem.as_deref(),
         frame_bytes_max,
     })
     .await?;
+    hello(reader, writer, opts, frame_bytes_max).await
+}
+
+/// Sends the Hello and waits for the Welcome.
+async fn hello(
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+    opts: &ConnectOptions,
+    frame_bytes_max: usize,
+) -> Result<(FrameReader, FrameWriter, v1::Welcome), ClientError> {
     let hello = Frame::new(
         HELLO_REQUEST_ID,
         Body::Hello(v1::Hello {

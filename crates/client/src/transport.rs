@@ -92,7 +92,7 @@ pub(crate) async fn dial(
     Ok((FrameReader::Ws(stream), FrameWriter::Ws(sink)))
 }
 
-fn prefixed(
+pub(crate) fn prefixed(
     read: Box<dyn AsyncRead + Send + Unpin>,
     write: Box<dyn AsyncWrite + Send + Unpin>,
 ) -> (FrameReader, FrameWriter) {

@@ -84,10 +84,26 @@ impl Service {
         clock: Arc<dyn Clock>,
         config: CoreConfig,
     ) -> Result<Service, CoreError> {
-        let secret = store.secret(SYNC_KEY_SECRET).await?;
         let cost = config.password_hash_cost;
         let dummy_hash =
             blocking(move || accounts::hash_password("pigeon-dummy-password", cost)).await?;
+        Service::with_dummy_hash(store, notifier, clock, config, dummy_hash).await
+    }
+
+    /// [`Service::new`] with the hash that logins of unknown users are
+    /// checked against (so they take as long as real ones) given rather
+    /// than computed: for the deterministic simulation (`pigeon-sim`),
+    /// where hashing on the blocking pool, a real thread, would make a
+    /// restart's timing depend on the machine. `dummy_hash` must be a hash
+    /// from [`accounts::hash_password`] at `config.password_hash_cost`.
+    pub async fn with_dummy_hash(
+        store: Arc<dyn Store>,
+        notifier: Arc<dyn Notifier>,
+        clock: Arc<dyn Clock>,
+        config: CoreConfig,
+        dummy_hash: String,
+    ) -> Result<Service, CoreError> {
+        let secret = store.secret(SYNC_KEY_SECRET).await?;
         Ok(Service {
             store,
             notifier,

@@ -245,6 +245,35 @@ impl Gateway {
         }
     }
 
+    /// Runs one connection over a byte stream accepted elsewhere, with the
+    /// TCP framing (length-prefixed frames), under the same connection cap,
+    /// handshake timeout and per-address limit as [`Gateway::serve_tcp`].
+    /// For transports this crate does not accept itself, such as the
+    /// simulated network of `pigeon-sim`.
+    pub async fn serve_stream<S>(self: Arc<Self>, stream: S, peer: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let accepted = Instant::now();
+        let transport = transport::stream(stream, self.config.frame_bytes_max);
+        if self.admission.ip_connection(peer.ip()).is_err() {
+            let bye = Frame::goodbye(
+                ErrorCode::Busy,
+                "too many new connections from your address",
+            );
+            return connection::refuse(transport, bye).await;
+        }
+        match self.connections.clone().try_acquire_owned() {
+            Ok(permit) => {
+                connection::run(self, transport, peer.to_string(), permit, accepted).await
+            }
+            Err(_) => {
+                let bye = Frame::goodbye(ErrorCode::Busy, "server is at its connection limit");
+                connection::refuse(transport, bye).await
+            }
+        }
+    }
+
     /// Upgrades an HTTP request on `/ws` to a protocol connection.
     pub fn upgrade_websocket(self: Arc<Self>, ws: WebSocketUpgrade, peer: String) -> Response {
         if self.is_shutting_down() {

@@ -1,6 +1,7 @@
 //! [`LogStore`]: `pigeon_core::Store` over any [`Engine`].
 //!
-//! Writes go through one committer thread. It takes every queued job (up to
+//! Writes go through one committer thread (in a simulation, one tokio task:
+//! [`LogStore::start_in_task`]). It takes every queued job (up to
 //! [`WRITE_BATCH_COMMANDS_MAX`]), applies their effects as one atomic engine
 //! batch, fsyncs once, and only then answers them all: group commit, so the
 //! cost of an acknowledgement is one fsync shared by everyone who arrived
@@ -39,7 +40,6 @@ pub use outbox::FAILED_SCAN_MAX;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use pigeon_core::store::{
@@ -228,11 +228,20 @@ enum Cmd {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// Where the committer runs.
+enum CommitterHandle {
+    /// Its own OS thread: production.
+    Thread(std::thread::JoinHandle<()>),
+    /// A task on the tokio runtime that started the store: deterministic
+    /// simulation, where a real thread would run outside simulated time.
+    Task(tokio::task::JoinHandle<()>),
+}
+
 /// The store. Cheap to share behind an `Arc`.
 pub struct LogStore {
     tx: mpsc::Sender<Cmd>,
     shared: Arc<Shared>,
-    committer: Mutex<Option<JoinHandle<()>>>,
+    committer: Mutex<Option<CommitterHandle>>,
     stats: Arc<StoreStats>,
 }
 
@@ -245,6 +254,35 @@ impl std::fmt::Debug for LogStore {
 impl LogStore {
     /// Starts the committer thread over `engine`.
     pub fn start<E: Engine>(engine: Arc<E>, config: StoreConfig) -> LogStore {
+        let (store, committer, rx) = LogStore::open(engine, config);
+        let handle = std::thread::Builder::new()
+            .name("pigeon-committer".into())
+            .spawn(move || committer.run_blocking(rx))
+            .expect("spawning the committer thread");
+        store.with_committer(CommitterHandle::Thread(handle))
+    }
+
+    /// Starts the committer as a task on the current tokio runtime instead
+    /// of a thread, for deterministic simulation (`pigeon-sim`): the task
+    /// runs only when the simulated host's runtime polls it, and dies with
+    /// that runtime when the host crashes, losing what was queued and not
+    /// committed, as a process would. Each batch still runs to the end in
+    /// one poll, so a commit is never cut in half. Not for production: the
+    /// engine's fsync would block the runtime's thread.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn start_in_task<E: Engine>(engine: Arc<E>, config: StoreConfig) -> LogStore {
+        let (store, committer, rx) = LogStore::open(engine, config);
+        let handle = tokio::spawn(committer.run_in_task(rx));
+        store.with_committer(CommitterHandle::Task(handle))
+    }
+
+    /// The store and its committer, not yet running.
+    fn open<E: Engine>(
+        engine: Arc<E>,
+        config: StoreConfig,
+    ) -> (LogStore, Committer, mpsc::Receiver<Cmd>) {
         assert!(config.seq_step >= 1, "seq_step must be at least 1");
         let engine: Arc<dyn Engine> = engine;
         if let Err(e) = admin::index_existing_sessions(&*engine) {
@@ -279,16 +317,21 @@ impl LogStore {
             member_cache: HashMap::new(),
             failed: None,
         };
-        let handle = std::thread::Builder::new()
-            .name("pigeon-committer".into())
-            .spawn(move || committer.run(rx))
-            .expect("spawning the committer thread");
-        LogStore {
+        let store = LogStore {
             tx,
             shared,
-            committer: Mutex::new(Some(handle)),
+            committer: Mutex::new(None),
             stats,
-        }
+        };
+        (store, committer, rx)
+    }
+
+    fn with_committer(self, handle: CommitterHandle) -> LogStore {
+        *self
+            .committer
+            .lock()
+            .expect("committer handle lock poisoned") = Some(handle);
+        self
     }
 
     /// The committer's counters.
@@ -314,8 +357,14 @@ impl LogStore {
             .lock()
             .expect("committer handle lock poisoned")
             .take();
-        if let Some(h) = handle {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        match handle {
+            Some(CommitterHandle::Thread(h)) => {
+                let _ = tokio::task::spawn_blocking(move || h.join()).await;
+            }
+            Some(CommitterHandle::Task(h)) => {
+                let _ = h.await;
+            }
+            None => {}
         }
     }
 
@@ -883,45 +932,71 @@ struct Committer {
 }
 
 impl Committer {
-    fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+    /// The committer's loop on its own thread.
+    fn run_blocking(mut self, mut rx: mpsc::Receiver<Cmd>) {
         let mut cmds = Vec::with_capacity(WRITE_BATCH_COMMANDS_MAX);
         loop {
             cmds.clear();
             if rx.blocking_recv_many(&mut cmds, WRITE_BATCH_COMMANDS_MAX) == 0 {
                 return;
             }
-            metrics::gauge!(WRITE_QUEUE_JOBS).set(rx.len() as f64);
-            metrics::histogram!(COMMIT_JOBS).record(cmds.len() as f64);
-            let mut stop = None;
-            let engine = self.shared.engine.clone();
-            let mut tx = Tx {
-                b: Batch {
-                    engine: &*engine,
-                    ops: Vec::new(),
-                    overlay: HashMap::new(),
-                    undo: Vec::new(),
-                },
-                after: Replies::default(),
-                publish: AfterCommit::default(),
-                heads: HashMap::new(),
-            };
-            for cmd in cmds.drain(..) {
-                match cmd {
-                    Cmd::Shutdown(reply) => {
-                        stop = Some(reply);
-                        self.failed.get_or_insert_with(|| SHUT_DOWN.into());
-                    }
-                    Cmd::Job(job) => {
-                        let failed = self.failed.clone();
-                        job(&mut self, &mut tx, failed.as_deref());
-                    }
-                }
-            }
-            self.commit(tx);
-            if let Some(reply) = stop {
-                let _ = reply.send(());
+            if self.batch(&rx, &mut cmds) {
                 return;
             }
+        }
+    }
+
+    /// The same loop as a tokio task (see [`LogStore::start_in_task`]).
+    async fn run_in_task(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let mut cmds = Vec::with_capacity(WRITE_BATCH_COMMANDS_MAX);
+        loop {
+            cmds.clear();
+            if rx.recv_many(&mut cmds, WRITE_BATCH_COMMANDS_MAX).await == 0 {
+                return;
+            }
+            if self.batch(&rx, &mut cmds) {
+                return;
+            }
+        }
+    }
+
+    /// Runs the jobs in `cmds` as one group commit and answers them. True
+    /// when a shutdown was among them: the loop ends.
+    fn batch(&mut self, rx: &mpsc::Receiver<Cmd>, cmds: &mut Vec<Cmd>) -> bool {
+        metrics::gauge!(WRITE_QUEUE_JOBS).set(rx.len() as f64);
+        metrics::histogram!(COMMIT_JOBS).record(cmds.len() as f64);
+        let mut stop = None;
+        let engine = self.shared.engine.clone();
+        let mut tx = Tx {
+            b: Batch {
+                engine: &*engine,
+                ops: Vec::new(),
+                overlay: HashMap::new(),
+                undo: Vec::new(),
+            },
+            after: Replies::default(),
+            publish: AfterCommit::default(),
+            heads: HashMap::new(),
+        };
+        for cmd in cmds.drain(..) {
+            match cmd {
+                Cmd::Shutdown(reply) => {
+                    stop = Some(reply);
+                    self.failed.get_or_insert_with(|| SHUT_DOWN.into());
+                }
+                Cmd::Job(job) => {
+                    let failed = self.failed.clone();
+                    job(self, &mut tx, failed.as_deref());
+                }
+            }
+        }
+        self.commit(tx);
+        match stop {
+            Some(reply) => {
+                let _ = reply.send(());
+                true
+            }
+            None => false,
         }
     }
 
