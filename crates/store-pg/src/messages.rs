@@ -547,6 +547,12 @@ impl W<'_> {
         marks: &[Delivered],
         now_ms: i64,
     ) -> Result<Vec<Appended>> {
+        // One device records many deliveries at once (one per push it
+        // received), each locking this user's position rows: always in
+        // ascending conversation order, so that they queue behind each
+        // other instead of deadlocking.
+        let mut marks: Vec<&Delivered> = marks.iter().collect();
+        marks.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
         for d in marks {
             let conv = d.conversation_id.as_str();
             let group = match groups::parse_group_id(conv) {
