@@ -35,12 +35,12 @@ pub(crate) enum Lock {
     Update,
 }
 
-const GROUP_COLUMNS: &str = "id, name, description, post_policy, add_policy, max_members, \
+pub(crate) const GROUP_COLUMNS: &str = "id, name, description, post_policy, add_policy, max_members, \
     owner_id, owner_username, member_count, large, created_at_ms, dissolved";
 const MEMBER_COLUMNS: &str = "user_id, username, role, joined_at_ms, joined_after_conv, \
     left_conv, joined_after_stream, left_stream";
 
-fn group_row(r: &Row) -> GroupRecord {
+pub(crate) fn group_row(r: &Row) -> GroupRecord {
     GroupRecord {
         id: u(r.get("id")),
         name: r.get("name"),
