@@ -340,6 +340,38 @@ async fn batched_sends_from_two_nodes_stay_gapless_ordered_and_idempotent() {
     );
 }
 
+/// A send PostgreSQL itself rejects (a client id with a NUL byte, which
+/// no TEXT column takes) queued with many others: it fails alone, every
+/// other send of its batch is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_the_database_rejects_fails_alone() {
+    let pg = server().await;
+    let url = pg.create_database().unwrap();
+    let store = node(&url).await;
+    let u = users(&store, &["alice", "carol"]).await;
+    let (x, y) = ((u[0].id, "alice"), (u[1].id, "carol"));
+    for round in 0..3 {
+        let sends = (0..20).map(|i| {
+            let id = if i == 10 {
+                format!("bad\0{round}")
+            } else {
+                format!("ok-{round}-{i}")
+            };
+            store.append_message(msg(x, y, &id, "x", 1))
+        });
+        let results = futures_util::future::join_all(sends).await;
+        for (i, r) in results.iter().enumerate() {
+            match (i, r) {
+                (10, Err(pigeon_core::StoreError::Io(_))) => {}
+                (10, other) => panic!("the bad send: {other:?}"),
+                (_, r) => assert!(!r.as_ref().unwrap().duplicate),
+            }
+        }
+    }
+    let log = store.read_log(y.0, 0, 1000, 1 << 24).await.unwrap().events;
+    assert_eq!(messages(&log).len(), 3 * 19);
+}
+
 /// Sends the same client message id through two nodes at once, many
 /// times: exactly one of each pair stores, both answer with the same
 /// position, and the recipient's log holds each message once.
