@@ -87,7 +87,8 @@ impl Backend {
 
     /// Write commits and answered write jobs since start: group commits
     /// and jobs of the embedded committer, or committed write transactions
-    /// (both numbers) for PostgreSQL.
+    /// and the writes they answered (a batch of sends is one transaction)
+    /// for PostgreSQL.
     pub(crate) fn counters(&self) -> (u64, u64) {
         let relaxed = std::sync::atomic::Ordering::Relaxed;
         match self {
@@ -95,10 +96,7 @@ impl Backend {
                 s.stats().commits.load(relaxed),
                 s.stats().commands.load(relaxed),
             ),
-            Backend::Postgres(s) => {
-                let n = s.stats().commits.load(relaxed);
-                (n, n)
-            }
+            Backend::Postgres(s) => (s.stats().commits.load(relaxed), s.stats().writes()),
         }
     }
 

@@ -114,7 +114,6 @@ async fn attempt(store: &dyn Store, notifier: &dyn Notifier, s: &Settings, d: De
             Some(now_ms() + backoff(s, d.attempts).as_millis() as i64),
         ),
     };
-    metrics::counter!(WEBHOOK_ATTEMPTS_TOTAL, "outcome" => label).increment(1);
     if let Err(reason) = &outcome {
         tracing::info!(id = d.id, endpoint = %d.endpoint, %reason, attempts = d.attempts + 1, "webhook delivery failed");
     }
@@ -124,6 +123,9 @@ async fn attempt(store: &dyn Store, notifier: &dyn Notifier, s: &Settings, d: De
     {
         tracing::warn!(error = %e, "recording a webhook attempt failed");
     }
+    // Counted once recorded, so whoever sees the count (an operator, an
+    // alert) finds the attempt in the store too.
+    metrics::counter!(WEBHOOK_ATTEMPTS_TOTAL, "outcome" => label).increment(1);
 }
 
 /// Exponential backoff with full jitter, from the initial delay to the cap.

@@ -8,6 +8,7 @@
 //! stream for a large one, where membership windows decide who reads what.
 //! A group becomes large when it grows past the threshold and stays large.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use deadpool_postgres::GenericClient;
@@ -34,12 +35,12 @@ pub(crate) enum Lock {
     Update,
 }
 
-const GROUP_COLUMNS: &str = "id, name, description, post_policy, add_policy, max_members, \
+pub(crate) const GROUP_COLUMNS: &str = "id, name, description, post_policy, add_policy, max_members, \
     owner_id, owner_username, member_count, large, created_at_ms, dissolved";
 const MEMBER_COLUMNS: &str = "user_id, username, role, joined_at_ms, joined_after_conv, \
     left_conv, joined_after_stream, left_stream";
 
-fn group_row(r: &Row) -> GroupRecord {
+pub(crate) fn group_row(r: &Row) -> GroupRecord {
     GroupRecord {
         id: u(r.get("id")),
         name: r.get("name"),
@@ -165,15 +166,17 @@ impl W<'_> {
             GroupChangeRequest::Create { .. } => unreachable!("handled above"),
             GroupChangeRequest::AddMembers(users) => {
                 check(GroupAction::AddMembers)?;
-                let mut new = Vec::new();
-                for (id, name) in users {
-                    let current = member(self.tx, group_id, *id).await?;
-                    if current.is_none_or(|m| m.role() == GroupRole::None)
-                        && !new.iter().any(|(x, _)| x == id)
-                    {
-                        new.push((*id, name.clone()));
-                    }
-                }
+                let ids: Vec<UserId> = users.iter().map(|(id, _)| *id).collect();
+                let current = self.members_among(group_id, &ids).await?;
+                let mut seen = HashSet::with_capacity(users.len());
+                let new: Vec<(UserId, String)> = users
+                    .iter()
+                    .filter(|(id, _)| {
+                        current.get(id).is_none_or(|m| m.role() == GroupRole::None)
+                            && seen.insert(*id)
+                    })
+                    .cloned()
+                    .collect();
                 let count = group.member_count as usize + new.len();
                 if count > group.max_members as usize {
                     return Err(refused(CoreError::GroupFull(group.max_members)));
@@ -182,13 +185,11 @@ impl W<'_> {
                     group.large = true;
                 }
                 group.member_count = count as u32;
-                let mut added = Vec::with_capacity(new.len());
-                for (id, name) in new {
-                    added.push(
-                        self.join(&group, id, name, GroupRole::Member, now_ms)
-                            .await?,
-                    );
-                }
+                let joiners: Vec<_> = new
+                    .into_iter()
+                    .map(|(id, name)| (id, name, GroupRole::Member))
+                    .collect();
+                let added = self.join(&group, joiners, now_ms).await?;
                 self.put_group(&group).await?;
                 let emitted = self
                     .emit(
@@ -203,17 +204,19 @@ impl W<'_> {
                 (added, emitted)
             }
             GroupChangeRequest::RemoveMembers(users) => {
+                let current = self.members_among(group_id, users).await?;
                 let mut targets: Vec<MemberRecord> = Vec::with_capacity(users.len());
-                for &id in users {
-                    let record = member(self.tx, group_id, id)
-                        .await?
-                        .filter(|m| m.role() != GroupRole::None);
-                    let role = record.as_ref().map_or(GroupRole::None, |m| m.role());
+                let mut seen = HashSet::with_capacity(users.len());
+                for id in users {
+                    // Checked in the order asked, so the refusal names the
+                    // first target that may not be removed.
+                    let record = current.get(id).filter(|m| m.role() != GroupRole::None);
+                    let role = record.map_or(GroupRole::None, |m| m.role());
                     check(GroupAction::Remove { target: role })?;
                     if let Some(r) = record
-                        && !targets.iter().any(|t| t.user_id == r.user_id)
+                        && seen.insert(r.user_id)
                     {
-                        targets.push(r);
+                        targets.push(r.clone());
                     }
                 }
                 self.depart(
@@ -389,22 +392,14 @@ impl W<'_> {
             ],
         )
         .await?;
-        let mut all = vec![
-            self.join(
-                &group,
-                owner.0,
-                owner.1.to_string(),
-                GroupRole::Owner,
-                now_ms,
+        let joiners: Vec<_> = std::iter::once((owner.0, owner.1.to_string(), GroupRole::Owner))
+            .chain(
+                members
+                    .iter()
+                    .map(|(id, name)| (*id, name.clone(), GroupRole::Member)),
             )
-            .await?,
-        ];
-        for (uid, uname) in members {
-            all.push(
-                self.join(&group, *uid, uname.clone(), GroupRole::Member, now_ms)
-                    .await?,
-            );
-        }
+            .collect();
+        let all = self.join(&group, joiners, now_ms).await?;
         let emitted = self
             .emit(
                 &group,
@@ -443,69 +438,125 @@ impl W<'_> {
     }
 
     async fn put_member(&self, group: u64, m: &MemberRecord) -> Result<()> {
+        self.put_members(group, std::slice::from_ref(m)).await
+    }
+
+    /// Writes membership records, one statement for all of them, in
+    /// ascending user id order (the order every writer locks member rows
+    /// in). A user must not be listed twice.
+    async fn put_members(&self, group: u64, members: &[MemberRecord]) -> Result<()> {
+        let mut rows: Vec<&MemberRecord> = members.iter().collect();
+        rows.sort_unstable_by_key(|m| m.user_id);
+        assert!(
+            rows.windows(2).all(|w| w[0].user_id != w[1].user_id),
+            "a member written twice in one statement"
+        );
+        let col = |f: fn(&MemberRecord) -> i64| rows.iter().map(|m| f(m)).collect::<Vec<i64>>();
+        let names: Vec<&str> = rows.iter().map(|m| m.username.as_str()).collect();
+        let roles: Vec<i32> = rows.iter().map(|m| m.role).collect();
         self.exec(
             &format!(
-                "INSERT INTO group_members (group_id, {MEMBER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (group_id, user_id) DO UPDATE SET username = $3, role = $4, \
-                 joined_at_ms = $5, joined_after_conv = $6, left_conv = $7, \
-                 joined_after_stream = $8, left_stream = $9"
+                "INSERT INTO group_members (group_id, {MEMBER_COLUMNS}) \
+                 SELECT $1, t.* FROM unnest($2::bigint[], $3::text[], $4::int[], $5::bigint[], \
+                     $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[]) AS t \
+                 ON CONFLICT (group_id, user_id) DO UPDATE SET username = EXCLUDED.username, \
+                     role = EXCLUDED.role, joined_at_ms = EXCLUDED.joined_at_ms, \
+                     joined_after_conv = EXCLUDED.joined_after_conv, left_conv = EXCLUDED.left_conv, \
+                     joined_after_stream = EXCLUDED.joined_after_stream, \
+                     left_stream = EXCLUDED.left_stream"
             ),
             &[
                 &i(group),
-                &i(m.user_id),
-                &m.username,
-                &m.role,
-                &m.joined_at_ms,
-                &i(m.joined_after_conv),
-                &i(m.left_conv),
-                &i(m.joined_after_stream),
-                &i(m.left_stream),
+                &col(|m| i(m.user_id)),
+                &names,
+                &roles,
+                &col(|m| m.joined_at_ms),
+                &col(|m| i(m.joined_after_conv)),
+                &col(|m| i(m.left_conv)),
+                &col(|m| i(m.joined_after_stream)),
+                &col(|m| i(m.left_stream)),
             ],
         )
         .await?;
         Ok(())
     }
 
-    /// Makes `user` a member from now on: they see what is sent after this.
+    /// The membership records (former members' too) of those of `users`
+    /// who have one, in one read.
+    async fn members_among(
+        &self,
+        group: u64,
+        users: &[UserId],
+    ) -> Result<HashMap<UserId, MemberRecord>> {
+        let ids: Vec<i64> = users.iter().map(|&x| i(x)).collect();
+        let sql = format!(
+            "SELECT {MEMBER_COLUMNS} FROM group_members WHERE group_id = $1 AND user_id = ANY($2)"
+        );
+        Ok(self
+            .query(&sql, &[&i(group), &ids])
+            .await?
+            .iter()
+            .map(|r| {
+                let m = member_row(r);
+                (m.user_id, m)
+            })
+            .collect())
+    }
+
+    /// Makes `joiners` members from now on: they see what is sent after
+    /// this. Two statements whatever their number (membership records,
+    /// then fresh summaries); a user listed twice joins once, with the
+    /// first role given. Returns the members in the order given.
     async fn join(
         &mut self,
         group: &GroupRecord,
-        user: UserId,
-        username: String,
-        role: GroupRole,
+        joiners: Vec<(UserId, String, GroupRole)>,
         now_ms: i64,
-    ) -> Result<Member> {
+    ) -> Result<Vec<Member>> {
         let conv = groups::conversation_id(group.id);
         // Sends in this group wait for our lock, so the head is final.
         let joined_after_conv = self.conv_head(&conv).await?;
         // Small groups reach members through their logs; should the group
         // become large later, everything in its stream is after this join.
+        // (Only writers holding this group's lock append its events to the
+        // stream, so one read serves every joiner.)
         let joined_after_stream = if group.large {
             self.stream_head().await?
         } else {
             0
         };
-        let record = MemberRecord {
-            user_id: user,
-            username,
-            role: role as i32,
-            joined_at_ms: now_ms,
-            joined_after_conv,
-            left_conv: 0,
-            joined_after_stream,
-            left_stream: 0,
-        };
-        self.put_member(group.id, &record).await?;
-        // A fresh summary, read up to the join.
+        let mut seen = HashSet::with_capacity(joiners.len());
+        let records: Vec<MemberRecord> = joiners
+            .into_iter()
+            .filter(|(user, _, _)| seen.insert(*user))
+            .map(|(user, username, role)| MemberRecord {
+                user_id: user,
+                username,
+                role: role as i32,
+                joined_at_ms: now_ms,
+                joined_after_conv,
+                left_conv: 0,
+                joined_after_stream,
+                left_stream: 0,
+            })
+            .collect();
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.put_members(group.id, &records).await?;
+        // Fresh summaries, read up to the join, in ascending user order.
+        let mut ids: Vec<i64> = records.iter().map(|m| i(m.user_id)).collect();
+        ids.sort_unstable();
         self.exec(
-            "INSERT INTO conv_states (user_id, conversation_id, read_up_to) VALUES ($1, $2, $3) \
+            "INSERT INTO conv_states (user_id, conversation_id, read_up_to) \
+             SELECT t.u, $2, $3 FROM unnest($1::bigint[]) AS t(u) ORDER BY t.u \
              ON CONFLICT (user_id, conversation_id) DO UPDATE SET peer_user_id = 0, \
                  peer_username = '', last_message = NULL, last_conv_seq = 0, unread_count = 0, \
                  read_up_to = $3",
-            &[&i(user), &conv, &i(joined_after_conv)],
+            &[&ids, &conv, &i(joined_after_conv)],
         )
         .await?;
-        Ok(record.member())
+        Ok(records.iter().map(MemberRecord::member).collect())
     }
 
     /// Removes `targets` (removal or leaving): they get the event, then see
@@ -539,11 +590,17 @@ impl W<'_> {
         } else {
             self.stream_head().await?
         };
-        for mut t in targets {
-            t.role = GroupRole::None as i32;
-            t.left_conv = left_conv;
-            t.left_stream = left_stream;
-            self.put_member(group.id, &t).await?;
+        let left: Vec<MemberRecord> = targets
+            .into_iter()
+            .map(|t| MemberRecord {
+                role: GroupRole::None as i32,
+                left_conv,
+                left_stream,
+                ..t
+            })
+            .collect();
+        if !left.is_empty() {
+            self.put_members(group.id, &left).await?;
         }
         Ok((affected, emitted))
     }

@@ -45,6 +45,7 @@ mod reads;
 mod tx;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -64,6 +65,7 @@ use tokio_postgres::error::SqlState;
 pub use messages::{RECEIPT_SCAN_MAX, UNREAD_COUNT_MAX, notable};
 pub use migrate::MIGRATIONS;
 pub use reads::{CONVERSATIONS_SCAN_MAX, FAILED_SCAN_MAX};
+pub use sends::{SEND_BATCH_MAX, SEND_QUEUE_MAX};
 pub use tx::TRIM_DELETES_PER_TX_MAX;
 
 /// Attempts at a write transaction that PostgreSQL aborted as a deadlock
@@ -77,6 +79,8 @@ pub const PG_TRANSACTIONS_TOTAL: &str = "pigeon_store_pg_transactions_total";
 pub const PG_RETRIES_TOTAL: &str = "pigeon_store_pg_retries_total";
 /// Time to run and commit one write transaction.
 pub const PG_TRANSACTION_SECONDS: &str = "pigeon_store_pg_transaction_seconds";
+/// Sends per batch transaction (a histogram; see `sends.rs`).
+pub const PG_SEND_BATCH_SENDS: &str = "pigeon_store_pg_send_batch_sends";
 
 /// Settings of a [`PgStore`].
 #[derive(Debug, Clone)]
@@ -100,17 +104,44 @@ impl Default for PgConfig {
 /// Counters of this node's store, for the admin statistics.
 #[derive(Debug, Default)]
 pub struct PgStats {
-    /// Write transactions committed.
+    /// Write transactions committed (a batch of sends counts once).
     pub commits: AtomicU64,
     /// Write transactions retried.
     pub retries: AtomicU64,
+    /// Batches of sends committed (each one of the `commits`).
+    pub send_batches: AtomicU64,
+    /// Sends those batches answered (duplicates and refusals included).
+    pub batched_sends: AtomicU64,
+}
+
+impl PgStats {
+    /// Writes answered after a commit: every transaction but the send
+    /// batches counts once, and each batch counts its sends.
+    pub fn writes(&self) -> u64 {
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        (self.commits.load(relaxed) + self.batched_sends.load(relaxed))
+            .saturating_sub(self.send_batches.load(relaxed))
+    }
 }
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`.
 pub struct PgStore {
+    shared: Arc<Shared>,
+    /// The queue of this node's send batcher (`sends.rs`).
+    sends: tokio::sync::mpsc::Sender<sends::Request>,
+}
+
+/// What the store's callers and its send batcher share.
+pub(crate) struct Shared {
     pool: Pool,
     config: PgConfig,
     stats: PgStats,
+}
+
+impl Shared {
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -215,11 +246,11 @@ pub(crate) fn u(v: i64) -> u64 {
 }
 
 /// Runs `$body` (an expression using `$w`, a [`tx::W`]) in a write
-/// transaction and commits it; retries from the start when PostgreSQL
-/// chose it as a deadlock victim.
+/// transaction on `$store` (a [`Shared`]) and commits it; retries from the
+/// start when PostgreSQL chose it as a deadlock victim.
 macro_rules! write_tx {
     ($store:expr, |$w:ident| $body:expr) => {{
-        let store: &$crate::PgStore = $store;
+        let store: &$crate::Shared = $store;
         let mut attempt = 1u32;
         loop {
             let started = std::time::Instant::now();
@@ -265,6 +296,9 @@ macro_rules! write_tx {
     }};
 }
 
+// Declared after `write_tx!`, which it uses.
+mod sends;
+
 impl PgStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/db`),
     /// applies pending migrations and returns the store.
@@ -286,10 +320,14 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Unavailable(format!("database pool: {e}")))?;
-        let store = PgStore {
+        let shared = Arc::new(Shared {
             pool,
             config,
             stats: PgStats::default(),
+        });
+        let store = PgStore {
+            sends: sends::start(shared.clone()),
+            shared,
         };
         store.ping().await?;
         Ok(store)
@@ -297,7 +335,7 @@ impl PgStore {
 
     /// This node's counters.
     pub fn stats(&self) -> &PgStats {
-        &self.stats
+        &self.shared.stats
     }
 
     /// Whether the database answers a trivial query now.
@@ -310,11 +348,11 @@ impl PgStore {
     /// Closes the pool: later calls fail with [`StoreError::Unavailable`].
     /// Every acknowledged write is committed already.
     pub fn shutdown(&self) {
-        self.pool.close();
+        self.shared.pool.close();
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
-        Ok(self.pool.get().await?)
+        self.shared.client().await
     }
 }
 
@@ -352,7 +390,7 @@ impl Store for PgStore {
         password_hash: &str,
         now_ms: i64,
     ) -> Result<UserRecord, StoreError> {
-        write_tx!(self, |w| {
+        write_tx!(&self.shared, |w| {
             if w.opt("SELECT 1 FROM users WHERE username = $1", &[&username])
                 .await?
                 .is_some()
@@ -405,7 +443,7 @@ impl Store for PgStore {
     }
 
     async fn create_session(&self, s: NewSession) -> Result<SessionRecord, StoreError> {
-        write_tx!(self, |w| {
+        write_tx!(&self.shared, |w| {
             // Shares the row lock an administrator's disable takes, so a
             // login racing a disable cannot slip through.
             let disabled = w
@@ -453,7 +491,7 @@ impl Store for PgStore {
     }
 
     async fn revoke_session(&self, token_hash: &str) -> Result<(), StoreError> {
-        write_tx!(self, |w| {
+        write_tx!(&self.shared, |w| {
             let n = w
                 .exec(
                     "UPDATE sessions SET revoked = TRUE WHERE token_hash = $1",
@@ -467,7 +505,7 @@ impl Store for PgStore {
     }
 
     async fn append_message(&self, msg: AppendMessage) -> Result<AppendOutcome, StoreError> {
-        write_tx!(self, |w| w.send(&msg).await?)
+        sends::append(&self.sends, msg).await
     }
 
     async fn read_log(
@@ -489,7 +527,7 @@ impl Store for PgStore {
     }
 
     async fn group_op(&self, op: GroupOp) -> Result<GroupOutcome, StoreError> {
-        write_tx!(self, |w| w.group_op(&op).await?)
+        write_tx!(&self.shared, |w| w.group_op(&op).await?)
     }
 
     async fn group(&self, group_id: u64) -> Result<Option<GroupRecord>, StoreError> {
@@ -542,7 +580,7 @@ impl Store for PgStore {
     }
 
     async fn mark_read(&self, mark: ReadMark) -> Result<MarkReadOutcome, StoreError> {
-        write_tx!(self, |w| w.mark_read(&mark).await?)
+        write_tx!(&self.shared, |w| w.mark_read(&mark).await?)
     }
 
     async fn record_delivered(
@@ -552,7 +590,7 @@ impl Store for PgStore {
         marks: Vec<Delivered>,
         now_ms: i64,
     ) -> Result<Vec<Appended>, StoreError> {
-        write_tx!(self, |w| w
+        write_tx!(&self.shared, |w| w
             .record_delivered(user, username, &marks, now_ms)
             .await?)
     }
@@ -574,7 +612,7 @@ impl Store for PgStore {
         block: bool,
         now_ms: i64,
     ) -> Result<Vec<Appended>, StoreError> {
-        write_tx!(self, |w| w
+        write_tx!(&self.shared, |w| w
             .set_blocked(blocker, &blocked, block, now_ms)
             .await?)
     }
@@ -594,7 +632,7 @@ impl Store for PgStore {
     }
 
     async fn change_message(&self, change: MessageChange) -> Result<ChangeOutcome, StoreError> {
-        write_tx!(self, |w| w.change_message(&change).await?)
+        write_tx!(&self.shared, |w| w.change_message(&change).await?)
     }
 
     async fn receipt_counts(
@@ -619,7 +657,7 @@ impl Store for PgStore {
     }
 
     async fn set_prefs(&self, user: UserId, prefs: UserPrefs) -> Result<(), StoreError> {
-        write_tx!(self, |w| {
+        write_tx!(&self.shared, |w| {
             w.exec(
                 "INSERT INTO prefs (user_id, hide_presence, last_seen_ms) VALUES ($1, $2, $3) \
                  ON CONFLICT (user_id) DO UPDATE SET hide_presence = $2, last_seen_ms = $3",
@@ -678,7 +716,7 @@ impl Store for PgStore {
         outcome: Result<(), String>,
         next_attempt_ms: Option<i64>,
     ) -> Result<(), StoreError> {
-        write_tx!(self, |w| {
+        write_tx!(&self.shared, |w| {
             match (&outcome, next_attempt_ms) {
                 (Ok(()), _) => {
                     w.exec("DELETE FROM outbox WHERE id = $1", &[&i(id)])
@@ -725,7 +763,9 @@ impl Store for PgStore {
         flag: Option<pigeon_core::flags::Flag>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        write_tx!(self, |w| w.set_flag(name, flag.as_ref(), now_ms).await?)
+        write_tx!(&self.shared, |w| w
+            .set_flag(name, flag.as_ref(), now_ms)
+            .await?)
     }
 
     async fn flags(&self) -> Result<Vec<pigeon_core::flags::Flag>, StoreError> {
@@ -798,7 +838,7 @@ impl Store for PgStore {
         user: UserId,
         change: UserChange,
     ) -> Result<UserRecord, StoreError> {
-        write_tx!(self, |w| {
+        write_tx!(&self.shared, |w| {
             let (sql, param): (&str, Option<&String>) = match &change {
                 UserChange::Disable => ("UPDATE users SET disabled = TRUE WHERE id = $1", None),
                 UserChange::Enable => ("UPDATE users SET disabled = FALSE WHERE id = $1", None),
@@ -822,7 +862,7 @@ impl Store for PgStore {
         user: UserId,
         limit: usize,
     ) -> Result<(usize, bool), StoreError> {
-        write_tx!(self, |w| {
+        write_tx!(&self.shared, |w| {
             let revoked = w
                 .exec(
                     "UPDATE sessions SET revoked = TRUE WHERE token_hash IN ( \

@@ -1,6 +1,7 @@
-//! Sends, read marks, delivery and read receipts, recall, edit and delete,
-//! blocks, feature flags: the write side outside group changes, with the
-//! embedded store's semantics (`pigeon-store`'s `log_store/messages.rs`).
+//! Read marks, delivery and read receipts, recall, edit and delete, blocks,
+//! feature flags: the write side outside sends (`sends.rs`) and group
+//! changes, with the embedded store's semantics (`pigeon-store`'s
+//! `log_store/messages.rs`).
 //!
 //! Direct conversations and small groups are write-diffused: every
 //! participant's log gets the event and their summary is updated. Large
@@ -10,10 +11,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pigeon_core::groups::{self, GroupAction};
+use pigeon_core::groups;
 use pigeon_core::store::{
-    AppendMessage, AppendOutcome, Appended, ChangeOutcome, Delivered, GroupRecord, HookKind,
-    MarkReadOutcome, MessageChange, MessageChangeKind, ReadMark,
+    Appended, ChangeOutcome, Delivered, GroupRecord, MarkReadOutcome, MessageChange,
+    MessageChangeKind, ReadMark,
 };
 use pigeon_core::{CoreError, UserId};
 use pigeon_proto::v1::{
@@ -75,241 +76,12 @@ impl W<'_> {
         }
     }
 
-    async fn group_for_write(&self, group_id: u64, lock: Lock) -> Result<GroupRecord> {
+    pub(crate) async fn group_for_write(&self, group_id: u64, lock: Lock) -> Result<GroupRecord> {
         group(self.tx, group_id, lock).await?.ok_or_else(|| {
             refused(CoreError::ConversationNotFound(groups::conversation_id(
                 group_id,
             )))
         })
-    }
-
-    pub(crate) async fn send(&mut self, m: &AppendMessage) -> Result<AppendOutcome> {
-        // Claim the client id first: a concurrent retry (on any node) waits
-        // here for our commit and then finds the send done.
-        let claimed = self
-            .opt(
-                "INSERT INTO sends (sender_id, client_msg_id, conversation_id, conv_seq, sent_at_ms) \
-                 VALUES ($1, $2, '', 0, 0) ON CONFLICT DO NOTHING RETURNING 1",
-                &[&i(m.sender_id), &m.client_msg_id],
-            )
-            .await?;
-        if claimed.is_none() {
-            let d = self
-                .one(
-                    "SELECT conversation_id, conv_seq, sent_at_ms FROM sends \
-                     WHERE sender_id = $1 AND client_msg_id = $2",
-                    &[&i(m.sender_id), &m.client_msg_id],
-                )
-                .await?;
-            return Ok(AppendOutcome {
-                conversation_id: d.get(0),
-                conv_seq: u(d.get(1)),
-                sent_at_ms: d.get(2),
-                duplicate: true,
-                appended: Vec::new(),
-                stream_notice: None,
-            });
-        }
-        let group = if m.group_id != 0 {
-            // A shared lock: membership changes wait for this send, and
-            // this send sees the membership as of its commit.
-            let g = self.group_for_write(m.group_id, Lock::Share).await?;
-            let role = member(self.tx, g.id, m.sender_id)
-                .await?
-                .map_or(GroupRole::None, |r| r.role());
-            groups::check(role, GroupAction::Post, &g.settings(), g.dissolved).map_err(refused)?;
-            Some(g)
-        } else {
-            None
-        };
-        let conv = m.conversation_id.clone();
-        let conv_seq = u(self
-            .one(
-                "INSERT INTO conversations (id, head) VALUES ($1, 1) \
-                 ON CONFLICT (id) DO UPDATE SET head = conversations.head + 1 RETURNING head",
-                &[&conv],
-            )
-            .await?
-            .get(0));
-        let message = Message {
-            conversation_id: conv.clone(),
-            conv_seq,
-            sender_id: m.sender_id,
-            sender_username: m.sender_username.clone(),
-            sender_device_id: m.sender_device_id,
-            client_msg_id: m.client_msg_id.clone(),
-            sent_at_ms: m.now_ms,
-            content: Some(m.content.clone()),
-            recalled: false,
-            edited_at_ms: 0,
-        };
-        let bytes = message.encode_to_vec();
-        self.exec(
-            "INSERT INTO messages (conversation_id, conv_seq, sender_id, message) VALUES ($1, $2, $3, $4)",
-            &[&conv, &i(conv_seq), &i(m.sender_id), &bytes],
-        )
-        .await?;
-        self.exec(
-            "UPDATE sends SET conversation_id = $3, conv_seq = $4, sent_at_ms = $5 \
-             WHERE sender_id = $1 AND client_msg_id = $2",
-            &[
-                &i(m.sender_id),
-                &m.client_msg_id,
-                &conv,
-                &i(conv_seq),
-                &m.now_ms,
-            ],
-        )
-        .await?;
-        let members = match &group {
-            Some(g) if !g.large => member_ids(self.tx, g.id).await?,
-            _ => Vec::new(),
-        };
-        if !m.hooks.is_empty() {
-            let recipients: Vec<UserId> = match &group {
-                Some(g) if g.large => vec![0],
-                Some(_) => members
-                    .iter()
-                    .copied()
-                    .filter(|&x| x != m.sender_id)
-                    .collect(),
-                None => m
-                    .participants
-                    .iter()
-                    .map(|(id, _)| *id)
-                    .filter(|&x| x != m.sender_id)
-                    .collect(),
-            };
-            self.enqueue_hooks(m, &conv, conv_seq, &recipients).await?;
-        }
-        let kind = event::Kind::Message(message);
-        let stream = match &group {
-            Some(g) if g.large => {
-                // One write for everyone; the sender has read their own.
-                self.exec(
-                    "INSERT INTO conv_states (user_id, conversation_id, read_up_to) VALUES ($1, $2, $3) \
-                     ON CONFLICT (user_id, conversation_id) DO UPDATE \
-                     SET read_up_to = GREATEST(conv_states.read_up_to, $3)",
-                    &[&i(m.sender_id), &conv, &i(conv_seq)],
-                )
-                .await?;
-                self.deliver(&Audience::Stream(g.id), m.now_ms, &kind)
-                    .await?
-            }
-            Some(_) => {
-                let peers = vec![(0, String::new()); members.len()];
-                self.bump_summaries(&members, &peers, &conv, m.sender_id, conv_seq, &bytes)
-                    .await?;
-                self.deliver(&Audience::Logs(members), m.now_ms, &kind)
-                    .await?
-            }
-            None => {
-                let users: Vec<UserId> = m.participants.iter().map(|(id, _)| *id).collect();
-                let peers: Vec<(UserId, String)> = m
-                    .participants
-                    .iter()
-                    .map(|(x, _)| {
-                        m.participants
-                            .iter()
-                            .find(|(id, _)| id != x)
-                            .cloned()
-                            .unwrap_or_else(|| (*x, m.sender_username.clone()))
-                    })
-                    .collect();
-                self.bump_summaries(&users, &peers, &conv, m.sender_id, conv_seq, &bytes)
-                    .await?;
-                self.deliver(&Audience::Logs(users), m.now_ms, &kind)
-                    .await?
-            }
-        };
-        let appended = self.flush().await?;
-        Ok(AppendOutcome {
-            conversation_id: conv,
-            conv_seq,
-            sent_at_ms: m.now_ms,
-            duplicate: false,
-            appended,
-            stream_notice: stream.map(|(_, users)| users),
-        })
-    }
-
-    /// A new message in a write-diffused conversation, for each user's
-    /// summary (created, with the given peer, if missing): the last
-    /// message, and for others one more unread (the sender has read it).
-    async fn bump_summaries(
-        &self,
-        users: &[UserId],
-        peers: &[(UserId, String)],
-        conv: &str,
-        sender: UserId,
-        conv_seq: u64,
-        message: &[u8],
-    ) -> Result<()> {
-        // One row per user (a user listed twice would make the upsert
-        // touch a row twice), in id order.
-        let mut rows: Vec<(UserId, &(UserId, String))> =
-            users.iter().copied().zip(peers.iter()).collect();
-        rows.sort_by_key(|(x, _)| *x);
-        rows.dedup_by_key(|(x, _)| *x);
-        let ids: Vec<i64> = rows.iter().map(|(x, _)| i(*x)).collect();
-        let peer_ids: Vec<i64> = rows.iter().map(|(_, p)| i(p.0)).collect();
-        let peer_names: Vec<&str> = rows.iter().map(|(_, p)| p.1.as_str()).collect();
-        self.exec(
-            "INSERT INTO conv_states AS s (user_id, conversation_id, peer_user_id, peer_username, \
-                 last_message, last_conv_seq, unread_count, read_up_to) \
-             SELECT t.u, $4::text, t.p, t.pn, $5::bytea, $6::bigint, \
-                 CASE WHEN t.u = $7::bigint THEN 0 ELSE 1 END, \
-                 CASE WHEN t.u = $7::bigint THEN $6::bigint ELSE 0 END \
-             FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS t(u, p, pn) ORDER BY t.u \
-             ON CONFLICT (user_id, conversation_id) DO UPDATE SET \
-                 last_message = EXCLUDED.last_message, last_conv_seq = EXCLUDED.last_conv_seq, \
-                 unread_count = CASE WHEN s.user_id = $7 THEN 0 ELSE s.unread_count + 1 END, \
-                 read_up_to = CASE WHEN s.user_id = $7 THEN $6 ELSE s.read_up_to END",
-            &[
-                &ids,
-                &peer_ids,
-                &peer_names,
-                &conv,
-                &message,
-                &i(conv_seq),
-                &i(sender),
-            ],
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Queues webhook deliveries about a stored message, in its
-    /// transaction. `recipients` may need a push (`[0]`: a large group).
-    async fn enqueue_hooks(
-        &self,
-        m: &AppendMessage,
-        conv: &str,
-        conv_seq: u64,
-        recipients: &[UserId],
-    ) -> Result<()> {
-        for hook in &m.hooks {
-            let targets: &[UserId] = match hook.kind {
-                HookKind::MessageCreated => &[0],
-                HookKind::PushNeeded => recipients,
-            };
-            for &recipient in targets {
-                self.exec(
-                    "INSERT INTO outbox (endpoint, kind, conversation_id, conv_seq, recipient, \
-                         created_at_ms, next_attempt_ms) VALUES ($1, $2, $3, $4, $5, $6, $6)",
-                    &[
-                        &hook.endpoint,
-                        &hook.kind.as_str(),
-                        &conv,
-                        &i(conv_seq),
-                        &i(recipient),
-                        &m.now_ms,
-                    ],
-                )
-                .await?;
-            }
-        }
-        Ok(())
     }
 
     pub(crate) async fn mark_read(&mut self, mark: &ReadMark) -> Result<MarkReadOutcome> {
@@ -547,6 +319,12 @@ impl W<'_> {
         marks: &[Delivered],
         now_ms: i64,
     ) -> Result<Vec<Appended>> {
+        // One device records many deliveries at once (one per push it
+        // received), each locking this user's position rows: always in
+        // ascending conversation order, so that they queue behind each
+        // other instead of deadlocking.
+        let mut marks: Vec<&Delivered> = marks.iter().collect();
+        marks.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
         for d in marks {
             let conv = d.conversation_id.as_str();
             let group = match groups::parse_group_id(conv) {

@@ -74,6 +74,11 @@ impl<'t> W<'t> {
         Ok(self.tx.execute(&stmt, params).await?)
     }
 
+    /// Events queued and not yet flushed.
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Queues an event for `user`'s log; it gets its seq at [`W::flush`].
     pub(crate) fn push_event(&mut self, user: UserId, now_ms: i64, kind: event::Kind) {
         self.pending.push((user, now_ms, kind));

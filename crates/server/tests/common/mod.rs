@@ -69,6 +69,12 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Whether this run puts every server on PostgreSQL
+/// (`PIGEON_TEST_STORE=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("PIGEON_TEST_STORE").as_deref() == Ok("postgres")
+}
+
 impl Server {
     /// Starts a server with default settings plus `extra` TOML lines.
     pub fn start(extra: &str) -> Server {
@@ -81,9 +87,7 @@ impl Server {
     /// instead of the embedded store.
     pub fn start_with_args(extra: &str, args: &[String]) -> Server {
         let mut args = args.to_vec();
-        let pg = (std::env::var("PIGEON_TEST_STORE").as_deref() == Ok("postgres")
-            && !args.iter().any(|a| a == "--store"))
-        .then(|| {
+        let pg = (on_postgres() && !args.iter().any(|a| a == "--store")).then(|| {
             let pg = pigeon_testkit::PgServer::start().expect("starting PostgreSQL");
             args.extend(["--store".to_string(), pg.create_database().unwrap()]);
             pg
@@ -135,6 +139,7 @@ impl Server {
     }
 
     fn spawn(&mut self) {
+        let log_before = self.log().len();
         let config = self.dir.join("pigeon.toml");
         std::fs::write(
             &config,
@@ -168,13 +173,23 @@ impl Server {
             .spawn()
             .expect("starting pigeon");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready(log_before);
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until this start has logged "pigeon listening" (after
+    /// `log_before` bytes of the log) and both ports accept connections.
+    /// The ports are bound, and so accept connections, before the service
+    /// is built, which on PostgreSQL takes a few round trips: the log line
+    /// says the server is complete.
+    fn wait_ready(&mut self, log_before: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(&self.tcp).is_ok()
+            let started = self
+                .log()
+                .get(log_before..)
+                .is_some_and(|l| l.contains("pigeon listening"));
+            if started
+                && std::net::TcpStream::connect(&self.tcp).is_ok()
                 && std::net::TcpStream::connect(&self.http).is_ok()
             {
                 return;
