@@ -8,13 +8,18 @@
 //!   advisory lock;
 //! - `tx.rs`: [`tx::W`], a write transaction with buffered log appends and
 //!   the sequencing rule (below);
-//! - `messages.rs`: sends, read marks, receipts, message changes, blocks;
+//! - `batch.rs`: group commit: the node's batcher, which writes the sends
+//!   and delivery records in flight as one transaction per commit cycle;
+//! - `messages.rs`: read marks, receipts, message changes, blocks;
 //! - `groups.rs`: group changes and membership windows;
 //! - `reads.rs`: everything that only reads.
 //!
 //! # Sequencing across nodes
 //!
-//! Every write is one PostgreSQL transaction. A user's log has one row in
+//! Every write is one PostgreSQL transaction: its own, or, for sends and
+//! delivery records, the batch its node's batcher commits them in
+//! (`batch.rs`, which keeps every rule below for the whole batch). A
+//! user's log has one row in
 //! `logs` whose `head` is both the newest seq and the allocator: a writer
 //! appends `n` events by `head = head + n` inside its transaction, for all
 //! the users it writes to in one statement that locks their rows in
@@ -33,7 +38,8 @@
 //! Idempotency: a send first inserts `(sender, client_msg_id)` into `sends`
 //! (`ON CONFLICT DO NOTHING`); a concurrent retry on any node waits on that
 //! unique key until the first commits, then reads its outcome and returns
-//! it as a duplicate. An answer is given only after COMMIT returned, which
+//! it as a duplicate (a retry queued in the same batch as its first try
+//! waits for the next batch). An answer is given only after COMMIT returned, which
 //! with `synchronous_commit` on (PostgreSQL's default, which operators must
 //! keep) means the commit record is flushed.
 
@@ -435,6 +441,22 @@ impl Store for PgStore {
             .await?
             .as_ref()
             .map(user_row))
+    }
+
+    async fn users_by_name(
+        &self,
+        usernames: &[String],
+    ) -> Result<Vec<Option<UserRecord>>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = ANY($1)");
+        let rows = reads::query(self, &sql, &[&usernames]).await?;
+        let found: std::collections::HashMap<String, UserRecord> = rows
+            .iter()
+            .map(|r| {
+                let user = user_row(r);
+                (user.username.clone(), user)
+            })
+            .collect();
+        Ok(usernames.iter().map(|n| found.get(n).cloned()).collect())
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
