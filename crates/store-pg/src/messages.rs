@@ -1,6 +1,7 @@
-//! Read marks, delivery and read receipts, recall, edit and delete, blocks,
-//! feature flags: the write side outside sends (`sends.rs`) and group
-//! changes, with the embedded store's semantics (`pigeon-store`'s
+//! Read marks, read receipts, recall, edit and delete, blocks, feature
+//! flags: the write side outside sends and delivery records (`batch.rs`,
+//! which uses the large-group delivery counting here) and group changes,
+//! with the embedded store's semantics (`pigeon-store`'s
 //! `log_store/messages.rs`).
 //!
 //! Direct conversations and small groups are write-diffused: every
