@@ -2,7 +2,8 @@
 # Runs Pigeon's whole test suite on a fresh machine: checks formatting and
 # lints, then every test of every crate (unit, storage contract on memory,
 # fjall and PostgreSQL, the end-to-end tests that start the real `pigeon`
-# binary, cluster tests on PostgreSQL and NATS), the TypeScript SDK's tests
+# binary, cluster tests on PostgreSQL and NATS), the store-heavy end-to-end
+# tests again on PostgreSQL, the TypeScript SDK's tests
 # and the web app's end-to-end tests in headless Chromium, the crash cycles
 # (one node, then a three-node cluster failover) and the property-based
 # test of the admin HTTP API (scripts/schemathesis.sh). Installs what it
@@ -35,6 +36,20 @@ else
   echo "== summary"
   grep -E '^test result:' target/test-output.txt | awk '{p+=$4; f+=$6; i+=$8} END {printf "passed %d, failed %d, ignored %d\n", p, f, i}'
   [ "$status" -eq 0 ] || exit "$status"
+fi
+
+# The end-to-end tests that exercise the store most, again with every
+# server on its own PostgreSQL (pigeon-testkit) instead of the embedded
+# store: messaging, groups (the 5,000-member group), receipts and message
+# changes, the SDK's retries, kill -9 durability, the webhook outbox,
+# metrics and overload. About 35 s on 2 idle cores, a minute when busy.
+pg_tests=(--test messaging --test groups --test social --test sdk --test durability
+  --test webhooks --test operations --test overload)
+echo "== server tests on PostgreSQL (PIGEON_TEST_STORE=postgres)"
+if need cargo-nextest; then
+  PIGEON_TEST_STORE=postgres cargo nextest run -p pigeon-server --no-fail-fast --final-status-level slow "${pg_tests[@]}"
+else
+  PIGEON_TEST_STORE=postgres cargo test -p pigeon-server --no-fail-fast "${pg_tests[@]}"
 fi
 
 # The TypeScript SDK (vitest) and the web app (unit tests, then end-to-end

@@ -42,14 +42,12 @@ impl Service {
                 self.config.group_members_per_request_max
             )));
         }
+        let found = self.store.users_by_name(names).await?;
         let mut out: Vec<(UserId, String)> = Vec::with_capacity(names.len());
-        for name in names {
-            let user = self
-                .store
-                .user_by_name(name)
-                .await?
-                .ok_or_else(|| CoreError::UserNotFound(name.clone()))?;
-            if !out.iter().any(|(id, _)| *id == user.id) {
+        let mut seen = std::collections::HashSet::with_capacity(names.len());
+        for (name, user) in names.iter().zip(found) {
+            let user = user.ok_or_else(|| CoreError::UserNotFound(name.clone()))?;
+            if seen.insert(user.id) {
                 out.push((user.id, user.username));
             }
         }

@@ -291,6 +291,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<UserRecord, StoreError>;
     /// Looks up an account by username.
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Looks up accounts by username: one answer per name, in order (a
+    /// group change names up to a thousand). The default asks one name at
+    /// a time; a store with a round trip per question answers all at once.
+    async fn users_by_name(
+        &self,
+        usernames: &[String],
+    ) -> Result<Vec<Option<UserRecord>>, StoreError> {
+        let mut out = Vec::with_capacity(usernames.len());
+        for name in usernames {
+            out.push(self.user_by_name(name).await?);
+        }
+        Ok(out)
+    }
     /// Looks up an account by id.
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
     /// Creates a session and a new device for it.

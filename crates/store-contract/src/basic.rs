@@ -72,9 +72,18 @@ pub async fn users_are_unique_and_found_by_name_and_id(f: &dyn Factory) {
         b.store.user_by_name("bob").await.unwrap(),
         Some(bob.clone())
     );
-    assert_eq!(b.store.user_by_id(alice.id).await.unwrap(), Some(alice));
+    assert_eq!(
+        b.store.user_by_id(alice.id).await.unwrap(),
+        Some(alice.clone())
+    );
     assert_eq!(b.store.user_by_name("carol").await.unwrap(), None);
     assert_eq!(b.store.user_by_id(999).await.unwrap(), None);
+    let names = ["bob", "carol", "alice", "bob"].map(String::from);
+    assert_eq!(
+        b.store.users_by_name(&names).await.unwrap(),
+        vec![Some(bob.clone()), None, Some(alice), Some(bob)],
+        "one answer per name, in order"
+    );
 }
 
 /// Checks each login gets the next device id and revocation sticks.

@@ -8,13 +8,18 @@
 //!   advisory lock;
 //! - `tx.rs`: [`tx::W`], a write transaction with buffered log appends and
 //!   the sequencing rule (below);
-//! - `messages.rs`: sends, read marks, receipts, message changes, blocks;
+//! - `batch.rs`: group commit: the node's batcher, which writes the sends
+//!   and delivery records in flight as one transaction per commit cycle;
+//! - `messages.rs`: read marks, receipts, message changes, blocks;
 //! - `groups.rs`: group changes and membership windows;
 //! - `reads.rs`: everything that only reads.
 //!
 //! # Sequencing across nodes
 //!
-//! Every write is one PostgreSQL transaction. A user's log has one row in
+//! Every write is one PostgreSQL transaction: its own, or, for sends and
+//! delivery records, the batch its node's batcher commits them in
+//! (`batch.rs`, which keeps every rule below for the whole batch). A
+//! user's log has one row in
 //! `logs` whose `head` is both the newest seq and the allocator: a writer
 //! appends `n` events by `head = head + n` inside its transaction, for all
 //! the users it writes to in one statement that locks their rows in
@@ -33,7 +38,8 @@
 //! Idempotency: a send first inserts `(sender, client_msg_id)` into `sends`
 //! (`ON CONFLICT DO NOTHING`); a concurrent retry on any node waits on that
 //! unique key until the first commits, then reads its outcome and returns
-//! it as a duplicate. An answer is given only after COMMIT returned, which
+//! it as a duplicate (a retry queued in the same batch as its first try
+//! waits for the next batch). An answer is given only after COMMIT returned, which
 //! with `synchronous_commit` on (PostgreSQL's default, which operators must
 //! keep) means the commit record is flushed.
 
@@ -62,10 +68,10 @@ use pigeon_proto::v1::{ConversationSummary, Message, ReceiptSummary};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
+pub use batch::{BATCH_JOBS_MAX, BATCH_QUEUE_JOBS_MAX};
 pub use messages::{RECEIPT_SCAN_MAX, UNREAD_COUNT_MAX, notable};
 pub use migrate::MIGRATIONS;
 pub use reads::{CONVERSATIONS_SCAN_MAX, FAILED_SCAN_MAX};
-pub use sends::{SEND_BATCH_MAX, SEND_QUEUE_MAX};
 pub use tx::TRIM_DELETES_PER_TX_MAX;
 
 /// Attempts at a write transaction that PostgreSQL aborted as a deadlock
@@ -79,8 +85,9 @@ pub const PG_TRANSACTIONS_TOTAL: &str = "pigeon_store_pg_transactions_total";
 pub const PG_RETRIES_TOTAL: &str = "pigeon_store_pg_retries_total";
 /// Time to run and commit one write transaction.
 pub const PG_TRANSACTION_SECONDS: &str = "pigeon_store_pg_transaction_seconds";
-/// Sends per batch transaction (a histogram; see `sends.rs`).
-pub const PG_SEND_BATCH_SENDS: &str = "pigeon_store_pg_send_batch_sends";
+/// Jobs (sends, delivery records) per batch transaction (a histogram; see
+/// `batch.rs`).
+pub const PG_BATCH_JOBS: &str = "pigeon_store_pg_batch_jobs";
 
 /// Settings of a [`PgStore`].
 #[derive(Debug, Clone)]
@@ -104,34 +111,36 @@ impl Default for PgConfig {
 /// Counters of this node's store, for the admin statistics.
 #[derive(Debug, Default)]
 pub struct PgStats {
-    /// Write transactions committed (a batch of sends counts once).
+    /// Write transactions committed (a batch counts once).
     pub commits: AtomicU64,
     /// Write transactions retried.
     pub retries: AtomicU64,
-    /// Batches of sends committed (each one of the `commits`).
-    pub send_batches: AtomicU64,
-    /// Sends those batches answered (duplicates and refusals included).
-    pub batched_sends: AtomicU64,
+    /// Batches of sends and delivery records committed (each one of the
+    /// `commits`).
+    pub batches: AtomicU64,
+    /// Jobs those batches answered (duplicates and refusals included).
+    pub batched_jobs: AtomicU64,
 }
 
 impl PgStats {
-    /// Writes answered after a commit: every transaction but the send
-    /// batches counts once, and each batch counts its sends.
+    /// Writes answered after a commit: every transaction but the batches
+    /// counts once, and each batch counts its jobs.
     pub fn writes(&self) -> u64 {
         let relaxed = std::sync::atomic::Ordering::Relaxed;
-        (self.commits.load(relaxed) + self.batched_sends.load(relaxed))
-            .saturating_sub(self.send_batches.load(relaxed))
+        (self.commits.load(relaxed) + self.batched_jobs.load(relaxed))
+            .saturating_sub(self.batches.load(relaxed))
     }
 }
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`.
 pub struct PgStore {
     shared: Arc<Shared>,
-    /// The queue of this node's send batcher (`sends.rs`).
-    sends: tokio::sync::mpsc::Sender<sends::Request>,
+    /// The queue of this node's batcher of sends and delivery records
+    /// (`batch.rs`).
+    batcher: tokio::sync::mpsc::Sender<batch::Request>,
 }
 
-/// What the store's callers and its send batcher share.
+/// What the store's callers and its batcher share.
 pub(crate) struct Shared {
     pool: Pool,
     config: PgConfig,
@@ -297,7 +306,7 @@ macro_rules! write_tx {
 }
 
 // Declared after `write_tx!`, which it uses.
-mod sends;
+mod batch;
 
 impl PgStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/db`),
@@ -326,7 +335,7 @@ impl PgStore {
             stats: PgStats::default(),
         });
         let store = PgStore {
-            sends: sends::start(shared.clone()),
+            batcher: batch::start(shared.clone()),
             shared,
         };
         store.ping().await?;
@@ -434,6 +443,22 @@ impl Store for PgStore {
             .map(user_row))
     }
 
+    async fn users_by_name(
+        &self,
+        usernames: &[String],
+    ) -> Result<Vec<Option<UserRecord>>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = ANY($1)");
+        let rows = reads::query(self, &sql, &[&usernames]).await?;
+        let found: std::collections::HashMap<String, UserRecord> = rows
+            .iter()
+            .map(|r| {
+                let user = user_row(r);
+                (user.username.clone(), user)
+            })
+            .collect();
+        Ok(usernames.iter().map(|n| found.get(n).cloned()).collect())
+    }
+
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
         Ok(reads::opt(self, &sql, &[&i(id)])
@@ -505,7 +530,10 @@ impl Store for PgStore {
     }
 
     async fn append_message(&self, msg: AppendMessage) -> Result<AppendOutcome, StoreError> {
-        sends::append(&self.sends, msg).await
+        match batch::submit(&self.batcher, batch::Job::Send(msg)).await? {
+            batch::Done::Sent(outcome) => Ok(outcome),
+            batch::Done::Delivered(_) => unreachable!("a send's answer"),
+        }
     }
 
     async fn read_log(
@@ -590,9 +618,16 @@ impl Store for PgStore {
         marks: Vec<Delivered>,
         now_ms: i64,
     ) -> Result<Vec<Appended>, StoreError> {
-        write_tx!(&self.shared, |w| w
-            .record_delivered(user, username, &marks, now_ms)
-            .await?)
+        let job = batch::Job::Delivered {
+            user,
+            username: username.to_string(),
+            marks,
+            now_ms,
+        };
+        match batch::submit(&self.batcher, job).await? {
+            batch::Done::Delivered(appended) => Ok(appended),
+            batch::Done::Sent(_) => unreachable!("a delivery record's answer"),
+        }
     }
 
     async fn is_blocked(&self, blocker: UserId, blocked: UserId) -> Result<bool, StoreError> {

@@ -1,6 +1,7 @@
-//! Read marks, delivery and read receipts, recall, edit and delete, blocks,
-//! feature flags: the write side outside sends (`sends.rs`) and group
-//! changes, with the embedded store's semantics (`pigeon-store`'s
+//! Read marks, read receipts, recall, edit and delete, blocks, feature
+//! flags: the write side outside sends and delivery records (`batch.rs`,
+//! which uses the large-group delivery counting here) and group changes,
+//! with the embedded store's semantics (`pigeon-store`'s
 //! `log_store/messages.rs`).
 //!
 //! Direct conversations and small groups are write-diffused: every
@@ -312,91 +313,63 @@ impl W<'_> {
         Ok(())
     }
 
-    pub(crate) async fn record_delivered(
+    /// Records that `user` received messages of a large group: their
+    /// delivered position moves, and each message past the old position
+    /// counts one more delivery (each message once per member).
+    pub(crate) async fn deliver_in_large_group(
         &mut self,
+        g: &GroupRecord,
         user: UserId,
-        username: &str,
-        marks: &[Delivered],
+        d: &Delivered,
         now_ms: i64,
-    ) -> Result<Vec<Appended>> {
-        // One device records many deliveries at once (one per push it
-        // received), each locking this user's position rows: always in
-        // ascending conversation order, so that they queue behind each
-        // other instead of deadlocking.
-        let mut marks: Vec<&Delivered> = marks.iter().collect();
-        marks.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
-        for d in marks {
-            let conv = d.conversation_id.as_str();
-            let group = match groups::parse_group_id(conv) {
-                Some(id) => Some(self.group_for_write(id, Lock::None).await?),
-                None => None,
-            };
-            match group {
-                Some(g) if g.large => {
-                    // Count each message once per member: only those past
-                    // this member's delivered position.
-                    // Row first (a concurrent first delivery waits on
-                    // its key), then the latest position under its lock.
-                    self.exec(
-                        "INSERT INTO positions (conversation_id, user_id) VALUES ($1, $2) \
-                         ON CONFLICT DO NOTHING",
-                        &[&conv, &i(user)],
-                    )
-                    .await?;
-                    let before = u(self
-                        .one(
-                            "SELECT delivered FROM positions \
-                             WHERE conversation_id = $1 AND user_id = $2 FOR UPDATE",
-                            &[&conv, &i(user)],
-                        )
-                        .await?
-                        .get(0));
-                    self.exec(
-                        "UPDATE positions SET delivered = GREATEST(delivered, $3) \
-                         WHERE conversation_id = $1 AND user_id = $2",
-                        &[&conv, &i(user), &i(d.up_to)],
-                    )
-                    .await?;
-                    let wanted: Vec<i64> = d
-                        .conv_seqs
-                        .iter()
-                        .filter(|&&s| s > before)
-                        .map(|&s| i(s))
-                        .collect();
-                    let found: HashMap<u64, UserId> = self
-                        .query(
-                            "SELECT conv_seq, sender_id FROM messages \
-                             WHERE conversation_id = $1 AND conv_seq = ANY($2)",
-                            &[&conv, &wanted],
-                        )
-                        .await?
-                        .iter()
-                        .map(|r| (u(r.get(0)), u(r.get(1))))
-                        .collect();
-                    let fresh: Vec<(u64, UserId)> = d
-                        .conv_seqs
-                        .iter()
-                        .filter_map(|s| found.get(s).map(|&sender| (*s, sender)))
-                        .filter(|(s, _)| *s > before)
-                        .collect();
-                    self.count_receipts(&g, &fresh, ReceiptKind::Delivered, now_ms)
-                        .await?;
-                }
-                _ => {
-                    self.receipts(
-                        conv,
-                        user,
-                        username,
-                        ReceiptKind::Delivered,
-                        d.up_to,
-                        &d.senders,
-                        now_ms,
-                    )
-                    .await?
-                }
-            }
-        }
-        self.flush().await
+    ) -> Result<()> {
+        let conv = d.conversation_id.as_str();
+        // Row first (a concurrent first delivery waits on its key), then
+        // the latest position under its lock.
+        self.exec(
+            "INSERT INTO positions (conversation_id, user_id) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING",
+            &[&conv, &i(user)],
+        )
+        .await?;
+        let before = u(self
+            .one(
+                "SELECT delivered FROM positions \
+                 WHERE conversation_id = $1 AND user_id = $2 FOR UPDATE",
+                &[&conv, &i(user)],
+            )
+            .await?
+            .get(0));
+        self.exec(
+            "UPDATE positions SET delivered = GREATEST(delivered, $3) \
+             WHERE conversation_id = $1 AND user_id = $2",
+            &[&conv, &i(user), &i(d.up_to)],
+        )
+        .await?;
+        let wanted: Vec<i64> = d
+            .conv_seqs
+            .iter()
+            .filter(|&&s| s > before)
+            .map(|&s| i(s))
+            .collect();
+        let found: HashMap<u64, UserId> = self
+            .query(
+                "SELECT conv_seq, sender_id FROM messages \
+                 WHERE conversation_id = $1 AND conv_seq = ANY($2)",
+                &[&conv, &wanted],
+            )
+            .await?
+            .iter()
+            .map(|r| (u(r.get(0)), u(r.get(1))))
+            .collect();
+        let fresh: Vec<(u64, UserId)> = d
+            .conv_seqs
+            .iter()
+            .filter_map(|s| found.get(s).map(|&sender| (*s, sender)))
+            .filter(|(s, _)| *s > before)
+            .collect();
+        self.count_receipts(g, &fresh, ReceiptKind::Delivered, now_ms)
+            .await
     }
 
     pub(crate) async fn change_message(&mut self, c: &MessageChange) -> Result<ChangeOutcome> {

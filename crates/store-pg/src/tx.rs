@@ -5,11 +5,13 @@
 //! cycle and the transaction is retried): the `sends` key of a send; the
 //! group row (`FOR UPDATE` by group changes, `FOR SHARE` by sends and
 //! message changes); the conversation's `head`; message, summary and
-//! position rows; then, last, either the `logs` rows of every user written
-//! to, in ascending id order in one statement, or the `stream` counter (no
-//! operation writes both). A `logs` row is locked only at the end of the
-//! transaction and held until its commit, which keeps each log's commit
-//! order equal to its seq order (see the crate docs).
+//! position rows; the `stream` counter; then, last, the `logs` rows of
+//! every user written to, in ascending id order in one statement. (Only a
+//! batch of sends (`batch.rs`, which has its own order for the kinds
+//! before) writes both the stream and logs; nothing takes the stream after
+//! logs.) A `logs` row is locked only at the end of the transaction and
+//! held until its commit, which keeps each log's commit order equal to its
+//! seq order (see the crate docs).
 
 use std::collections::HashMap;
 

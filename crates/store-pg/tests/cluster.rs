@@ -282,8 +282,8 @@ async fn batched_sends_from_two_nodes_stay_gapless_ordered_and_idempotent() {
     for p in [&pa, &pb] {
         let s = p.stats();
         let (batches, sends) = (
-            s.send_batches.load(Ordering::Relaxed),
-            s.batched_sends.load(Ordering::Relaxed),
+            s.batches.load(Ordering::Relaxed),
+            s.batched_jobs.load(Ordering::Relaxed),
         );
         assert!(batches < sends, "sends were batched: {sends} in {batches}");
     }
@@ -338,6 +338,88 @@ async fn batched_sends_from_two_nodes_stay_gapless_ordered_and_idempotent() {
         matches!(again, Err(pigeon_core::StoreError::Refused(_))),
         "not even its claim: a retry is refused again, not a duplicate: {again:?}"
     );
+}
+
+/// A device records a delivery for every message it receives, many at
+/// once and through two nodes, with one record naming a group that does
+/// not exist among them: that one is refused alone, and each sender's log
+/// holds receipts with strictly growing positions ending at the last
+/// message (merged records never move a position back or skip the end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_delivery_records_merge_and_only_move_forward() {
+    use pigeon_core::store::Delivered;
+    let pg = server().await;
+    let url = pg.create_database().unwrap();
+    let (a, b) = (node(&url).await, node(&url).await);
+    let u = users(&a, &["r", "s0", "s1", "s2"]).await;
+    let r = &u[0];
+    let mut sent: Vec<(u64, String, u64)> = Vec::new();
+    for k in 0..20 {
+        let s = &u[1 + k % 3];
+        let out = a
+            .append_message(msg(
+                (s.id, &s.username),
+                (r.id, "r"),
+                &format!("m{k}"),
+                "x",
+                1,
+            ))
+            .await
+            .unwrap();
+        sent.push((s.id, out.conversation_id, out.conv_seq));
+    }
+    let records = sent.iter().enumerate().map(|(k, (sender, conv, seq))| {
+        let store = if k % 2 == 0 { a.clone() } else { b.clone() };
+        let mark = Delivered {
+            conversation_id: conv.clone(),
+            up_to: *seq,
+            senders: vec![*sender],
+            conv_seqs: vec![*seq],
+        };
+        async move { store.record_delivered(r.id, "r", vec![mark], 5).await }
+    });
+    let bogus = Delivered {
+        conversation_id: "g:999".into(),
+        up_to: 1,
+        senders: vec![u[1].id],
+        conv_seqs: vec![1],
+    };
+    let (results, refused) = tokio::join!(
+        futures_util::future::join_all(records),
+        b.record_delivered(r.id, "r", vec![bogus], 5)
+    );
+    assert!(
+        matches!(refused, Err(pigeon_core::StoreError::Refused(_))),
+        "{refused:?}"
+    );
+    for res in results {
+        res.unwrap();
+    }
+    for s in &u[1..] {
+        let last = sent
+            .iter()
+            .filter(|(x, _, _)| *x == s.id)
+            .map(|(_, _, seq)| *seq)
+            .max()
+            .unwrap();
+        let receipts: Vec<u64> = a
+            .read_log(s.id, 0, 1000, 1 << 24)
+            .await
+            .unwrap()
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(event::Kind::Receipt(x)) => Some(x.up_to),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            receipts.windows(2).all(|w| w[0] < w[1]),
+            "{}: receipts only move forward: {receipts:?}",
+            s.username
+        );
+        assert_eq!(receipts.last(), Some(&last), "{}", s.username);
+    }
 }
 
 /// A send PostgreSQL itself rejects (a client id with a NUL byte, which

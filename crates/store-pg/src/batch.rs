@@ -1,46 +1,55 @@
-//! Sends, with group commit: each [`crate::PgStore`] runs one batcher task
-//! that takes every send queued while its previous transaction was
-//! committing (at most [`SEND_BATCH_MAX`]) and writes them all in one
-//! transaction, with one statement per table for the whole batch, ending in
-//! one COMMIT (one WAL flush); then it answers every waiter. A send's
-//! answer still comes only after its COMMIT returned.
+//! Group commit of sends and delivery receipts: each
+//! [`crate::PgStore`] runs one batcher task that takes every job queued
+//! while its previous transaction was committing (at most
+//! [`BATCH_JOBS_MAX`]) and writes them all in one transaction, with one
+//! statement per table for the whole batch, ending in one COMMIT (one WAL
+//! flush); then it answers every waiter. An answer still comes only after
+//! its COMMIT returned.
 //!
 //! One transaction per send capped a two-node cluster at about 1,100
 //! messages/s (BENCHMARKS.md): each held its users' log rows locked until
-//! its own WAL flush. A batch holds them for one flush for all its sends.
+//! its own WAL flush. A batch holds them for one flush for all its jobs.
+//! Delivery receipts go the same way: a device records one for every push
+//! it receives, and as transactions of their own they outnumbered the
+//! batches of sends thirty to one, each waiting for the same log rows.
 //!
 //! # Sequencing and lock order
 //!
 //! The rule of the crate docs is unchanged: the batch gives its log events
-//! their seqs at the end, locking the `logs` rows of every user it writes
-//! to in ascending id order in one statement, and holds them until COMMIT.
-//! Before that it takes each kind of lock for all its sends at once, in a
-//! fixed order within the kind: the `sends` keys (ascending sender, client
-//! id); the group rows `FOR SHARE` (ascending id); the conversation heads
-//! (ascending id, one statement); the summaries of write-diffused
-//! conversations (ascending user, conversation), then the senders'
-//! summaries in large groups; the `stream` counter; the logs. Two batches
-//! therefore never wait for each other in a cycle; deadlocks with other
-//! writes (group changes, read marks) are broken by PostgreSQL and the
-//! whole batch is retried, as any transaction.
+//! (messages and receipts) their seqs at the end, locking the `logs` rows
+//! of every user it writes to in ascending id order in one statement, and
+//! holds them until COMMIT. Before that it takes each kind of lock for all
+//! its jobs at once, in a fixed order within the kind: the delivered
+//! positions (ascending conversation, user; those of large groups after
+//! the others) and the large-group messages whose receipts it counts; the
+//! `sends` keys (ascending sender, client id); the group rows `FOR SHARE`
+//! (ascending id); the conversation heads (ascending id, one statement);
+//! the summaries of write-diffused conversations (ascending user,
+//! conversation), then the senders' summaries in large groups; the
+//! `stream` counter; the logs. Two batches therefore do not wait for each
+//! other in a cycle (but for a group turning large between their reads,
+//! which PostgreSQL breaks); deadlocks with other writes (group changes,
+//! read marks) are broken by PostgreSQL and the whole batch is retried,
+//! as any transaction.
 //!
-//! # A failing send does not fail the others
+//! # A failing job does not fail the others
 //!
-//! Validate, and fall back on error. The only rules a send can break in
-//! the store (its group exists, its sender may post there) are checked for
-//! the whole batch right after the claims, before any other write; a
-//! refused send's claim is deleted again in the same transaction, so it
-//! leaves nothing, and the rest of the batch goes on. Any other error ends
-//! the transaction (PostgreSQL aborts a transaction at its first failed
-//! statement). If PostgreSQL rejected a statement, every send of the batch
-//! is run again in a transaction of its own, so that only the culprit
-//! fails; if the database is unreachable, all get that answer (one by one
-//! they would only wait for it N times). Re-running is safe even when the
-//! lost transaction might have committed: the claims make every send
-//! idempotent. Savepoints per send were the alternative: two more round
-//! trips per send in a transaction whose statements run one after
-//! another, and a subtransaction id for each send, which past 64 in one
-//! transaction overflows PostgreSQL's per-backend cache and slows every
+//! Validate, and fall back on error. The only rules a job can break in the
+//! store are checked for the whole batch before it writes anything that
+//! stays: a send's group must exist and let its sender post (checked right
+//! after the claims; a refused send's claim is deleted again in the same
+//! transaction, so it leaves nothing), the groups of a delivery record
+//! must exist (checked first). Any other error ends the transaction
+//! (PostgreSQL aborts a transaction at its first failed statement). If
+//! PostgreSQL rejected a statement, every job of the batch is run again in
+//! a transaction of its own, so that only the culprit fails; if the
+//! database is unreachable, all get that answer (one by one they would
+//! only wait for it N times). Re-running is safe even when the lost
+//! transaction might have committed: claims make sends idempotent, and
+//! positions only move forward. Savepoints per job were the alternative:
+//! two more round trips per job in a transaction whose statements run one
+//! after another, and a subtransaction id for each job, which past 64 in
+//! one transaction overflows PostgreSQL's per-backend cache and slows every
 //! other session's snapshots: batches of hundreds would do that each time.
 //!
 //! # Idempotency
@@ -48,56 +57,80 @@
 //! A send first claims `(sender, client_msg_id)` in `sends` (`ON CONFLICT
 //! DO NOTHING`); a claim that loses to a committed row answers with that
 //! row's outcome, one that meets another node's uncommitted claim waits for
-//! its commit. Within a batch, only the first request with a key runs; a
+//! its commit. Within a batch, only the first send with a key runs; a
 //! second one (a client retrying while its first try is still queued)
 //! goes to the next batch, where it finds the first's committed claim and
 //! gets the same answer, flagged duplicate (or, if the first was refused,
 //! runs on its own, as it would have after the first's rollback).
+//!
+//! Delivery records of one user and conversation in one batch are merged:
+//! the position moves once, to the highest, and each sender gets one
+//! receipt up to it (what the records one by one would have left, less
+//! the intermediate receipts).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use pigeon_core::groups::{self, GroupAction};
-use pigeon_core::store::{AppendMessage, AppendOutcome, Appended, GroupRecord, HookKind};
+use pigeon_core::store::{
+    AppendMessage, AppendOutcome, Appended, Delivered, GroupRecord, HookKind,
+};
 use pigeon_core::{CoreError, StoreError, UserId};
-use pigeon_proto::v1::{Event, GroupRole, Message, event};
+use pigeon_proto::v1::{Event, GroupRole, Message, Receipt, ReceiptKind, event};
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::groups::{GROUP_COLUMNS, group_row};
 use crate::tx::W;
-use crate::{PG_SEND_BATCH_SENDS, Result, Shared, corrupt, i, u};
+use crate::{PG_BATCH_JOBS, Result, Shared, corrupt, i, refused, u};
 
-/// Most sends one transaction carries.
-pub const SEND_BATCH_MAX: usize = 256;
-/// Most sends waiting for the batcher; beyond, a send is refused as
-/// overloaded (the client retries later).
-pub const SEND_QUEUE_MAX: usize = 4096;
-const _: () = assert!(SEND_BATCH_MAX <= SEND_QUEUE_MAX);
+/// Most jobs (sends, delivery records) one transaction carries.
+pub const BATCH_JOBS_MAX: usize = 256;
+/// Most jobs waiting for the batcher; beyond, a job is refused as
+/// overloaded (a client retries its send later).
+pub const BATCH_QUEUE_JOBS_MAX: usize = 4096;
+const _: () = assert!(BATCH_JOBS_MAX <= BATCH_QUEUE_JOBS_MAX);
 
-/// A send waiting for its batch.
+/// A write the batcher commits.
+pub(crate) enum Job {
+    /// A message to store.
+    Send(AppendMessage),
+    /// Messages a user's device received, for delivery receipts.
+    Delivered {
+        user: UserId,
+        username: String,
+        marks: Vec<Delivered>,
+        now_ms: i64,
+    },
+}
+
+/// What a job did.
+pub(crate) enum Done {
+    Sent(AppendOutcome),
+    /// Receipts appended to senders' logs.
+    Delivered(Vec<Appended>),
+}
+
+/// A job waiting for its batch.
 pub(crate) struct Request {
-    msg: AppendMessage,
-    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    job: Job,
+    reply: oneshot::Sender<Result<Done, StoreError>>,
 }
 
 /// Starts the batcher of a store; it ends when the returned queue is
 /// dropped (with the store) and what was queued is answered.
 pub(crate) fn start(shared: Arc<Shared>) -> mpsc::Sender<Request> {
-    let (queue, requests) = mpsc::channel(SEND_QUEUE_MAX);
+    let (queue, requests) = mpsc::channel(BATCH_QUEUE_JOBS_MAX);
     tokio::spawn(run(shared, requests));
     queue
 }
 
-/// Queues `msg` for the next batch and waits for its answer.
-pub(crate) async fn append(
-    queue: &mpsc::Sender<Request>,
-    msg: AppendMessage,
-) -> Result<AppendOutcome, StoreError> {
-    let stopped = || StoreError::Unavailable("the send batcher stopped".into());
+/// Queues `job` for the next batch and waits for what it did.
+pub(crate) async fn submit(queue: &mpsc::Sender<Request>, job: Job) -> Result<Done, StoreError> {
+    let stopped = || StoreError::Unavailable("the store's batcher stopped".into());
     let (reply, answer) = oneshot::channel();
     queue
-        .try_send(Request { msg, reply })
+        .try_send(Request { job, reply })
         .map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => stopped(),
@@ -106,16 +139,16 @@ pub(crate) async fn append(
 }
 
 async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Request>) {
-    let mut batch: Vec<Request> = Vec::with_capacity(SEND_BATCH_MAX);
+    let mut batch: Vec<Request> = Vec::with_capacity(BATCH_JOBS_MAX);
     loop {
         if batch.is_empty() {
-            if requests.recv_many(&mut batch, SEND_BATCH_MAX).await == 0 {
+            if requests.recv_many(&mut batch, BATCH_JOBS_MAX).await == 0 {
                 return;
             }
         } else {
             // Duplicates carried over: take whatever else is queued, but
             // do not wait for more.
-            while batch.len() < SEND_BATCH_MAX {
+            while batch.len() < BATCH_JOBS_MAX {
                 match requests.try_recv() {
                     Ok(r) => batch.push(r),
                     Err(_) => break,
@@ -127,53 +160,56 @@ async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Request>) {
 }
 
 /// Commits one batch and answers it; returns the requests left for the
-/// next batch (second requests with a key already in this one).
+/// next batch (sends with a key already in this one).
 async fn commit(shared: &Shared, batch: Vec<Request>) -> Vec<Request> {
     let mut seen: HashSet<(UserId, String)> = HashSet::with_capacity(batch.len());
-    let (batch, later): (Vec<Request>, Vec<Request>) = batch
-        .into_iter()
-        .partition(|r| seen.insert((r.msg.sender_id, r.msg.client_msg_id.clone())));
-    let msgs: Vec<&AppendMessage> = batch.iter().map(|r| &r.msg).collect();
-    let results = match transaction(shared, &msgs).await {
+    let (batch, later): (Vec<Request>, Vec<Request>) =
+        batch.into_iter().partition(|r| match &r.job {
+            Job::Send(m) => seen.insert((m.sender_id, m.client_msg_id.clone())),
+            Job::Delivered { .. } => true,
+        });
+    let jobs: Vec<&Job> = batch.iter().map(|r| &r.job).collect();
+    let results = match transaction(shared, &jobs).await {
         Ok(results) => results,
-        Err(e) if msgs.len() > 1 && matches!(e, StoreError::Io(_) | StoreError::Corrupt(_)) => {
-            tracing::warn!(error = %e, sends = msgs.len(), "a batch of sends failed; running each on its own");
-            let mut results = Vec::with_capacity(msgs.len());
-            for m in &msgs {
-                let one = transaction(shared, std::slice::from_ref(m)).await;
-                results.push(one.and_then(|mut r| r.pop().expect("one answer per send")));
+        Err(e) if jobs.len() > 1 && matches!(e, StoreError::Io(_) | StoreError::Corrupt(_)) => {
+            tracing::warn!(error = %e, jobs = jobs.len(), "a batch failed; running each of its jobs on its own");
+            let mut results = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                let one = transaction(shared, std::slice::from_ref(job)).await;
+                results.push(one.and_then(|mut r| r.pop().expect("one answer per job")));
             }
             results
         }
-        Err(e) => msgs.iter().map(|_| Err(copy(&e))).collect(),
+        Err(e) => jobs.iter().map(|_| Err(copy(&e))).collect(),
     };
-    assert_eq!(results.len(), batch.len(), "one answer per send");
+    assert_eq!(results.len(), batch.len(), "one answer per job");
     for (r, result) in batch.into_iter().zip(results) {
-        // The sender may have gone; what committed stays committed.
+        // The caller may have gone; what committed stays committed.
         let _ = r.reply.send(result);
     }
     later
 }
 
-/// Runs `msgs` (no two with one key) as one transaction, retried after a
-/// deadlock; the outer error fails them all, the inner ones are refusals.
+/// Runs `jobs` (no two sends with one key) as one transaction, retried
+/// after a deadlock; the outer error fails them all, the inner ones are
+/// refusals.
 async fn transaction(
     shared: &Shared,
-    msgs: &[&AppendMessage],
-) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
-    let results = write_tx!(shared, |w| w.send_batch(msgs).await?)?;
+    jobs: &[&Job],
+) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
+    let results = write_tx!(shared, |w| w.batch(jobs).await?)?;
     let relaxed = std::sync::atomic::Ordering::Relaxed;
-    shared.stats.send_batches.fetch_add(1, relaxed);
+    shared.stats.batches.fetch_add(1, relaxed);
     shared
         .stats
-        .batched_sends
-        .fetch_add(msgs.len() as u64, relaxed);
-    metrics::histogram!(PG_SEND_BATCH_SENDS).record(msgs.len() as f64);
+        .batched_jobs
+        .fetch_add(jobs.len() as u64, relaxed);
+    metrics::histogram!(PG_BATCH_JOBS).record(jobs.len() as f64);
     Ok(results)
 }
 
-/// The same answer again, for every send of a batch that failed as a
-/// whole (only the kinds of errors a whole transaction can end with).
+/// The same answer again, for every job of a batch that failed as a whole
+/// (only the kinds of errors a whole transaction can end with).
 fn copy(e: &StoreError) -> StoreError {
     match e {
         StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
@@ -214,11 +250,64 @@ struct Sent<'m> {
 }
 
 impl W<'_> {
-    /// Stores a batch of sends (no two with one key); one answer per send,
-    /// in order. See the module docs for the steps and their locks.
-    pub(crate) async fn send_batch(
+    /// Commits a batch's jobs (no two sends with one key): the delivery
+    /// records, then the sends, then every log event in one flush. One
+    /// answer per job, in order. See the module docs for the steps and
+    /// their locks.
+    pub(crate) async fn batch(&mut self, jobs: &[&Job]) -> Result<Vec<Result<Done, StoreError>>> {
+        let mut out: Vec<Option<Result<Done, StoreError>>> = jobs.iter().map(|_| None).collect();
+        // The job each queued log event belongs to, in queue order.
+        let mut owners: Vec<usize> = Vec::new();
+        let deliveries: Vec<usize> = (0..jobs.len())
+            .filter(|&k| matches!(jobs[k], Job::Delivered { .. }))
+            .collect();
+        if !deliveries.is_empty() {
+            for (k, r) in self.deliveries(jobs, &deliveries, &mut owners).await? {
+                out[k] = Some(r.map(|()| Done::Delivered(Vec::new())));
+            }
+        }
+        let (sends, msgs): (Vec<usize>, Vec<&AppendMessage>) = jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(k, j)| match j {
+                Job::Send(m) => Some((k, m)),
+                Job::Delivered { .. } => None,
+            })
+            .unzip();
+        if !msgs.is_empty() {
+            let mut send_owners = Vec::new();
+            for (k, r) in self
+                .sends(&msgs, &mut send_owners)
+                .await?
+                .into_iter()
+                .enumerate()
+            {
+                out[sends[k]] = Some(r.map(Done::Sent));
+            }
+            owners.extend(send_owners.into_iter().map(|k| sends[k]));
+        }
+        let appended = self.flush().await?;
+        assert_eq!(appended.len(), owners.len(), "every log event has its job");
+        for (a, k) in appended.into_iter().zip(owners) {
+            match &mut out[k] {
+                Some(Ok(Done::Sent(o))) => o.appended.push(a),
+                Some(Ok(Done::Delivered(v))) => v.push(a),
+                _ => unreachable!("events only come from jobs that succeeded"),
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every job of a batch is answered"))
+            .collect())
+    }
+
+    /// Stores sends (no two with one key); one answer per send, in order.
+    /// Their log events are queued, not flushed; `owners` gets the index
+    /// of the send of each.
+    async fn sends(
         &mut self,
         msgs: &[&AppendMessage],
+        owners: &mut Vec<usize>,
     ) -> Result<Vec<Result<AppendOutcome, StoreError>>> {
         let mut out: Vec<Option<Result<AppendOutcome, StoreError>>> =
             msgs.iter().map(|_| None).collect();
@@ -238,7 +327,7 @@ impl W<'_> {
         }
         let live: Vec<usize> = live.into_iter().filter(|&k| out[k].is_none()).collect();
         if !live.is_empty() {
-            for (k, o) in self.store_sends(msgs, &live, &groups).await? {
+            for (k, o) in self.store_sends(msgs, &live, &groups, owners).await? {
                 out[k] = Some(Ok(o));
             }
         }
@@ -425,6 +514,7 @@ impl W<'_> {
         msgs: &[&AppendMessage],
         live: &[usize],
         groups: &HashMap<u64, GroupState>,
+        owners: &mut Vec<usize>,
     ) -> Result<Vec<(usize, AppendOutcome)>> {
         let seqs = self.conv_seqs(msgs, live).await?;
         let sent: Vec<Sent<'_>> = live
@@ -441,22 +531,17 @@ impl W<'_> {
             self.bump_summaries(&sent),
         )?;
         self.append_streams(&sent).await?;
-        let mut counts = Vec::with_capacity(sent.len());
         for s in &sent {
-            let before = self.pending_len();
             if let Fanout::Logs(users) = &s.fanout {
                 for (user, _) in users {
                     self.push_event(*user, s.m.now_ms, event::Kind::Message(s.message.clone()));
+                    owners.push(s.at);
                 }
             }
-            counts.push(self.pending_len() - before);
         }
-        let mut appended = self.flush().await?.into_iter();
         Ok(sent
             .into_iter()
-            .zip(counts)
-            .map(|(s, n)| {
-                let appended: Vec<Appended> = appended.by_ref().take(n).collect();
+            .map(|s| {
                 let stream_notice = match s.fanout {
                     Fanout::Stream(_, members) => Some(members),
                     Fanout::Logs(_) => None,
@@ -466,7 +551,8 @@ impl W<'_> {
                     conv_seq: s.conv_seq,
                     sent_at_ms: s.m.now_ms,
                     duplicate: false,
-                    appended,
+                    // Filled in after the flush.
+                    appended: Vec::new(),
                     stream_notice,
                 };
                 (s.at, outcome)
@@ -740,6 +826,169 @@ impl W<'_> {
             &[&groups, &positions, &events],
         )
         .await?;
+        Ok(())
+    }
+}
+
+/// The delivery records of one user and write-diffused conversation in a
+/// batch, merged.
+struct Merged<'a> {
+    /// The highest position received.
+    up_to: u64,
+    /// Who sent what was received, each once.
+    senders: Vec<UserId>,
+    username: &'a str,
+    now_ms: i64,
+    /// The job whose answer carries the receipts (the last one).
+    job: usize,
+}
+
+impl W<'_> {
+    /// Records the delivery jobs at `which`; one answer per job (refused
+    /// when a group it names does not exist, and then it writes nothing).
+    /// Receipts are queued, not flushed; `owners` gets the job of each.
+    async fn deliveries(
+        &mut self,
+        jobs: &[&Job],
+        which: &[usize],
+        owners: &mut Vec<usize>,
+    ) -> Result<Vec<(usize, Result<(), StoreError>)>> {
+        let records: Vec<(usize, UserId, &str, &[Delivered], i64)> = which
+            .iter()
+            .filter_map(|&k| match jobs[k] {
+                Job::Delivered {
+                    user,
+                    username,
+                    marks,
+                    now_ms,
+                } => Some((k, *user, username.as_str(), marks.as_slice(), *now_ms)),
+                Job::Send(_) => None,
+            })
+            .collect();
+        let mut ids: Vec<i64> = records
+            .iter()
+            .flat_map(|r| r.3.iter())
+            .filter_map(|d| groups::parse_group_id(&d.conversation_id))
+            .map(i)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let found: HashMap<u64, GroupRecord> = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            let sql = format!("SELECT {GROUP_COLUMNS} FROM groups WHERE id = ANY($1)");
+            self.query(&sql, &[&ids])
+                .await?
+                .iter()
+                .map(|r| {
+                    let g = group_row(r);
+                    (g.id, g)
+                })
+                .collect()
+        };
+        let mut answers = Vec::with_capacity(records.len());
+        // Write-diffused conversations, merged per (conversation, user).
+        let mut small: BTreeMap<(&str, UserId), Merged<'_>> = BTreeMap::new();
+        let mut large: Vec<(&str, UserId, usize, &Delivered, i64)> = Vec::new();
+        for &(k, user, username, marks, now_ms) in &records {
+            // The first missing group in conversation order, as when the
+            // marks are recorded one by one.
+            let mut sorted: Vec<&Delivered> = marks.iter().collect();
+            sorted.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
+            let missing = sorted.iter().find_map(|d| {
+                groups::parse_group_id(&d.conversation_id)
+                    .filter(|g| !found.contains_key(g))
+                    .map(groups::conversation_id)
+            });
+            if let Some(conv) = missing {
+                answers.push((
+                    k,
+                    Err(refused(CoreError::ConversationNotFound(conv)).into()),
+                ));
+                continue;
+            }
+            answers.push((k, Ok(())));
+            for d in sorted {
+                let conv = d.conversation_id.as_str();
+                let g = groups::parse_group_id(conv).and_then(|g| found.get(&g));
+                if g.is_some_and(|g| g.large) {
+                    large.push((conv, user, k, d, now_ms));
+                    continue;
+                }
+                let e = small.entry((conv, user)).or_insert(Merged {
+                    up_to: 0,
+                    senders: Vec::new(),
+                    username,
+                    now_ms,
+                    job: k,
+                });
+                e.up_to = e.up_to.max(d.up_to);
+                for s in &d.senders {
+                    if !e.senders.contains(s) {
+                        e.senders.push(*s);
+                    }
+                }
+                (e.now_ms, e.job) = (e.now_ms.max(now_ms), k);
+            }
+        }
+        if !small.is_empty() {
+            self.deliver_small(&small, owners).await?;
+        }
+        large.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (conv, user, k, d, now_ms) in large {
+            let g = groups::parse_group_id(conv)
+                .and_then(|g| found.get(&g))
+                .expect("checked above");
+            let before = self.pending_len();
+            self.deliver_in_large_group(g, user, d, now_ms).await?;
+            owners.extend(std::iter::repeat_n(k, self.pending_len() - before));
+        }
+        Ok(answers)
+    }
+
+    /// Moves the delivered positions of write-diffused conversations, one
+    /// statement for all, in ascending (conversation, user) order; each
+    /// position that moved tells the senders with a receipt.
+    async fn deliver_small(
+        &mut self,
+        merged: &BTreeMap<(&str, UserId), Merged<'_>>,
+        owners: &mut Vec<usize>,
+    ) -> Result<()> {
+        let convs: Vec<&str> = merged.keys().map(|(c, _)| *c).collect();
+        let users: Vec<i64> = merged.keys().map(|(_, x)| i(*x)).collect();
+        let up_to: Vec<i64> = merged.values().map(|m| i(m.up_to)).collect();
+        let rows = self
+            .query(
+                "INSERT INTO positions AS p (conversation_id, user_id, delivered, read) \
+                 SELECT t.c, t.u, t.d, 0 \
+                 FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS t(c, u, d, o) \
+                 ORDER BY t.o \
+                 ON CONFLICT (conversation_id, user_id) DO UPDATE SET delivered = EXCLUDED.delivered \
+                 WHERE p.delivered < EXCLUDED.delivered \
+                 RETURNING conversation_id, user_id",
+                &[&convs, &users, &up_to],
+            )
+            .await?;
+        let moved: HashSet<(String, UserId)> = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), u(r.get(1))))
+            .collect();
+        for ((conv, user), m) in merged {
+            if !moved.contains(&(conv.to_string(), *user)) {
+                continue;
+            }
+            let receipt = Receipt {
+                conversation_id: conv.to_string(),
+                user_id: *user,
+                username: m.username.to_string(),
+                kind: ReceiptKind::Delivered as i32,
+                up_to: m.up_to,
+            };
+            for &s in m.senders.iter().filter(|&&s| s != *user) {
+                self.push_event(s, m.now_ms, event::Kind::Receipt(receipt.clone()));
+                owners.push(m.job);
+            }
+        }
         Ok(())
     }
 }
