@@ -180,7 +180,17 @@ impl Link {
         if let Poll::Ready(Err(_)) = self.poll_write(cx, write_timeout) {
             return Poll::Ready(Io::Broken);
         }
-        self.transport.poll_next(cx).map(Io::Inbound)
+        let before = self.transport.queued();
+        let inbound = self.transport.poll_next(cx);
+        // Reading may queue the transport's own replies (WebSocket pongs).
+        let after = self.transport.queued();
+        if after > before {
+            crate::metrics::queued((after - before) as i64);
+            if before == 0 {
+                self.write_deadline = Some(Instant::now() + write_timeout);
+            }
+        }
+        inbound.map(Io::Inbound)
     }
 
     /// Writes what is queued; ready only if writing failed.
@@ -203,16 +213,21 @@ impl Link {
 
     /// Writes the last frames (bounded in time) and closes the socket.
     async fn finish(&mut self) {
+        let mut written = false;
         let _ = timeout(CLOSE_WAIT_MAX, async {
             if poll_fn(|cx| self.poll_write(cx, CLOSE_WAIT_MAX))
                 .await
                 .is_ok()
             {
+                written = true;
                 transport::close(&mut *self.transport).await;
             }
         })
         .await;
-        crate::metrics::queued(-(self.queued() as i64));
+        if !written {
+            // Counted as queued and never written.
+            crate::metrics::queued(-(self.queued() as i64));
+        }
     }
 }
 
