@@ -51,7 +51,8 @@ pub trait Transport: Send + 'static {
     /// Frames queued and not yet completely written (the transport's own
     /// replies, such as WebSocket pongs, included).
     fn queued(&self) -> usize;
-    /// Writes queued frames: ready once all are written and flushed.
+    /// Writes queued frames: ready once all are written and flushed (cheap
+    /// when there is nothing to do, so it may be polled every time).
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Closes the sending side (TLS close_notify, WebSocket close).
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
@@ -133,6 +134,8 @@ pub struct Framed<S, C> {
     out: VecDeque<Bytes>,
     /// Bytes of the first queued frame already written.
     written: usize,
+    /// Bytes were written and not yet flushed (TLS may hold records back).
+    unflushed: bool,
 }
 
 /// Length-prefixed framing: a 4-byte big-endian length, then the frame.
@@ -222,6 +225,7 @@ where
             buf: BytesMut::new(),
             out: VecDeque::new(),
             written: 0,
+            unflushed: false,
         }
     }
 
@@ -329,11 +333,16 @@ where
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.advance(n);
+            self.unflushed = true;
         }
         // Everything is out: free the queue's storage.
         self.out = VecDeque::new();
-        // A no-op on TCP; TLS may hold the last record until flushed.
-        Pin::new(&mut self.io).poll_flush(cx)
+        if self.unflushed {
+            // A no-op on TCP; TLS may hold the last record until flushed.
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
