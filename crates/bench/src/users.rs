@@ -109,13 +109,26 @@ pub(crate) async fn connect_many(
     tokens: &[String],
     pb: &ProgressBar,
 ) -> anyhow::Result<Vec<Connection>> {
+    connect_many_named(url, tokens, pb, None).await
+}
+
+/// [`connect_many`], the Hellos naming the client `client_name` if given.
+pub(crate) async fn connect_many_named(
+    url: &str,
+    tokens: &[String],
+    pb: &ProgressBar,
+    client_name: Option<&str>,
+) -> anyhow::Result<Vec<Connection>> {
     let results: Vec<anyhow::Result<Connection>> = futures_util::stream::iter(tokens.iter())
         .map(|token| async move {
-            let opts = if token.is_empty() {
+            let mut opts = if token.is_empty() {
                 options(url)
             } else {
                 options(url).with_token(token.as_str())
             };
+            if let Some(name) = client_name {
+                opts.client_name = name.to_string();
+            }
             let c = Connection::connect(&opts).await.context("connecting")?;
             pb.inc(1);
             Ok(c)

@@ -8,9 +8,9 @@
 //! here in order; the others run as tasks, at most `inflight_requests_max`
 //! at a time, so a pipelining client gets its sends into one group commit.
 //!
-//! An idle connection is kept small: no channels (pushes and answers arrive
-//! in queues that hold no memory while empty, answers' only once a request
-//! ran as a task), no read or write buffer between frames (see
+//! An idle connection is kept small: no channels (pushes, close flags and
+//! answers arrive in one mailbox, created when first needed, whose queues
+//! hold no memory while empty), no read or write buffer between frames (see
 //! `transport.rs`), and the work of a frame, whose futures are large, runs
 //! boxed, so the task's own future holds only what waiting needs.
 //!
@@ -41,9 +41,8 @@ use crate::transport::{self, Inbound, Transport};
 
 /// Longest wait for in-flight requests when the server drains.
 const DRAIN_WAIT_MAX: Duration = Duration::from_secs(5);
-/// Longest wait, once a connection ends, for its last frames (the goodbye
-/// among them) to be written.
-const CLOSE_WAIT_MAX: Duration = Duration::from_secs(2);
+/// Longest wait for a refused connection's goodbye to be written.
+const REFUSAL_WAIT_MAX: Duration = Duration::from_secs(2);
 
 const SERVER_NAME: &str = concat!("pigeon/", env!("CARGO_PKG_VERSION"));
 
@@ -65,7 +64,7 @@ fn bye(code: ErrorCode, reason: impl Into<String>) -> Close {
 /// Tells a peer we cannot serve it, then closes.
 pub(crate) async fn refuse(mut transport: Box<dyn Transport>, goodbye: Frame) {
     transport.queue(&goodbye);
-    let _ = timeout(CLOSE_WAIT_MAX, async {
+    let _ = timeout(REFUSAL_WAIT_MAX, async {
         if transport::flush(&mut *transport).await.is_ok() {
             transport::close(&mut *transport).await;
         }
@@ -74,7 +73,7 @@ pub(crate) async fn refuse(mut transport: Box<dyn Transport>, goodbye: Frame) {
 }
 
 /// Serves one connection until it ends. `permit` holds its place under the
-/// connection cap (until the connection is dropped); the Hello is due `handshake_timeout` after `accepted`
+/// connection cap; the Hello is due `handshake_timeout` after `accepted`
 /// (time spent on a TLS handshake counts).
 pub(crate) fn run(
     gw: Arc<Gateway>,
@@ -104,24 +103,11 @@ pub(crate) fn run(
     // takes are stored twice in its future.
     async move {
         crate::metrics::connection(1);
-        let goodbye = match conn.serve().await {
-            Close::Goodbye(code, reason) => {
-                tracing::debug!(peer = %conn.peer, ?code, %reason, "closing connection");
-                Some(Frame::goodbye(code, reason))
-            }
-            Close::Frame(frame) => Some(*frame),
-            Close::Silent => None,
-        };
-        if let Some(frame) = goodbye {
-            // Past the queue's limit if need be: a slow reader is told why.
-            conn.link.queue(&frame, CLOSE_WAIT_MAX);
-        }
-        if let (Some(reg), Some(session)) = (conn.registration.take(), conn.session.take())
-            && conn.gw.registry.unregister(reg)
-        {
-            conn.presence(&session, false);
-        }
-        conn.link.finish().await;
+        let close = conn.serve().await;
+        conn.close(close);
+        let write_timeout = conn.gw.config.write_timeout;
+        // Boxed: only closing connections need its state.
+        Box::pin(conn.link.finish(write_timeout)).await;
         crate::metrics::connection(-1);
     }
 }
@@ -161,10 +147,9 @@ impl Link {
         cx: &mut Context<'_>,
         write_timeout: Duration,
     ) -> Poll<io::Result<()>> {
+        // Polled even with nothing queued: a TLS session may still hold
+        // records of frames already taken.
         let before = self.transport.queued();
-        if before == 0 {
-            return Poll::Ready(Ok(()));
-        }
         let written = self.transport.poll_flush(cx);
         let after = self.transport.queued();
         if after < before {
@@ -180,7 +165,17 @@ impl Link {
         if let Poll::Ready(Err(_)) = self.poll_write(cx, write_timeout) {
             return Poll::Ready(Io::Broken);
         }
-        self.transport.poll_next(cx).map(Io::Inbound)
+        let before = self.transport.queued();
+        let inbound = self.transport.poll_next(cx);
+        // Reading may queue the transport's own replies (WebSocket pongs).
+        let after = self.transport.queued();
+        if after > before {
+            crate::metrics::queued((after - before) as i64);
+            if before == 0 {
+                self.write_deadline = Some(Instant::now() + write_timeout);
+            }
+        }
+        inbound.map(Io::Inbound)
     }
 
     /// Writes what is queued; ready only if writing failed.
@@ -201,18 +196,26 @@ impl Link {
         self.write_deadline.is_some_and(|d| d <= Instant::now())
     }
 
-    /// Writes the last frames (bounded in time) and closes the socket.
-    async fn finish(&mut self) {
-        let _ = timeout(CLOSE_WAIT_MAX, async {
-            if poll_fn(|cx| self.poll_write(cx, CLOSE_WAIT_MAX))
-                .await
-                .is_ok()
-            {
-                transport::close(&mut *self.transport).await;
+    /// Writes the last frames, as long as the socket takes each within
+    /// `write_timeout`, and closes the socket.
+    async fn finish(&mut self, write_timeout: Duration) {
+        let written = loop {
+            let deadline = self.deadline(Instant::now() + write_timeout);
+            tokio::select! {
+                done = poll_fn(|cx| self.poll_write(cx, write_timeout)) => break done.is_ok(),
+                () = sleep_until(deadline) => {
+                    if self.write_overdue() {
+                        break false;
+                    }
+                }
             }
-        })
-        .await;
-        crate::metrics::queued(-(self.queued() as i64));
+        };
+        if written {
+            let _ = timeout(write_timeout, transport::close(&mut *self.transport)).await;
+        } else {
+            // Counted as queued and never written.
+            crate::metrics::queued(-(self.queued() as i64));
+        }
     }
 }
 
@@ -286,6 +289,28 @@ struct Request {
 type Sent = Result<(), Close>;
 
 impl Conn {
+    /// Ends the protocol: says goodbye if `close` has something to say (past
+    /// the queue's limit if need be: a slow reader is told why), and leaves
+    /// the registry.
+    fn close(&mut self, close: Close) {
+        let goodbye = match close {
+            Close::Goodbye(code, reason) => {
+                tracing::debug!(peer = %self.peer, ?code, %reason, "closing connection");
+                Frame::goodbye(code, reason)
+            }
+            Close::Frame(frame) => *frame,
+            Close::Silent => Frame::default(),
+        };
+        if goodbye.body.is_some() {
+            self.link.queue(&goodbye, self.gw.config.write_timeout);
+        }
+        if let (Some(reg), Some(session)) = (self.registration.take(), self.session.take())
+            && self.gw.registry.unregister(reg)
+        {
+            self.presence(&session, false);
+        }
+    }
+
     fn send(&mut self, frame: Frame) -> Sent {
         let frame = self.fit(frame);
         if frame.request_id != 0
@@ -311,6 +336,20 @@ impl Conn {
             ));
         }
         self.link.queue(&frame, self.gw.config.write_timeout);
+        Ok(())
+    }
+
+    /// The transport's own replies (WebSocket pongs) count against the
+    /// outbound queue too: a peer that pings and does not read is a slow
+    /// reader like any other.
+    fn replies_fit(&self) -> Sent {
+        if self.link.queued() > self.gw.config.outbound_queue_frames_max.max(1) {
+            crate::metrics::slow_consumer();
+            return Err(bye(
+                ErrorCode::SlowConsumer,
+                "you did not read your frames fast enough; reconnect and sync",
+            ));
+        }
         Ok(())
     }
 
@@ -364,7 +403,7 @@ impl Conn {
                         idle_deadline = Instant::now() + gw.config.idle_timeout;
                         match inbound {
                             Inbound::Frame(frame) => Box::pin(self.on_frame(frame)).await,
-                            Inbound::Activity => Ok(()),
+                            Inbound::Activity => self.replies_fit(),
                             Inbound::Violation(code, reason) => Err(bye(code, reason)),
                             Inbound::Closed => Err(Close::Silent),
                         }

@@ -13,6 +13,8 @@
 //! - [`transport`]: framing over byte streams (TCP or TLS, length-prefixed)
 //!   and WebSocket (one binary message per frame), polled by the
 //!   connection's one task.
+//! - [`websocket`]: the WebSocket upgrade handshake and framing (RFC 6455,
+//!   server side).
 //! - [`Gateway`] (here): accept loops (plain TCP and TLS), the connection
 //!   cap and shutdown.
 //!
@@ -25,13 +27,17 @@ pub mod connection;
 pub mod metrics;
 pub mod registry;
 pub mod transport;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use pigeon_core::Service;
 use pigeon_proto::{ErrorCode, Frame};
 use tokio::net::{TcpListener, TcpStream};
@@ -45,9 +51,6 @@ pub use registry::{Registry, RegistryObserver};
 /// Gives the URLs a draining node's clients are sent to, when none are
 /// configured (in a cluster: the other live nodes, least loaded first).
 pub type RedirectSource = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
-
-/// Read buffer of one WebSocket connection (grows for large messages).
-pub const WS_READ_BUFFER_BYTES: usize = 512;
 
 /// Shared by every connection of one server.
 pub struct Gateway {
@@ -274,53 +277,67 @@ impl Gateway {
         }
     }
 
-    /// Upgrades an HTTP request on `/ws` to a protocol connection.
-    pub fn upgrade_websocket(self: Arc<Self>, ws: WebSocketUpgrade, peer: String) -> Response {
+    /// Upgrades an HTTP request on `/ws` to a protocol connection: answers
+    /// `101 Switching Protocols` (or why not) and, once the HTTP connection
+    /// is handed over, runs the protocol over it in a task of its own.
+    pub fn upgrade_websocket(self: Arc<Self>, mut request: Request, peer: String) -> Response {
+        let key =
+            match websocket::upgrade_key(request.method(), request.version(), request.headers()) {
+                Ok(key) => websocket::accept_key(key.as_bytes()),
+                Err(refusal) => return refusal.into_response(),
+            };
         if self.is_shutting_down() {
-            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+            return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
         }
         if let Some(ip) = peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
             && let Err(wait) = self.admission.ip_connection(ip)
         {
-            let retry = [(
-                axum::http::header::RETRY_AFTER,
-                wait.div_ceil(1000).max(1).to_string(),
-            )];
+            let retry = [(header::RETRY_AFTER, wait.div_ceil(1000).max(1).to_string())];
             return (
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                StatusCode::TOO_MANY_REQUESTS,
                 retry,
                 "too many new connections from your address",
             )
                 .into_response();
         }
-        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+        let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
             return (
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "connection limit reached",
+                StatusCode::UPGRADE_REQUIRED,
+                "this HTTP connection cannot be upgraded",
             )
                 .into_response();
         };
-        let max = self.config.frame_bytes_max;
-        // Small I/O buffers: the defaults (128 KiB each) would make an idle
-        // WebSocket connection cost over 100 KiB; frames are written and
-        // flushed one at a time anyway.
-        ws.max_message_size(max)
-            .max_frame_size(max)
-            .read_buffer_size(WS_READ_BUFFER_BYTES)
-            .write_buffer_size(0)
-            .max_write_buffer_size(max.saturating_mul(4))
-            .on_upgrade(move |socket| async move {
-                // A task of the connection's own, so that it holds nothing
-                // of the upgrade's state.
-                let transport = transport::websocket(socket);
-                tokio::spawn(connection::run(
-                    self,
-                    transport,
-                    peer,
-                    permit,
-                    Instant::now(),
-                ));
-            })
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
+        };
+        // Waits for the HTTP connection to be handed over (after the answer
+        // below is written), then starts the connection in a task that holds
+        // nothing of the upgrade's state.
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let max = self.config.frame_bytes_max;
+                    let transport = transport::websocket(TokioIo::new(upgraded), max);
+                    tokio::spawn(connection::run(
+                        self,
+                        transport,
+                        peer,
+                        permit,
+                        Instant::now(),
+                    ));
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "WebSocket upgrade failed"),
+            }
+        });
+        (
+            StatusCode::SWITCHING_PROTOCOLS,
+            [
+                (header::CONNECTION, "upgrade".to_string()),
+                (header::UPGRADE, "websocket".to_string()),
+                (header::SEC_WEBSOCKET_ACCEPT, key),
+            ],
+        )
+            .into_response()
     }
 
     /// Begins shutdown: stop accepting, tell every connection to finish its

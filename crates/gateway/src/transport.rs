@@ -1,6 +1,7 @@
 //! Frames in and out over the two transports. On a byte stream (TCP, or TLS
 //! over TCP) frames carry a 4-byte big-endian length prefix; a WebSocket
-//! binary message is one frame.
+//! binary message is one frame (`websocket.rs` frames WebSocket). Both run
+//! over any byte stream through [`Framed`] and a [`Codec`].
 //!
 //! A [`Transport`] is polled, not awaited, so that one task can read and
 //! write a connection in a single `select!` loop, and so that an idle
@@ -17,15 +18,13 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use axum::extract::ws::{Message as WsMessage, WebSocket};
 use bytes::{Bytes, BytesMut};
-use futures_util::{Sink, Stream};
 use pigeon_proto::limits::FRAME_LENGTH_PREFIX_BYTES;
-use pigeon_proto::{
-    ErrorCode, Frame, FrameError, decode_frame, encode_frame, encode_frame_prefixed,
-};
+use pigeon_proto::{ErrorCode, Frame, FrameError, decode_frame, encode_frame_prefixed};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::websocket::WsCodec;
 
 /// What the peer sent.
 #[derive(Debug)]
@@ -49,9 +48,11 @@ pub trait Transport: Send + 'static {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Inbound>;
     /// Queues a frame; it is written by [`Transport::poll_flush`].
     fn queue(&mut self, frame: &Frame);
-    /// Frames queued and not yet completely written.
+    /// Frames queued and not yet completely written (the transport's own
+    /// replies, such as WebSocket pongs, included).
     fn queued(&self) -> usize;
-    /// Writes queued frames: ready once all are written and flushed.
+    /// Writes queued frames: ready once all are written and flushed (cheap
+    /// when there is nothing to do, so it may be polled every time).
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Closes the sending side (TLS close_notify, WebSocket close).
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
@@ -70,6 +71,32 @@ pub async fn flush(t: &mut dyn Transport) -> io::Result<()> {
 /// Closes the sending side.
 pub async fn close(t: &mut dyn Transport) {
     let _ = poll_fn(|cx| t.poll_close(cx)).await;
+}
+
+/// How bytes become frames, and frames bytes, on one kind of stream.
+pub trait Codec: Send + 'static {
+    /// Takes what is complete at the front of `bytes`, which it may change
+    /// in place (a WebSocket payload is unmasked there). Replies the
+    /// transport owes the peer (a pong) go to `replies`.
+    fn take(&mut self, bytes: &mut [u8], replies: &mut VecDeque<Bytes>) -> Taken;
+    /// Bytes needed to complete what starts `bytes`, if known: sizes reads
+    /// while a frame arrives in parts.
+    fn needed(&self, bytes: &[u8]) -> usize;
+    /// An outbound frame, encoded.
+    fn encode(&self, frame: &Frame) -> Bytes;
+    /// What to send just before closing (once), if anything.
+    fn close(&mut self) -> Option<Bytes>;
+}
+
+/// What a [`Codec`] found at the front of the bytes read.
+#[derive(Debug)]
+pub enum Taken {
+    /// Nothing whole yet: more bytes are needed.
+    Incomplete,
+    /// This many bytes were used, for this (if anything: a message's first
+    /// fragment produces nothing yet). After a violation nothing more is
+    /// read.
+    Used(usize, Option<Inbound>),
 }
 
 fn violation(e: FrameError) -> Inbound {
@@ -95,10 +122,11 @@ const IDLE_READ_BYTES: usize = 8 * 1024;
 /// Frames handed to one vectored write, at most.
 const WRITE_BATCH_FRAMES_MAX: usize = 64;
 
-/// A length-prefixed frame stream over any byte stream (TCP, TLS over TCP,
-/// or a simulated stream).
-struct Prefixed<S> {
+/// Frames over a byte stream (TCP, TLS over TCP, an upgraded HTTP
+/// connection, or a simulated stream) with codec `C`.
+pub struct Framed<S, C> {
     io: S,
+    codec: C,
     /// Bytes of a frame read in part (and any after it); empty, with no
     /// allocation, between frames.
     buf: BytesMut,
@@ -106,6 +134,14 @@ struct Prefixed<S> {
     out: VecDeque<Bytes>,
     /// Bytes of the first queued frame already written.
     written: usize,
+    /// Bytes were written and not yet flushed (TLS may hold records back).
+    unflushed: bool,
+}
+
+/// Length-prefixed framing: a 4-byte big-endian length, then the frame.
+#[derive(Debug)]
+pub struct Prefixed {
+    /// Largest frame accepted, in bytes.
     max: usize,
 }
 
@@ -120,37 +156,81 @@ pub fn stream<S>(stream: S, frame_bytes_max: usize) -> Box<dyn Transport>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    Box::new(Prefixed {
-        io: stream,
-        buf: BytesMut::new(),
-        out: VecDeque::new(),
-        written: 0,
-        max: frame_bytes_max,
-    })
+    Box::new(Framed::new(
+        stream,
+        Prefixed {
+            max: frame_bytes_max,
+        },
+    ))
 }
 
-/// Takes one length-prefixed frame off the front of `bytes` if it is
-/// complete, with the number of bytes it took.
-fn take_prefixed(bytes: &[u8], max: usize) -> Result<Option<(Frame, usize)>, FrameError> {
-    let Some(prefix) = bytes.first_chunk::<FRAME_LENGTH_PREFIX_BYTES>() else {
-        return Ok(None);
-    };
-    let len = u32::from_be_bytes(*prefix) as usize;
-    if len > max {
-        return Err(FrameError::TooLarge { len, max });
-    }
-    let end = FRAME_LENGTH_PREFIX_BYTES + len;
-    if bytes.len() < end {
-        return Ok(None);
-    }
-    let frame = decode_frame(&bytes[FRAME_LENGTH_PREFIX_BYTES..end], max)?;
-    Ok(Some((frame, end)))
+/// WebSocket frames over an upgraded HTTP connection (the handshake done):
+/// one binary message per frame, at most `frame_bytes_max` bytes.
+pub fn websocket<S>(stream: S, frame_bytes_max: usize) -> Box<dyn Transport>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    Box::new(Framed::new(stream, WsCodec::new(frame_bytes_max)))
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Prefixed<S> {
+impl Codec for Prefixed {
+    fn take(&mut self, bytes: &mut [u8], _: &mut VecDeque<Bytes>) -> Taken {
+        let Some(prefix) = bytes.first_chunk::<FRAME_LENGTH_PREFIX_BYTES>() else {
+            return Taken::Incomplete;
+        };
+        let len = u32::from_be_bytes(*prefix) as usize;
+        if len > self.max {
+            return Taken::Used(
+                0,
+                Some(violation(FrameError::TooLarge { len, max: self.max })),
+            );
+        }
+        let end = FRAME_LENGTH_PREFIX_BYTES + len;
+        if bytes.len() < end {
+            return Taken::Incomplete;
+        }
+        let inbound = match decode_frame(&bytes[FRAME_LENGTH_PREFIX_BYTES..end], self.max) {
+            Ok(frame) => Inbound::Frame(Box::new(frame)),
+            Err(e) => violation(e),
+        };
+        Taken::Used(end, Some(inbound))
+    }
+
+    fn needed(&self, bytes: &[u8]) -> usize {
+        match bytes.first_chunk::<FRAME_LENGTH_PREFIX_BYTES>() {
+            Some(p) => FRAME_LENGTH_PREFIX_BYTES + u32::from_be_bytes(*p) as usize,
+            None => FRAME_LENGTH_PREFIX_BYTES,
+        }
+    }
+
+    fn encode(&self, frame: &Frame) -> Bytes {
+        encode_frame_prefixed(frame).into()
+    }
+
+    fn close(&mut self) -> Option<Bytes> {
+        None
+    }
+}
+
+impl<S, C> Framed<S, C>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Codec,
+{
+    /// `codec`'s frames over `io`.
+    pub fn new(io: S, codec: C) -> Self {
+        Framed {
+            io,
+            codec,
+            buf: BytesMut::new(),
+            out: VecDeque::new(),
+            written: 0,
+            unflushed: false,
+        }
+    }
+
     /// Reads while nothing is buffered: into the stack, keeping on the heap
-    /// only what is left after the first whole frame. `None`: a frame in
-    /// part was kept; read on.
+    /// only what is left after the first thing it produced. `None`: read on.
     fn poll_idle_read(&mut self, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
         let mut stack = [MaybeUninit::<u8>::uninit(); IDLE_READ_BYTES];
         let mut read = ReadBuf::uninit(&mut stack);
@@ -159,22 +239,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Prefixed<S> {
             Ok(()) => {}
             Err(_) => return Poll::Ready(Some(Inbound::Closed)),
         }
-        let bytes = read.filled();
-        Poll::Ready(match take_prefixed(bytes, self.max) {
-            Ok(Some((frame, used))) => {
-                self.buf.extend_from_slice(&bytes[used..]);
-                Some(Inbound::Frame(Box::new(frame)))
+        let bytes = read.filled_mut();
+        let mut at = 0;
+        while let Taken::Used(used, inbound) = self.codec.take(&mut bytes[at..], &mut self.out) {
+            at += used;
+            if let Some(inbound) = inbound {
+                self.buf.extend_from_slice(&bytes[at..]);
+                return Poll::Ready(Some(inbound));
             }
-            Ok(None) => {
-                self.buf.extend_from_slice(bytes);
-                None
+        }
+        self.buf.extend_from_slice(&bytes[at..]);
+        Poll::Ready(None)
+    }
+
+    /// Marks `n` more bytes of the queue as written.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let left = self.out[0].len() - self.written;
+            if n < left {
+                self.written += n;
+                return;
             }
-            Err(e) => Some(violation(e)),
-        })
+            n -= left;
+            self.out.pop_front();
+            self.written = 0;
+        }
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Prefixed<S> {
+impl<S, C> Transport for Framed<S, C>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Codec,
+{
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
         loop {
             if self.buf.is_empty() {
@@ -185,21 +282,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Prefixed<
                     None => continue,
                 }
             }
-            match take_prefixed(&self.buf, self.max) {
-                Ok(Some((frame, used))) => {
-                    bytes::Buf::advance(&mut self.buf, used);
-                    return Poll::Ready(Inbound::Frame(Box::new(frame)));
+            if let Taken::Used(used, inbound) = self.codec.take(&mut self.buf, &mut self.out) {
+                bytes::Buf::advance(&mut self.buf, used);
+                match inbound {
+                    Some(inbound) => return Poll::Ready(inbound),
+                    None => continue,
                 }
-                Ok(None) => {}
-                Err(e) => return Poll::Ready(violation(e)),
             }
             // A frame in part: grow by what it still needs, one chunk at a
             // time (a peer may announce the maximum and then send nothing).
-            let needed = match self.buf.first_chunk::<FRAME_LENGTH_PREFIX_BYTES>() {
-                Some(p) => FRAME_LENGTH_PREFIX_BYTES + u32::from_be_bytes(*p) as usize,
-                None => FRAME_LENGTH_PREFIX_BYTES,
-            };
-            let want = needed
+            let want = self
+                .codec
+                .needed(&self.buf)
                 .saturating_sub(self.buf.len())
                 .clamp(STREAM_READ_MIN_BYTES, STREAM_READ_CHUNK_BYTES);
             if self.buf.capacity() - self.buf.len() < want {
@@ -214,7 +308,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Prefixed<
     }
 
     fn queue(&mut self, frame: &Frame) {
-        self.out.push_back(encode_frame_prefixed(frame).into());
+        self.out.push_back(self.codec.encode(frame));
     }
 
     fn queued(&self) -> usize {
@@ -239,117 +333,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Prefixed<
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.advance(n);
+            self.unflushed = true;
         }
         // Everything is out: free the queue's storage.
         self.out = VecDeque::new();
-        // A no-op on TCP; TLS may hold the last record until flushed.
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // On TLS this also sends close_notify.
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-impl<S> Prefixed<S> {
-    /// Marks `n` more bytes of the queue as written.
-    fn advance(&mut self, mut n: usize) {
-        while n > 0 {
-            let left = self.out[0].len() - self.written;
-            if n < left {
-                self.written += n;
-                return;
-            }
-            n -= left;
-            self.out.pop_front();
-            self.written = 0;
-        }
-    }
-}
-
-/// Frames over an upgraded WebSocket: one binary message per frame. The
-/// message-size limit was set at upgrade time, so reading only decodes.
-struct Ws {
-    socket: WebSocket,
-    /// Encoded frames not yet handed to the socket; no allocation when empty.
-    out: VecDeque<Bytes>,
-    /// A message was handed over and not yet flushed.
-    unflushed: bool,
-}
-
-/// Frames over an upgraded WebSocket.
-pub fn websocket(socket: WebSocket) -> Box<dyn Transport> {
-    Box::new(Ws {
-        socket,
-        out: VecDeque::new(),
-        unflushed: false,
-    })
-}
-
-impl Transport for Ws {
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
-        let inbound = match ready!(Pin::new(&mut self.socket).poll_next(cx)) {
-            None => Inbound::Closed,
-            Some(Ok(WsMessage::Binary(bytes))) => match decode_frame(&bytes, usize::MAX) {
-                Ok(frame) => Inbound::Frame(Box::new(frame)),
-                Err(e) => violation(e),
-            },
-            Some(Ok(WsMessage::Text(_))) => Inbound::Violation(
-                ErrorCode::BadFrame,
-                "text messages are not part of the protocol; send frames as binary messages".into(),
-            ),
-            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => Inbound::Activity,
-            Some(Ok(WsMessage::Close(_))) => Inbound::Closed,
-            Some(Err(e)) => {
-                // The WebSocket layer reports an oversized message as an
-                // error; everything else it reports means a broken stream.
-                let text = e.to_string();
-                if text.contains("too long")
-                    || text.contains("too big")
-                    || text.contains("Space limit")
-                {
-                    Inbound::Violation(
-                        ErrorCode::FrameTooLarge,
-                        format!("message exceeds the frame limit: {text}"),
-                    )
-                } else {
-                    Inbound::Closed
-                }
-            }
-        };
-        Poll::Ready(inbound)
-    }
-
-    fn queue(&mut self, frame: &Frame) {
-        self.out.push_back(encode_frame(frame).into());
-    }
-
-    fn queued(&self) -> usize {
-        self.out.len()
-    }
-
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.out.is_empty() {
-            ready!(Pin::new(&mut self.socket).poll_ready(cx)).map_err(io::Error::other)?;
-            let message = self.out.pop_front().expect("checked non-empty");
-            Pin::new(&mut self.socket)
-                .start_send(WsMessage::Binary(message))
-                .map_err(io::Error::other)?;
-            self.unflushed = true;
-        }
-        self.out = VecDeque::new();
         if self.unflushed {
-            ready!(Pin::new(&mut self.socket).poll_flush(cx)).map_err(io::Error::other)?;
+            // A no-op on TCP; TLS may hold the last record until flushed.
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
             self.unflushed = false;
         }
         Poll::Ready(Ok(()))
     }
 
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.socket)
-            .poll_close(cx)
-            .map_err(io::Error::other)
+        if let Some(last) = self.codec.close() {
+            self.out.push_back(last);
+        }
+        ready!(self.poll_flush(cx))?;
+        // On TLS this also sends close_notify.
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -365,17 +367,11 @@ mod tests {
         Frame::new(id, Body::Ping(Ping { nonce: id * 7 }))
     }
 
-    fn prefixed(io: DuplexStream) -> Prefixed<DuplexStream> {
-        Prefixed {
-            io,
-            buf: BytesMut::new(),
-            out: VecDeque::new(),
-            written: 0,
-            max: 1024,
-        }
+    fn prefixed(io: DuplexStream) -> Framed<DuplexStream, Prefixed> {
+        Framed::new(io, Prefixed { max: 1024 })
     }
 
-    async fn next_of(t: &mut Prefixed<DuplexStream>) -> Inbound {
+    async fn next_of(t: &mut Framed<DuplexStream, Prefixed>) -> Inbound {
         poll_fn(|cx| t.poll_next(cx)).await
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -278,9 +278,9 @@ fn router(app: App) -> Router {
 async fn websocket(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    ws: WebSocketUpgrade,
+    request: Request,
 ) -> Response {
-    app.gateway.upgrade_websocket(ws, peer.to_string())
+    app.gateway.upgrade_websocket(request, peer.to_string())
 }
 
 /// Ready unless draining, the embedded store failed (then restart the

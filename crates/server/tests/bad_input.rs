@@ -236,6 +236,119 @@ async fn framing_and_handshake_violations() {
     still_serving(&server).await;
 }
 
+/// WebSocket framing as a browser or tungstenite speaks it: a message larger
+/// than the frame limit gets FRAME_TOO_LARGE and a close; a message just
+/// under it, sent in fragments and arriving over many reads, is a frame; a
+/// ping is answered with its pong; a close from the client is answered with
+/// a close echoing its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_framing() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let server = Server::start("frame_bytes_max = 100000");
+    register_and_login(&server.tcp_url(), "alice").await;
+    register_and_login(&server.tcp_url(), "bob").await;
+    let hello = Frame {
+        request_id: 1,
+        body: Some(Body::Hello(Hello {
+            min_version: 1,
+            max_version: 1,
+            ..Default::default()
+        })),
+    };
+    // Too large: refused with its code, then closed.
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        .await
+        .unwrap();
+    ws.send(Ws::Binary(hello.encode_to_vec().into()))
+        .await
+        .unwrap();
+    let welcome = within(ws.next()).await.unwrap().unwrap();
+    assert!(matches!(
+        Frame::decode(welcome.into_data()).unwrap().body,
+        Some(Body::Welcome(_))
+    ));
+    ws.send(Ws::Binary(vec![0u8; 100_001].into()))
+        .await
+        .unwrap();
+    let bye = within(ws.next()).await.unwrap().unwrap();
+    let bye = Frame::decode(bye.into_data()).unwrap();
+    assert!(
+        matches!(bye.body, Some(Body::Goodbye(ref g)) if g.code == ErrorCode::FrameTooLarge as i32),
+        "{bye:?}"
+    );
+    assert!(matches!(
+        within(ws.next()).await,
+        Some(Ok(Ws::Close(_))) | None
+    ));
+
+    // Just under the limit, in two fragments with a ping between them: a
+    // Hello padded with a long client name.
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        .await
+        .unwrap();
+    let mut big = hello.clone();
+    if let Some(Body::Hello(h)) = &mut big.body {
+        h.client_name = "x".repeat(99_000);
+    }
+    let bytes = big.encode_to_vec();
+    assert!(bytes.len() <= 100_000);
+    let (first, rest) = bytes.split_at(40_000);
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        Frame as WsFrame,
+        coding::{Data, OpCode},
+    };
+    ws.send(Ws::Frame(WsFrame::message(
+        first.to_vec(),
+        OpCode::Data(Data::Binary),
+        false,
+    )))
+    .await
+    .unwrap();
+    ws.send(Ws::Ping(vec![7, 7].into())).await.unwrap();
+    ws.send(Ws::Frame(WsFrame::message(
+        rest.to_vec(),
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await
+    .unwrap();
+    let mut pong = false;
+    let welcome = loop {
+        match within(ws.next()).await.unwrap().unwrap() {
+            Ws::Pong(p) => {
+                assert_eq!(&p[..], &[7, 7]);
+                pong = true;
+            }
+            Ws::Binary(b) => break Frame::decode(b).unwrap(),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(
+        matches!(welcome.body, Some(Body::Welcome(_))),
+        "{welcome:?}"
+    );
+    if !pong {
+        assert!(matches!(within(ws.next()).await, Some(Ok(Ws::Pong(_)))));
+    }
+
+    // The client closes: the server answers in kind.
+    ws.send(Ws::Close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: "".into(),
+    })))
+    .await
+    .unwrap();
+    match within(ws.next()).await {
+        Some(Ok(Ws::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    still_serving(&server).await;
+}
+
 /// Request-level mistakes get an Error with the request's id and leave the
 /// connection open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,11 @@ pub(crate) struct Args {
     /// the cost of the connection machinery alone.
     #[arg(long)]
     anonymous: bool,
+    /// Pad each connection's Hello to about this many bytes (a long client
+    /// name), to see whether an idle connection keeps the memory of a large
+    /// frame it read. 0: the SDK's usual Hello.
+    #[arg(long, default_value_t = 0)]
+    hello_bytes: usize,
 }
 
 pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report> {
@@ -44,17 +49,22 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     }
     let mut t = Text::default();
     t.line(format!(
-        "connections: {} {} idle connections per transport",
+        "connections: {} {} idle connections per transport{}",
         thousands(args.count as f64),
         if args.anonymous {
             "anonymous"
         } else {
             "authenticated"
+        },
+        if args.hello_bytes > 0 {
+            format!(", Hellos of {} bytes", thousands(args.hello_bytes as f64))
+        } else {
+            String::new()
         }
     ));
     let mut results = Vec::new();
     for &transport in &args.transport {
-        let r = measure(options, args.count, transport, args.anonymous).await?;
+        let r = measure(options, args, transport).await?;
         let per = r["bytes_per_connection"].as_f64().unwrap_or(0.0);
         t.kv(
             &format!("{transport}: memory per connection"),
@@ -89,6 +99,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
             "count": args.count,
             "transports": args.transport,
             "anonymous": args.anonymous,
+            "hello_bytes": args.hello_bytes,
         }),
         results: Value::Array(results),
         text: t.done(),
@@ -96,12 +107,9 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     })
 }
 
-async fn measure(
-    options: &Options,
-    count: usize,
-    transport: Transport,
-    anonymous: bool,
-) -> anyhow::Result<Value> {
+async fn measure(options: &Options, args: &Args, transport: Transport) -> anyhow::Result<Value> {
+    let (count, anonymous) = (args.count, args.anonymous);
+    let name = (args.hello_bytes > 0).then(|| "x".repeat(args.hello_bytes));
     let mut target = Target::open(options).await?;
     if target.pid.is_none() {
         bail!("reading the server's memory needs its process id (--server-pid)");
@@ -127,12 +135,13 @@ async fn measure(
     };
     // One connection warms the code paths a first connection touches.
     let url = target.url(transport)?;
-    let warm = users::connect_many(&url, &tokens[..1], &indicatif::ProgressBar::hidden()).await?;
+    let hidden = indicatif::ProgressBar::hidden();
+    let warm = users::connect_many_named(&url, &tokens[..1], &hidden, name.as_deref()).await?;
     tokio::time::sleep(SETTLE).await;
     let idle = target.rss_kib().context("reading the server's VmRSS")?;
     let pb = bar((count - 1) as u64, &format!("{transport}: connect"));
     let started = std::time::Instant::now();
-    let conns = users::connect_many(&url, &tokens[1..], &pb).await?;
+    let conns = users::connect_many_named(&url, &tokens[1..], &pb, name.as_deref()).await?;
     let connect_secs = started.elapsed().as_secs_f64();
     pb.finish();
     tokio::time::sleep(SETTLE).await;
@@ -153,6 +162,7 @@ async fn measure(
     Ok(json!({
         "transport": transport,
         "anonymous": anonymous,
+        "hello_bytes": args.hello_bytes,
         "connections": open,
         "restarted_before_baseline": restarted,
         "rss_idle_kib": idle,
