@@ -18,7 +18,10 @@ Checks (each failure is a violation; exit status 1 if any):
 - no acknowledged message lost: each is in the log of every participant
   of its conversation, at the acknowledged (conversation_id, conv_seq);
 - no message delivered twice: a (sender, client_msg_id) appears at most
-  once in each user's log, and at one (conversation_id, conv_seq) only;
+  once in each user's log, and at one (conversation_id, conv_seq) only
+  (other users' copies carry no client_msg_id in protocol version 2: there
+  the text, which the writers make equal to it, stands for it; the sender's
+  own copies must carry it);
 - each user's log seq strictly increases, and within it each
   conversation's conv_seq strictly increases in delivery order;
 - every participant sees the same conversation: the same
@@ -155,14 +158,25 @@ def parse_logs(run, res):
                 if ev.get("type") != "message":
                     others += 1
                     continue
+                sender = sys.intern(str(ev.get("from", "")))
+                mid = str(ev.get("client_msg_id") or "")
+                if not mid:
+                    if sender == user:
+                        res.bad(
+                            "client_msg_id missing",
+                            f"{user} line {i}: the sender's own copy has no client_msg_id",
+                        )
+                    # Protocol version 2 tells other users no client_msg_id;
+                    # the writers make the text equal to it.
+                    mid = str(ev.get("text") or "")
                 msgs.append(
                     Msg(
                         i,
                         sys.intern(str(ev.get("conversation_id", ""))),
                         ev.get("conv_seq", 0),
-                        sys.intern(str(ev.get("from", ""))),
+                        sender,
                         ev.get("from_id"),
-                        str(ev.get("client_msg_id", "")),
+                        mid,
                         ev.get("text"),
                     )
                 )
@@ -443,6 +457,10 @@ def self_test():
             ],
             "w1": [msg(1, grp, 1, "w0", "w0-1")],
         }
+        # As protocol version 2 tells them: other users' copies carry no
+        # client_msg_id (the direct ones of r0 keep it, as version 1 did).
+        for e in logs["w1"] + [e for e in logs["r0"] if e.get("conversation_id") == grp]:
+            e.pop("client_msg_id", None)
         meta = {
             "cycles": 3,
             "writer_kills": 1,
@@ -455,10 +473,10 @@ def self_test():
 
     def lose(r, l, m):  # an acknowledged message missing everywhere
         for u in l:
-            l[u] = [e for e in l[u] if e.get("client_msg_id") != "w0-2"]
+            l[u] = [e for e in l[u] if e.get("text") != "w0-2"]
 
     def lose_one_side(r, l, m):
-        l["r0"] = [e for e in l["r0"] if e.get("client_msg_id") != "w0-0"]
+        l["r0"] = [e for e in l["r0"] if e.get("text") != "w0-0"]
 
     def twice(r, l, m):
         l["r0"].append(msg(9, dconv, 5, "w0", "w0-0"))
@@ -511,6 +529,7 @@ def self_test():
         ("log seq not increasing", seq_back),
         ("never sent", unknown),
         ("send order", order),
+        ("client_msg_id missing", lambda r, l, m: l["w0"][1].pop("client_msg_id")),
     ]
     def check_once(r, l, m):
         d = run_of(r, l, m)

@@ -128,6 +128,7 @@ fn events() -> Vec<v1::Event> {
             created_at_ms: 1_760_000_000_000 + i as i64,
             kind: Some(k),
             group_seq: if i == 4 { 77 } else { 0 },
+            ..v1::Event::default()
         })
         .collect()
 }
@@ -238,6 +239,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
                     events: events(),
                     key: key.clone(),
                     has_more: true,
+                    packed: None,
                 }),
             ),
         ),
@@ -246,9 +248,23 @@ fn frames() -> Vec<(&'static str, Frame)> {
             Frame::push(Body::EventsPush(v1::EventsPush {
                 prev_key: key.clone(),
                 events: events()[..2].to_vec(),
-                key,
+                key: key.clone(),
+                packed: None,
             })),
         ),
+        ("sync_response_packed", {
+            let mut events = events();
+            let packed = pigeon_proto::packing::pack(&mut events, 1);
+            Frame::new(
+                5,
+                Body::SyncResponse(v1::SyncResponse {
+                    events,
+                    key,
+                    has_more: false,
+                    packed: Some(packed),
+                }),
+            )
+        }),
         (
             "sync_notice",
             Frame::push(Body::SyncNotice(v1::SyncNotice {})),

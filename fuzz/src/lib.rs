@@ -40,7 +40,7 @@ where
 }
 
 /// Calls `$m! { TypeName, ... }` with every message type declared in
-/// `proto/pigeon/v1/pigeon.proto` (86 of them; the test below keeps the list
+/// `proto/pigeon/v1/pigeon.proto` (88 of them; the test below keeps the list
 /// in step with the `.proto` file).
 #[macro_export]
 macro_rules! for_each_message {
@@ -51,7 +51,8 @@ macro_rules! for_each_message {
             LogoutRequest, LogoutResponse, Target, Content, SendRequest, SendResponse,
             Message, Event, Receipt, ReceiptSummary, MessageRecalled, MessageEdited,
             MessageDeleted, FlagsChanged, BlockChanged, GroupSettings, GroupInfo, Member,
-            GroupChange, ReadMarker, SyncRequest, SyncResponse, EventsPush, SyncNotice,
+            GroupChange, ReadMarker, SyncRequest, SyncResponse, EventsPush, PackedTables,
+            PackedUser, SyncNotice,
             HistoryRequest, HistoryResponse, ListConversationsRequest, ConversationSummary,
             ListConversationsResponse, MarkReadRequest, MarkReadResponse,
             CreateGroupRequest, CreateGroupResponse, UpdateGroupRequest, UpdateGroupResponse,
@@ -128,6 +129,10 @@ pub fn check_frame(data: &[u8]) {
     assert!(buf.is_empty(), "a prefixed frame is consumed whole");
     // The body name used for logs and metrics is total.
     let _ = pigeon_proto::body_name(frame.body.as_ref());
+    // A client unpacks whatever events a server sends (protocol version 2)
+    // without panicking: it succeeds or names the broken rule.
+    let mut events = frame;
+    let _ = pigeon_proto::packing::unpack_frame(&mut events);
 }
 
 /// What decoding a stream of length-prefixed frames produced: the frames in

@@ -26,8 +26,13 @@ pub(crate) struct RawConn {
 }
 
 impl RawConn {
-    /// Connects to `tcp://host:port` and says Hello with `token`.
-    pub(crate) async fn connect(url: &str, token: &str) -> anyhow::Result<(RawConn, v1::Welcome)> {
+    /// Connects to `tcp://host:port` and says Hello with `token`, offering
+    /// protocol versions up to `version`.
+    pub(crate) async fn connect(
+        url: &str,
+        token: &str,
+        version: u32,
+    ) -> anyhow::Result<(RawConn, v1::Welcome)> {
         let addr = url
             .strip_prefix("tcp://")
             .context("the counting client speaks tcp:// only")?;
@@ -43,7 +48,7 @@ impl RawConn {
         };
         let hello = Body::Hello(v1::Hello {
             min_version: pigeon_proto::version::PROTOCOL_VERSION_MIN,
-            max_version: pigeon_proto::version::PROTOCOL_VERSION_MAX,
+            max_version: version,
             token: token.into(),
             client_name: "pigeon-bench/raw".into(),
         });

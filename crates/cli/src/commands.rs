@@ -718,6 +718,7 @@ mod tests {
                             events: vec![event(seq)],
                             key: key.to_vec(),
                             has_more,
+                            packed: None,
                         }),
                     ),
                 };

@@ -3,6 +3,8 @@
 //! Event lines (`sync`, `listen`):
 //! - a message: `{"seq":N,"type":"message","conversation_id":"d:1:2","conv_seq":N,
 //!   "from":"alice","from_id":N,"device_id":N,"client_msg_id":"..","sent_at_ms":N,"text":".."}`,
+//!   where `device_id` and `client_msg_id` appear only on the sender's own
+//!   copies (the server tells other users neither);
 //!   plus `"payload_b64"` (standard base64) and `"payload_type"` only when the
 //!   message has a payload;
 //!   plus `"edited_at_ms"` once edited; a recalled message has no `text` (nor
@@ -82,13 +84,20 @@ fn is_zero_i64(n: &i64) -> bool {
     *n == 0
 }
 
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
 #[derive(Serialize)]
 struct MessageJson<'a> {
     conversation_id: &'a str,
     conv_seq: u64,
     from: &'a str,
     from_id: u64,
+    /// Only on the sender's own copies (other users are not told).
+    #[serde(skip_serializing_if = "is_zero_u64")]
     device_id: u64,
+    #[serde(skip_serializing_if = "str::is_empty")]
     client_msg_id: &'a str,
     sent_at_ms: i64,
     /// None once recalled: the line says `"recalled":true` instead.
@@ -257,10 +266,6 @@ struct EventHead {
     group_seq: u64,
     #[serde(rename = "type")]
     kind: &'static str,
-}
-
-fn is_zero_u64(n: &u64) -> bool {
-    *n == 0
 }
 
 #[derive(Serialize)]
@@ -839,6 +844,15 @@ mod tests {
         assert_eq!(
             line,
             r#"{"seq":9,"type":"message","conversation_id":"d:1:2","conv_seq":3,"from":"alice","from_id":1,"device_id":2,"client_msg_id":"m-1","sent_at_ms":1700000000000,"text":"hi \"bob\"\n"}"#
+        );
+        // Another user's copy: no device or client message id.
+        let mut m = message(b"");
+        m.sender_device_id = 0;
+        m.client_msg_id.clear();
+        let line = event_json(&event(Some(v1::event::Kind::Message(m))));
+        assert_eq!(
+            line,
+            r#"{"seq":9,"type":"message","conversation_id":"d:1:2","conv_seq":3,"from":"alice","from_id":1,"sent_at_ms":1700000000000,"text":"hi \"bob\"\n"}"#
         );
     }
 

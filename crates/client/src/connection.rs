@@ -944,7 +944,11 @@ async fn hello(
 async fn read_loop(mut reader: FrameReader, shared: Arc<Shared>, frame_bytes_max: usize) {
     loop {
         match reader.next_frame(frame_bytes_max).await {
-            Ok(Some(frame)) => {
+            Ok(Some(mut frame)) => {
+                if let Err(e) = pigeon_proto::packing::unpack_frame(&mut frame) {
+                    tracing::warn!(error = %e, "the server sent events that do not unpack");
+                    break;
+                }
                 if !shared.dispatch(frame) {
                     return;
                 }
@@ -1020,7 +1024,7 @@ mod tests {
         let (server, url) = FakeServer::bind().await;
         let server_side = tokio::spawn(async move {
             let (mut peer, hello) = server.accept_hello().await;
-            assert_eq!((hello.min_version, hello.max_version), (1, 1));
+            assert_eq!((hello.min_version, hello.max_version), (1, 2));
             assert_eq!(hello.token, "t0k3n");
             assert!(hello.client_name.starts_with("pigeon-rust/"));
             let (id_a, a) = peer.recv().await.unwrap();
@@ -1045,6 +1049,59 @@ mod tests {
         let (a, b) = tokio::join!(conn.mark_read("d:1:2", 10), conn.mark_read("d:1:2", 20));
         assert_eq!(a.unwrap().read_up_to, 10);
         assert_eq!(b.unwrap().read_up_to, 20);
+        let _peer = server_side.await.unwrap();
+    }
+
+    /// Checks packed events (protocol version 2) reach the caller unpacked,
+    /// in sync answers and pushes alike, and that a batch that does not
+    /// unpack ends the connection rather than reaching the caller.
+    #[tokio::test]
+    async fn packed_events_are_unpacked() {
+        let (server, url) = FakeServer::bind().await;
+        let original: Vec<v1::Event> = (1..=3).map(crate::fake_server::event).collect();
+        let events = original.clone();
+        let server_side = tokio::spawn(async move {
+            let (mut peer, _) = server.accept_hello().await;
+            let (id, _) = peer.expect_sync().await;
+            let mut packed = events.clone();
+            let tables = pigeon_proto::packing::pack(&mut packed, 2);
+            assert!(packed.iter().all(|e| match &e.kind {
+                Some(v1::event::Kind::Message(m)) => m.conversation_id.is_empty(),
+                _ => false,
+            }));
+            let answer = Body::SyncResponse(v1::SyncResponse {
+                events: packed.clone(),
+                key: b"k1".to_vec(),
+                has_more: false,
+                packed: Some(tables.clone()),
+            });
+            peer.send(Frame::new(id, answer)).await;
+            let push = |events: Vec<v1::Event>, tables| {
+                Frame::push(Body::EventsPush(v1::EventsPush {
+                    prev_key: b"k1".to_vec(),
+                    events,
+                    key: b"k2".to_vec(),
+                    packed: Some(tables),
+                }))
+            };
+            peer.send(push(packed.clone(), tables.clone())).await;
+            let mut broken = tables;
+            broken.conversation_ids.clear();
+            peer.send(push(packed, broken)).await;
+            peer
+        });
+        let conn = Connection::connect(&opts(&url)).await.unwrap();
+        let synced = conn.sync(b"", 0).await.unwrap();
+        assert_eq!(synced.events, original);
+        assert_eq!(synced.packed, None);
+        match conn.next_push().await {
+            Some(Body::EventsPush(p)) => assert_eq!(p.events, original),
+            other => panic!("expected the push, got {other:?}"),
+        }
+        assert!(
+            timeout(WAIT, conn.next_push()).await.unwrap().is_none(),
+            "a batch that does not unpack ends the connection"
+        );
         let _peer = server_side.await.unwrap();
     }
 

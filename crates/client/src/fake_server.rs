@@ -93,6 +93,7 @@ impl FakePeer {
             events: seqs.iter().map(|&s| event(s)).collect(),
             key: key.as_bytes().to_vec(),
             has_more,
+            packed: None,
         });
         self.send(Frame::new(id, body)).await;
     }
@@ -102,6 +103,7 @@ impl FakePeer {
             prev_key: prev_key.as_bytes().to_vec(),
             events: seqs.iter().map(|&s| event(s)).collect(),
             key: key.as_bytes().to_vec(),
+            packed: None,
         });
         self.send(Frame::push(body)).await;
     }

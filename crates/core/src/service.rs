@@ -469,6 +469,7 @@ impl Service {
                 events,
                 key: self.keys.encode(session.user_id, cursor),
                 has_more,
+                packed: None,
             },
             cursor,
         })

@@ -28,8 +28,11 @@ use std::time::Duration;
 use pigeon_core::config::{HISTORY_PAGE_CEILING, SYNC_BATCH_EVENTS_CEILING};
 use pigeon_core::{CoreError, Position, PushBatch, Session};
 use pigeon_proto::Body;
+use pigeon_proto::packing;
 use pigeon_proto::v1::{self, EventsPush, Limits, Pong, SyncNotice, Welcome};
-use pigeon_proto::version::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, negotiate};
+use pigeon_proto::version::{
+    PACKED_EVENTS_VERSION, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, negotiate,
+};
 use pigeon_proto::{ErrorCode, Frame, limits};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, sleep_until, timeout};
@@ -97,6 +100,7 @@ pub(crate) fn run(
         registration: None,
         cursor: None,
         notice_pending: false,
+        packed: false,
         accepted,
     };
     // An async block rather than an async fn: the arguments an async fn
@@ -261,6 +265,9 @@ struct Conn {
     cursor: Option<Position>,
     /// A sync notice went out and no sync has come since.
     notice_pending: bool,
+    /// The connection speaks protocol version 2 or later: sync answers and
+    /// pushes carry packed events (`pigeon_proto::packing`).
+    packed: bool,
     /// When the socket was accepted (or the WebSocket upgraded).
     accepted: Instant,
     /// Requests running as tasks or answered and not yet queued for the
@@ -481,6 +488,7 @@ impl Conn {
                 ),
             ));
         };
+        self.packed = version >= PACKED_EVENTS_VERSION;
         if !hello.token.is_empty() {
             match self.gw.service.authenticate(&hello.token).await {
                 Ok(session) => self.authenticated(session).await?,
@@ -683,9 +691,14 @@ impl Conn {
                 Err(e) => self.send(error_frame(id, &e)),
             },
             Body::SyncRequest(r) => match service.sync(&session, &r.key, r.limit).await {
-                Ok(outcome) => {
+                Ok(mut outcome) => {
                     self.cursor = Some(outcome.cursor);
                     self.notice_pending = false;
+                    let response = &mut outcome.response;
+                    if self.packed {
+                        response.packed =
+                            Some(packing::pack(&mut response.events, session.user_id));
+                    }
                     self.send(Frame::new(id, Body::SyncResponse(outcome.response)))
                 }
                 Err(e) => self.send(error_frame(id, &e)),
@@ -826,11 +839,15 @@ impl Conn {
                     seq: batch.last_seq,
                     ..c
                 };
-                let push = EventsPush {
+                let mut push = EventsPush {
                     prev_key: self.gw.service.key_for(user, c),
                     events: batch.events.clone(),
                     key: self.gw.service.key_for(user, after),
+                    packed: None,
                 };
+                if self.packed {
+                    push.packed = Some(packing::pack(&mut push.events, user));
+                }
                 self.cursor = Some(after);
                 crate::metrics::pushed("events");
                 self.send(Frame::push(Body::EventsPush(push)))?;

@@ -8,9 +8,12 @@
 //! - [`version`]: which protocol versions this build speaks and how a
 //!   connection agrees on one.
 //! - [`limits`]: protocol-wide bounds shared by server and clients.
+//! - [`packing`]: protocol version 2's packed events (pack on the server,
+//!   unpack on the client).
 
 pub mod framing;
 pub mod limits;
+pub mod packing;
 pub mod version;
 
 /// The generated protobuf types of protocol version 1.

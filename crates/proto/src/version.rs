@@ -6,8 +6,12 @@
 
 /// The oldest protocol version this build speaks.
 pub const PROTOCOL_VERSION_MIN: u32 = 1;
-/// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION_MAX: u32 = 1;
+/// The newest protocol version this build speaks. Version 2 packs the
+/// events of sync answers and pushes ([`crate::packing`]).
+pub const PROTOCOL_VERSION_MAX: u32 = 2;
+
+/// The first version whose sync answers and pushes are packed.
+pub const PACKED_EVENTS_VERSION: u32 = 2;
 
 const _: () = assert!(PROTOCOL_VERSION_MIN <= PROTOCOL_VERSION_MAX);
 

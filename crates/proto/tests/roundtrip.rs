@@ -231,6 +231,7 @@ fn event() -> impl Strategy<Value = v1::Event> {
             created_at_ms,
             kind,
             group_seq,
+            ..v1::Event::default()
         },
     )
 }
@@ -271,6 +272,7 @@ fn body() -> impl Strategy<Value = Body> {
                 events,
                 key,
                 has_more,
+                packed: None,
             })
         }),
         (bytes(40), vec(event(), 0..4), bytes(40)).prop_map(|(prev_key, events, key)| {
@@ -278,6 +280,7 @@ fn body() -> impl Strategy<Value = Body> {
                 prev_key,
                 events,
                 key,
+                packed: None,
             })
         }),
         Just(Body::SyncNotice(v1::SyncNotice {})),
@@ -392,7 +395,8 @@ message_table! {
     LogoutRequest, LogoutResponse, Target, Content, SendRequest, SendResponse,
     Message, Event, Receipt, ReceiptSummary, MessageRecalled, MessageEdited,
     MessageDeleted, FlagsChanged, BlockChanged, GroupSettings, GroupInfo, Member,
-    GroupChange, ReadMarker, SyncRequest, SyncResponse, EventsPush, SyncNotice,
+    GroupChange, ReadMarker, SyncRequest, SyncResponse, EventsPush, PackedTables,
+    PackedUser, SyncNotice,
     HistoryRequest, HistoryResponse, ListConversationsRequest, ConversationSummary,
     ListConversationsResponse, MarkReadRequest, MarkReadResponse,
     CreateGroupRequest, CreateGroupResponse, UpdateGroupRequest, UpdateGroupResponse,
@@ -639,6 +643,7 @@ fn sync_response_with_every_event_kind_roundtrips() {
             events,
             key: vec![2; 33],
             has_more: true,
+            packed: None,
         }),
     );
     assert_eq!(decode_frame(&encode_frame(&f), MAX), Ok(f.clone()));

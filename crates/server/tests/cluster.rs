@@ -256,7 +256,9 @@ async fn concurrent_writers_on_different_nodes_agree_on_order() {
                 by_conv
                     .entry(m.conversation_id.clone())
                     .or_default()
-                    .push((m.conv_seq, m.client_msg_id.clone()));
+                    // The text is the client message id, which other
+                    // users' copies do not carry (protocol version 2).
+                    .push((m.conv_seq, m.content.clone().unwrap_or_default().text));
             }
             for (conv, msgs) in by_conv {
                 assert!(

@@ -92,7 +92,9 @@ fn message_ids(events: &[pigeon_client::v1::Event]) -> Vec<String> {
         .map(|e| {
             seqs.push(e.seq);
             match &e.kind {
-                Some(event::Kind::Message(m)) => m.client_msg_id.clone(),
+                // The text is the client message id, which the recipient's
+                // copy does not carry (protocol version 2).
+                Some(event::Kind::Message(m)) => m.content.clone().unwrap_or_default().text,
                 other => panic!("unexpected event {other:?}"),
             }
         })

@@ -146,7 +146,21 @@ pub fn check(o: &Observed) -> Report {
                 continue;
             };
             r.delivered += 1;
-            let key = (m.sender.clone(), m.client_msg_id.clone());
+            // Protocol version 2 tells other users no client message id:
+            // there the text, which writers make equal to it, stands for it.
+            // The sender's own copies must carry it.
+            if m.client_msg_id.is_empty() && m.sender == *user {
+                r.bad(
+                    "client_msg_id missing",
+                    format!("{user}: {} conv_seq {}", m.conversation_id, m.conv_seq),
+                );
+            }
+            let id = if m.client_msg_id.is_empty() {
+                &m.text
+            } else {
+                &m.client_msg_id
+            };
+            let key = (m.sender.clone(), id.clone());
             let at = format!("{user} seq {} gseq {}", ev.seq, ev.group_seq);
             if let Some(first) = seen.insert(key.clone(), at.clone()) {
                 r.bad(
@@ -164,39 +178,33 @@ pub fn check(o: &Observed) -> Report {
                 .entry(key.clone())
                 .or_default()
                 .insert((m.conversation_id.clone(), m.conv_seq));
-            let Some(&(writer, target, _)) = sends.get(m.client_msg_id.as_str()) else {
+            let Some(&(writer, target, _)) = sends.get(id.as_str()) else {
                 r.bad("never sent", format!("{at}: {} {}", key.0, key.1));
                 continue;
             };
             if writer != m.sender {
                 r.bad(
                     "never sent",
-                    format!(
-                        "{at}: {} {} was sent by {writer}",
-                        m.sender, m.client_msg_id
-                    ),
+                    format!("{at}: {} {} was sent by {writer}", m.sender, id),
                 );
                 continue;
             }
-            if m.text != m.client_msg_id {
+            if m.text != *id {
                 r.bad(
                     "content changed",
-                    format!("{at}: {} has text {:?}", m.client_msg_id, m.text),
+                    format!("{at}: {} has text {:?}", id, m.text),
                 );
             }
             if o.users.get(&m.sender) != Some(&m.sender_id) {
                 r.bad(
                     "sender changed",
-                    format!("{at}: {} from id {}", m.client_msg_id, m.sender_id),
+                    format!("{at}: {} from id {}", id, m.sender_id),
                 );
             }
             match target {
                 Target::Conversation(c) if *c != m.conversation_id => r.bad(
                     "wrong conversation",
-                    format!(
-                        "{at}: {} sent to {c}, stored in {}",
-                        m.client_msg_id, m.conversation_id
-                    ),
+                    format!("{at}: {} sent to {c}, stored in {}", id, m.conversation_id),
                 ),
                 Target::Conversation(_) => {}
                 Target::User(to) => {
@@ -206,14 +214,14 @@ pub fn check(o: &Observed) -> Report {
                             "wrong conversation",
                             format!(
                                 "{at}: {} from {writer} to {to} stored in {}",
-                                m.client_msg_id, m.conversation_id
+                                id, m.conversation_id
                             ),
                         );
                     }
                     if user != writer && user != to {
                         r.bad(
                             "wrong participant",
-                            format!("{at}: {} from {writer} to {to}", m.client_msg_id),
+                            format!("{at}: {id} from {writer} to {to}"),
                         );
                     }
                 }
@@ -626,6 +634,32 @@ mod tests {
         }
         o.live.clear();
         expect(&o, "acknowledged but lost");
+    }
+
+    /// Other users' copies without a client message id (as protocol
+    /// version 2 sends them) are fine; the sender's own copy without one is
+    /// not.
+    #[test]
+    fn client_msg_id_only_on_the_senders_copies() {
+        let strip = |o: &mut Observed, user: &str, own: bool| {
+            let live = o.live.get_mut(user).into_iter().flatten();
+            let drained = o.drained.get_mut(user).into_iter().flatten();
+            for e in live.chain(drained) {
+                if let Kind::Message(m) = &mut e.kind
+                    && (m.sender == user) == own
+                {
+                    m.client_msg_id.clear();
+                }
+            }
+        };
+        let mut o = clean();
+        for u in ["w0", "w1", "r0"] {
+            strip(&mut o, u, false);
+        }
+        let r = check(&o);
+        assert!(r.ok(), "{r}");
+        strip(&mut o, "w0", true);
+        expect(&o, "client_msg_id missing");
     }
 
     /// An acknowledged message missing from one participant only.

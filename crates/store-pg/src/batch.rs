@@ -815,6 +815,7 @@ impl W<'_> {
                 created_at_ms: s.m.now_ms,
                 kind: Some(event::Kind::Message(s.message.clone())),
                 group_seq: position,
+                ..Event::default()
             };
             groups.push(i(*group));
             positions.push(i(position));

@@ -146,6 +146,7 @@ impl<'t> W<'t> {
                 created_at_ms: now_ms,
                 kind: Some(kind),
                 group_seq: 0,
+                ..Event::default()
             };
             ev_users.push(i(user));
             ev_seqs.push(i(seq));
@@ -201,6 +202,7 @@ impl<'t> W<'t> {
             created_at_ms: now_ms,
             kind: Some(kind),
             group_seq: seq,
+            ..Event::default()
         };
         self.exec(
             "INSERT INTO stream_events (group_id, seq, event) VALUES ($1, $2, $3)",

@@ -1190,6 +1190,7 @@ impl Committer {
             created_at_ms: now_ms,
             kind: Some(kind),
             group_seq: 0,
+            ..Event::default()
         };
         tx.b.put(Table::Log, keys::log(user, seq), event.encode_to_vec());
         tx.heads.insert(user, seq);
@@ -1224,6 +1225,7 @@ impl Committer {
             created_at_ms: now_ms,
             kind: Some(kind),
             group_seq: seq,
+            ..Event::default()
         };
         tx.b.put(Table::Stream, keys::pair(group, seq), event.encode_to_vec());
         tx.b.put(

@@ -32,13 +32,14 @@ import {
   type UpdateGroupRequestSchema,
   type Welcome,
 } from "./gen/pigeon/v1/pigeon_pb.js";
+import { unpackFrame } from "./packing.js";
 import { after } from "./timers.js";
 import { isOpen, messageBytes, openWebSocket, type WebSocketConstructor, type WebSocketFactory, type WebSocketLike } from "./transport.js";
 import { parseUrl } from "./url.js";
 
 /** The protocol versions this SDK speaks (protocol §17). */
 export const PROTOCOL_VERSION_MIN = 1;
-export const PROTOCOL_VERSION_MAX = 1;
+export const PROTOCOL_VERSION_MAX = 2;
 /** The SDK's name in Hello.client_name unless told otherwise. */
 export const CLIENT_NAME_DEFAULT = "pigeon-ts/0.1.0";
 /** Pushes queued for `nextPush`; beyond it they collapse into one `SyncNotice`. */
@@ -584,11 +585,18 @@ function decode(data: unknown, frameBytesMax: number): Frame | PigeonError {
   if (bytes.length > frameBytesMax) {
     return new PigeonError("protocol", `the server sent a frame of ${bytes.length} bytes, over the maximum of ${frameBytesMax}`);
   }
+  let frame: Frame;
   try {
-    return fromBinary(FrameSchema, bytes);
+    frame = fromBinary(FrameSchema, bytes);
   } catch (e) {
     return new PigeonError("protocol", "the server sent a frame that does not decode", { cause: e });
   }
+  try {
+    unpackFrame(frame);
+  } catch (e) {
+    return e instanceof PigeonError ? e : new PigeonError("protocol", "the server sent events that do not unpack", { cause: e });
+  }
+  return frame;
 }
 
 /**

@@ -39,4 +39,5 @@ export type { WebSocketLike, WebSocketConstructor, WebSocketFactory } from "./tr
 export { Backoff } from "./backoff.js";
 export { parseUrl } from "./url.js";
 export { newClientMsgId } from "./timers.js";
+export { unpackEvents, unpackFrame } from "./packing.js";
 export * from "./gen/pigeon/v1/pigeon_pb.js";

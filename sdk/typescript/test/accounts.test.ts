@@ -88,7 +88,7 @@ describe("accounts", () => {
     const conn = await Connection.connect(opts);
     try {
       expect(conn.welcome.userId).toBe(0n);
-      expect(conn.welcome.version).toBe(1);
+      expect(conn.welcome.version).toBe(2);
       const e = await errorOf(conn.sync(new Uint8Array()));
       expect(e.code).toBe(ErrorCode.UNAUTHENTICATED);
       const pong = await conn.ping();

@@ -37,7 +37,7 @@ describe("client against a fake server", () => {
     const { client: c, rec } = client(server.url, { storage });
     c.start();
     const peer = await server.acceptHello();
-    expect(server.hellos[0]!.body.value).toMatchObject({ minVersion: 1, maxVersion: 1, token: "t0k3n" });
+    expect(server.hellos[0]!.body.value).toMatchObject({ minVersion: 1, maxVersion: 2, token: "t0k3n" });
     let s = await peer.expectSync();
     expect(s.key).toBe("");
     peer.sendSync(s.id, [1], "k1", true);

@@ -23,8 +23,17 @@ describe("messaging", () => {
     expect(got.message.senderUsername).toBe(alice);
     expect(got.message.conversationId).toBe(ack.conversationId);
     expect(got.message.convSeq).toBe(1n);
+    // Protocol version 2 (packed events): unpacked before the app sees them;
+    // the sender's device and client message id only on the sender's copies.
+    expect(a.client.welcome?.version).toBe(2);
+    expect(got.message.sentAtMs).toBeGreaterThan(0n);
+    expect(got.meta.createdAtMs).toBe(got.message.sentAtMs);
+    expect(got.message.clientMsgId).toBe("");
+    expect(got.message.senderDeviceId).toBe(0n);
     const own = await a.rec.waitFor("message", (e) => e.message.content?.text === "hi bob");
     expect(own.message.senderDeviceId).toBe(a.client.welcome?.deviceId);
+    expect(own.message.clientMsgId).not.toBe("");
+    expect(own.message.conversationId).toBe(ack.conversationId);
     // A second message in the conversation, by id, gets the next conv_seq.
     const ack2 = await b.client.send({ conversationId: ack.conversationId }, "hello alice");
     expect(ack2.convSeq).toBe(2n);
@@ -69,6 +78,10 @@ describe("messaging", () => {
     await again.rec.waitFor("message", (e) => e.message.content?.text === "three");
     expect(again.rec.texts()).toEqual(["one", "two", "three"]);
     expect(again.rec.of("message").every((e) => e.meta.source === "sync")).toBe(true);
+    // Unpacked from one sync answer: every message names its conversation and sender.
+    const synced = again.rec.of("message");
+    expect(new Set(synced.map((e) => e.message.conversationId)).size).toBe(1);
+    expect(synced.every((e) => e.message.conversationId.startsWith("d:") && e.message.senderUsername === alice)).toBe(true);
     // A client without the stored key starts from the beginning of the log.
     const fresh = await reconnectDevice(url, b.token);
     await fresh.rec.waitFor("message", (e) => e.message.content?.text === "three");

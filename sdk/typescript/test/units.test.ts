@@ -1,7 +1,8 @@
-// Pure pieces: backoff, URL parsing, base64, client message ids, targets, error codes.
+// Pure pieces: backoff, URL parsing, base64, client message ids, targets, error codes, packed events.
 
+import { create } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
-import { Backoff, base64Decode, base64Encode, codeFromWire, ErrorCode, LocalStorageSyncKeyStorage, newClientMsgId, parseUrl, PigeonError, toTarget } from "../src/index.js";
+import { EventSchema, PackedTablesSchema, unpackEvents, Backoff, base64Decode, base64Encode, codeFromWire, ErrorCode, LocalStorageSyncKeyStorage, newClientMsgId, parseUrl, PigeonError, toTarget } from "../src/index.js";
 
 describe("backoff", () => {
   it("keeps every delay within [min, ceiling] and the ceiling doubling up to max", () => {
@@ -89,5 +90,60 @@ describe("storage and ids", () => {
     expect(e.message).toBe("username taken (code USERNAME_TAKEN 206)");
     expect(e.isFatal).toBe(false);
     expect(new PigeonError("goodbye", "x", { code: ErrorCode.TOKEN_REVOKED }).isFatal).toBe(true);
+  });
+});
+
+describe("packed events (protocol version 2)", () => {
+  const message = (conversationId: string, senderId: bigint, senderUsername: string, sentAtMs: bigint, createdAtMs: bigint, extra: { conversationRef?: number; createdDeltaMs?: bigint } = {}) =>
+    create(EventSchema, {
+      seq: 1n,
+      createdAtMs,
+      ...extra,
+      kind: { case: "message", value: { conversationId, convSeq: 1n, senderId, senderUsername, sentAtMs, content: { text: "hi" } } },
+    });
+  const marker = (createdDeltaMs: bigint) => create(EventSchema, { createdDeltaMs, kind: { case: "readMarker", value: { conversationId: "d:1:2", readUpTo: 3n } } });
+  const tables = create(PackedTablesSchema, { conversationIds: ["d:1:2", "g:7"], users: [{ id: 1n, username: "alice" }, { id: 2n, username: "bob" }], baseMs: 1_000n });
+
+  it("gives back conversations, senders and times the way version 1 sends them", () => {
+    const packed = [
+      message("", 1n, "", 0n, 0n, { conversationRef: 1, createdDeltaMs: 0n }),
+      message("", 2n, "", 0n, 0n, { createdDeltaMs: 5n }),
+      marker(2n),
+      message("", 2n, "", 990n, 0n, { conversationRef: 2, createdDeltaMs: -7n }),
+      message("", 1n, "carol-renamed", 0n, 0n, { createdDeltaMs: 1n }),
+    ];
+    unpackEvents(packed, tables);
+    const seen = packed.map((e) => ({
+      at: e.createdAtMs,
+      ref: e.conversationRef,
+      delta: e.createdDeltaMs,
+      ...(e.kind.case === "message" ? { conv: e.kind.value.conversationId, from: e.kind.value.senderUsername, sent: e.kind.value.sentAtMs } : { marker: e.kind.case }),
+    }));
+    expect(seen).toEqual([
+      { at: 1_000n, ref: 0, delta: 0n, conv: "d:1:2", from: "alice", sent: 1_000n },
+      { at: 1_005n, ref: 0, delta: 0n, conv: "d:1:2", from: "bob", sent: 1_005n },
+      { at: 1_007n, ref: 0, delta: 0n, marker: "readMarker" },
+      { at: 1_000n, ref: 0, delta: 0n, conv: "g:7", from: "bob", sent: 990n },
+      { at: 1_001n, ref: 0, delta: 0n, conv: "g:7", from: "carol-renamed", sent: 1_001n },
+    ]);
+  });
+
+  it("refuses batches that break the rules with a protocol error", () => {
+    const cases: [ReturnType<typeof message>[], RegExp][] = [
+      [[message("", 1n, "", 5n, 0n, { conversationRef: 3 })], /conversation_ref 3/],
+      [[marker(0n), message("", 1n, "", 5n, 0n)], /no earlier message/],
+      [[message("", 9n, "", 5n, 0n, { conversationRef: 1 })], /sender 9/],
+    ];
+    for (const [events, why] of cases) {
+      let error: unknown;
+      try {
+        unpackEvents(events, tables);
+      } catch (e) {
+        error = e;
+      }
+      expect(error).toBeInstanceOf(PigeonError);
+      expect((error as PigeonError).kind).toBe("protocol");
+      expect((error as PigeonError).message).toMatch(why);
+    }
   });
 });

@@ -36,6 +36,10 @@ pub(crate) struct Args {
     /// `sync_batch_events_max`).
     #[arg(long, default_value_t = 0)]
     limit: u32,
+    /// The newest protocol version the returning user offers (1: events as
+    /// they are; 2: packed, see docs/PROTOCOL.md).
+    #[arg(long, default_value_t = pigeon_proto::version::PROTOCOL_VERSION_MAX)]
+    protocol: u32,
 }
 
 pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report> {
@@ -52,7 +56,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     pb.finish();
 
     // The reader goes offline at the head of its log.
-    let (mut reader, _) = RawConn::connect(&target.tcp_url, &tokens[1]).await?;
+    let (mut reader, _) = RawConn::connect(&target.tcp_url, &tokens[1], args.protocol).await?;
     let mut key = Vec::new();
     loop {
         let r = reader.sync(&key, 0).await?;
@@ -97,7 +101,8 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
 
     // The reader comes back.
     let started = Instant::now();
-    let (mut reader, _) = RawConn::connect(&target.tcp_url, &tokens[1]).await?;
+    let (mut reader, welcome) =
+        RawConn::connect(&target.tcp_url, &tokens[1], args.protocol).await?;
     let connected = Instant::now();
     let bytes_before_sync = reader.bytes_read;
     let mut messages = 0usize;
@@ -109,7 +114,8 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
         for e in r.events {
             if users::message(&e).is_some() {
                 messages += 1;
-                if sample.is_none() {
+                // Not the first: a packed batch names its conversation once.
+                if messages == 2 {
                     sample = Some(e);
                 }
             }
@@ -133,9 +139,10 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
 
     let mut t = Text::default();
     t.line(format!(
-        "catchup: {} messages of {} bytes waiting for an offline user",
+        "catchup: {} messages of {} bytes waiting for an offline user (protocol version {})",
         thousands(k),
-        args.size
+        args.size,
+        welcome.version
     ));
     t.kv(
         "sync all",
@@ -159,6 +166,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     if let Some(fields) = breakdown.as_object() {
         let parts: Vec<String> = fields
             .iter()
+            .filter(|(_, v)| v.as_u64() != Some(0))
             .map(|(k, v)| format!("{k} {}", v.as_u64().unwrap_or(0)))
             .collect();
         t.kv("bytes per event field", parts.join(", "));
@@ -167,7 +175,12 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     Ok(Report {
         scenario: "catchup",
         title: format!("catchup: {} messages", args.messages),
-        params: json!({ "messages": args.messages, "size": args.size, "limit": args.limit }),
+        params: json!({
+            "messages": args.messages,
+            "size": args.size,
+            "limit": args.limit,
+            "protocol": welcome.version,
+        }),
         results: json!({
             "sync_ms": round3(sync_ms),
             "connect_and_sync_ms": round3(total_ms),
@@ -195,6 +208,8 @@ fn breakdown(e: &v1::Event) -> Value {
     };
     without("seq", &|c| c.seq = 0);
     without("created_at_ms", &|c| c.created_at_ms = 0);
+    without("created_delta_ms", &|c| c.created_delta_ms = 0);
+    without("conversation_ref", &|c| c.conversation_ref = 0);
     let msg = |c: &mut v1::Event, f: &dyn Fn(&mut v1::Message)| {
         if let Some(v1::event::Kind::Message(m)) = &mut c.kind {
             f(m);
@@ -242,6 +257,7 @@ mod tests {
                 ..Default::default()
             })),
             group_seq: 0,
+            ..v1::Event::default()
         };
         let b = breakdown(&e);
         assert_eq!(b["client_msg_id"], 38);
