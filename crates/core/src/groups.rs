@@ -2,9 +2,13 @@
 //! target's role and the group's settings. The store calls them inside its
 //! single committer, so a check and the change it allows are atomic.
 
-use pigeon_proto::v1::{AddPolicy, GroupRole, GroupSettings, PostPolicy};
+use pigeon_proto::v1::{
+    AddPolicy, GroupChange, GroupChangeKind, GroupRole, GroupSettings, Member, PostPolicy,
+};
 
+use crate::UserId;
 use crate::error::CoreError;
+use crate::store::GroupRecord;
 
 /// Something a user tries to do in a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +165,36 @@ pub fn conversation_id(id: u64) -> String {
     format!("g:{id}")
 }
 
+/// The `GroupChange` events one change of `group` by `who` makes: the
+/// members it names in chunks of at most `change_members_max` (a change
+/// naming thousands of members is several events, each within the frame
+/// limit), or one event naming none. Every event carries the group as it
+/// is after the change.
+pub fn change_events(
+    group: &GroupRecord,
+    who: (UserId, &str),
+    kind: GroupChangeKind,
+    members: &[Member],
+    change_members_max: usize,
+) -> Vec<GroupChange> {
+    let chunks: Vec<&[Member]> = if members.is_empty() {
+        vec![&[]]
+    } else {
+        members.chunks(change_members_max.max(1)).collect()
+    };
+    chunks
+        .into_iter()
+        .map(|chunk| GroupChange {
+            conversation_id: conversation_id(group.id),
+            actor_id: who.0,
+            actor_username: who.1.to_string(),
+            kind: kind as i32,
+            members: chunk.to_vec(),
+            group: Some(group.info()),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +277,43 @@ mod tests {
         for bad in ["g:", "g:0", "g:042", "g:x", "d:1:2", "g:-1"] {
             assert_eq!(parse_group_id(bad), None, "{bad}");
         }
+    }
+
+    /// Checks a change's members are split into events of at most the
+    /// limit, in order, and a change naming nobody is one event.
+    #[test]
+    fn change_events_are_chunked() {
+        let group = GroupRecord {
+            id: 7,
+            name: "g".into(),
+            description: String::new(),
+            post_policy: 0,
+            add_policy: 0,
+            max_members: 10,
+            owner_id: 1,
+            owner_username: "o".into(),
+            member_count: 6,
+            large: false,
+            created_at_ms: 5,
+            dissolved: false,
+        };
+        let members: Vec<pigeon_proto::v1::Member> = (1..=5)
+            .map(|id| pigeon_proto::v1::Member {
+                user_id: id,
+                ..Default::default()
+            })
+            .collect();
+        let events = change_events(&group, (1, "o"), GroupChangeKind::MembersAdded, &members, 2);
+        let ids: Vec<Vec<u64>> = events
+            .iter()
+            .map(|e| e.members.iter().map(|m| m.user_id).collect())
+            .collect();
+        assert_eq!(ids, [vec![1, 2], vec![3, 4], vec![5]]);
+        assert!(events.iter().all(|e| e.conversation_id == "g:7"
+            && e.actor_username == "o"
+            && e.group.as_ref().is_some_and(|g| g.member_count == 6)));
+        let none = change_events(&group, (1, "o"), GroupChangeKind::Updated, &[], 2);
+        assert_eq!(none.len(), 1);
+        assert!(none[0].members.is_empty());
     }
 }

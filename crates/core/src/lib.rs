@@ -29,6 +29,7 @@ pub mod error;
 pub mod flags;
 pub mod group_service;
 pub mod groups;
+pub mod message_change;
 pub mod notify;
 pub mod service;
 pub mod social_service;

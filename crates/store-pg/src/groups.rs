@@ -17,7 +17,7 @@ use pigeon_core::store::{
     GroupChangeRequest, GroupLimits, GroupOp, GroupOutcome, GroupRecord, MemberRecord, SYSTEM_ACTOR,
 };
 use pigeon_core::{CoreError, UserId};
-use pigeon_proto::v1::{GroupChange, GroupChangeKind, GroupRole, GroupSettings, Member, event};
+use pigeon_proto::v1::{GroupChangeKind, GroupRole, GroupSettings, Member, event};
 use tokio_postgres::Row;
 
 use crate::messages::Audience;
@@ -621,20 +621,7 @@ impl W<'_> {
             Audience::Logs(member_ids(self.tx, group.id).await?)
         };
         let mut out = Emitted::default();
-        let chunks: Vec<&[Member]> = if members.is_empty() {
-            vec![&[]]
-        } else {
-            members.chunks(limits.change_members_max.max(1)).collect()
-        };
-        for chunk in chunks {
-            let change = GroupChange {
-                conversation_id: groups::conversation_id(group.id),
-                actor_id: who.0,
-                actor_username: who.1.to_string(),
-                kind: kind as i32,
-                members: chunk.to_vec(),
-                group: Some(group.info()),
-            };
+        for change in groups::change_events(group, who, kind, members, limits.change_members_max) {
             let stream = self
                 .deliver(&audience, now_ms, &event::Kind::GroupChange(change))
                 .await?;

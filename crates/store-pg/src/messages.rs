@@ -12,21 +12,20 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pigeon_core::groups;
+use pigeon_core::message_change::{self, Effect};
 use pigeon_core::store::{
     Appended, ChangeOutcome, Delivered, GroupRecord, MarkReadOutcome, MessageChange,
     MessageChangeKind, ReadMark,
 };
-use pigeon_core::{CoreError, UserId};
+use pigeon_core::{CoreError, UserId, groups};
 use pigeon_proto::v1::{
-    BlockChanged, GroupRole, Message, MessageDeleted, MessageEdited, MessageRecalled, ReadMarker,
-    Receipt, ReceiptKind, ReceiptSummary, event,
+    BlockChanged, MessageDeleted, ReadMarker, Receipt, ReceiptKind, ReceiptSummary, event,
 };
 use prost::Message as _;
 
 use crate::groups::{Lock, group, member, member_ids};
 use crate::tx::{W, decode_message};
-use crate::{Error, Result, i, refused, u};
+use crate::{Result, i, refused, u};
 
 /// Most messages one read mark or delivery looks at for receipts.
 pub const RECEIPT_SCAN_MAX: usize = 1000;
@@ -399,26 +398,8 @@ impl W<'_> {
         // this message at all.
         let audience = match &group {
             Some(g) => {
-                let m = member(self.tx, g.id, c.actor)
-                    .await?
-                    .ok_or_else(not_found)?;
-                let visible = c.conv_seq > m.joined_after_conv
-                    && (m.left_conv == 0 || c.conv_seq <= m.left_conv);
-                if !visible {
-                    return Err(not_found());
-                }
-                if !matches!(c.kind, MessageChangeKind::DeleteForMe) {
-                    if m.role() == GroupRole::None {
-                        return Err(refused(CoreError::Forbidden(
-                            "you are no longer a member of this group".into(),
-                        )));
-                    }
-                    if g.dissolved {
-                        return Err(refused(CoreError::Forbidden(
-                            "the group was dissolved".into(),
-                        )));
-                    }
-                }
+                let m = member(self.tx, g.id, c.actor).await?;
+                message_change::check_group_rights(g, m.as_ref(), c).map_err(refused)?;
                 if g.large {
                     Audience::Stream(g.id)
                 } else {
@@ -438,7 +419,7 @@ impl W<'_> {
             }
             None => Audience::Logs(c.participants.clone()),
         };
-        let (kind, edited_at_ms) = match &c.kind {
+        let effect = match &c.kind {
             MessageChangeKind::DeleteForMe => {
                 let fresh = self
                     .opt(
@@ -463,41 +444,21 @@ impl W<'_> {
                 });
             }
             MessageChangeKind::Recall { window_ms } => {
-                check_sender_window(&message, c.actor, c.now_ms, *window_ms, "recall")?;
-                if message.recalled {
-                    return Ok(ChangeOutcome::default());
-                }
-                message.recalled = true;
-                message.content = None;
-                let ev = MessageRecalled {
-                    conversation_id: conv.to_string(),
-                    conv_seq: c.conv_seq,
-                    actor_id: c.actor,
-                    recalled_at_ms: c.now_ms,
-                };
-                (event::Kind::MessageRecalled(ev), 0)
+                message_change::recall(&mut message, c, *window_ms).map_err(refused)?
             }
             MessageChangeKind::Edit { content, window_ms } => {
-                if message.recalled {
-                    return Err(not_found());
-                }
-                check_sender_window(&message, c.actor, c.now_ms, *window_ms, "edit")?;
-                if message.content.as_ref() == Some(content) {
-                    return Ok(ChangeOutcome {
-                        edited_at_ms: message.edited_at_ms,
-                        ..Default::default()
-                    });
-                }
-                message.content = Some(content.clone());
-                message.edited_at_ms = c.now_ms;
-                let ev = MessageEdited {
-                    conversation_id: conv.to_string(),
-                    conv_seq: c.conv_seq,
-                    content: Some(content.clone()),
-                    edited_at_ms: c.now_ms,
-                };
-                (event::Kind::MessageEdited(ev), c.now_ms)
+                message_change::edit(&mut message, c, content, *window_ms).map_err(refused)?
             }
+        };
+        let Effect {
+            event: Some(kind),
+            edited_at_ms,
+        } = effect
+        else {
+            return Ok(ChangeOutcome {
+                edited_at_ms: effect.edited_at_ms,
+                ..Default::default()
+            });
         };
         let bytes = message.encode_to_vec();
         self.exec(
@@ -580,21 +541,3 @@ impl W<'_> {
 
 /// The stream every user reads (feature flag changes).
 pub(crate) const SYSTEM_STREAM: u64 = 0;
-
-fn check_sender_window(
-    m: &Message,
-    actor: UserId,
-    now_ms: i64,
-    window_ms: i64,
-    what: &'static str,
-) -> Result<(), Error> {
-    if m.sender_id != actor {
-        return Err(refused(CoreError::Forbidden(format!(
-            "only the sender may {what} a message"
-        ))));
-    }
-    if now_ms.saturating_sub(m.sent_at_ms) > window_ms {
-        return Err(refused(CoreError::WindowExpired(what)));
-    }
-    Ok(())
-}

@@ -14,7 +14,7 @@ use pigeon_core::store::{
     SYSTEM_ACTOR, empty_summary,
 };
 use pigeon_core::{StoreError, UserId};
-use pigeon_proto::v1::{GroupChange, GroupChangeKind, GroupRole, Member, event};
+use pigeon_proto::v1::{GroupChangeKind, GroupRole, Member, event};
 use prost::Message as _;
 
 use super::messages::Audience;
@@ -425,20 +425,7 @@ impl Committer {
             Audience::Logs(self.member_ids(tx, group.id)?.to_vec())
         };
         let mut out = Emitted::default();
-        let chunks: Vec<&[Member]> = if members.is_empty() {
-            vec![&[]]
-        } else {
-            members.chunks(limits.change_members_max.max(1)).collect()
-        };
-        for chunk in chunks {
-            let change = GroupChange {
-                conversation_id: groups::conversation_id(group.id),
-                actor_id: who.0,
-                actor_username: who.1.to_string(),
-                kind: kind as i32,
-                members: chunk.to_vec(),
-                group: Some(group.info()),
-            };
+        for change in groups::change_events(group, who, kind, members, limits.change_members_max) {
             let (appended, stream) =
                 self.deliver(tx, &audience, now_ms, &event::Kind::GroupChange(change))?;
             out.appended.extend(appended);

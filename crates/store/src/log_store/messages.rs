@@ -10,14 +10,15 @@ use std::sync::Arc;
 
 use pigeon_core::CoreError;
 use pigeon_core::groups::{self, GroupAction};
+use pigeon_core::message_change::{self, Effect};
 use pigeon_core::store::{
     AppendMessage, AppendOutcome, Appended, ChangeOutcome, Delivered, GroupRecord, MarkReadOutcome,
     MemberRecord, MessageChange, MessageChangeKind, ReadMark, empty_summary,
 };
 use pigeon_core::{StoreError, UserId};
 use pigeon_proto::v1::{
-    ConversationSummary, GroupRole, Message, MessageDeleted, MessageEdited, MessageRecalled,
-    ReadMarker, Receipt, ReceiptKind, ReceiptSummary, event,
+    ConversationSummary, GroupRole, Message, MessageDeleted, ReadMarker, Receipt, ReceiptKind,
+    ReceiptSummary, event,
 };
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -585,26 +586,8 @@ impl Committer {
         // this message at all.
         let audience = match &group {
             Some(g) => {
-                let m = Self::member_for_write(tx, g.id, c.actor)?.ok_or_else(not_found)?;
-                let visible = c.conv_seq > m.joined_after_conv
-                    && (m.left_conv == 0 || c.conv_seq <= m.left_conv);
-                if !visible {
-                    return Err(not_found());
-                }
-                if !matches!(c.kind, MessageChangeKind::DeleteForMe) {
-                    // Changing a message for everyone needs a current
-                    // membership of a live group.
-                    if m.role() == GroupRole::None {
-                        return Err(refused(CoreError::Forbidden(
-                            "you are no longer a member of this group".into(),
-                        )));
-                    }
-                    if g.dissolved {
-                        return Err(refused(CoreError::Forbidden(
-                            "the group was dissolved".into(),
-                        )));
-                    }
-                }
+                let m = Self::member_for_write(tx, g.id, c.actor)?;
+                message_change::check_group_rights(g, m.as_ref(), &c).map_err(refused)?;
                 if g.large {
                     Audience::Stream(g.id)
                 } else {
@@ -622,7 +605,7 @@ impl Committer {
             }
             None => Audience::Logs(c.participants.clone()),
         };
-        let (kind, edited_at_ms) = match c.kind {
+        let effect = match &c.kind {
             MessageChangeKind::DeleteForMe => {
                 if tx
                     .b
@@ -653,41 +636,21 @@ impl Committer {
                 });
             }
             MessageChangeKind::Recall { window_ms } => {
-                check_sender_window(&message, c.actor, c.now_ms, window_ms, "recall")?;
-                if message.recalled {
-                    return Ok(ChangeOutcome::default());
-                }
-                message.recalled = true;
-                message.content = None;
-                let ev = MessageRecalled {
-                    conversation_id: conv.clone(),
-                    conv_seq: c.conv_seq,
-                    actor_id: c.actor,
-                    recalled_at_ms: c.now_ms,
-                };
-                (event::Kind::MessageRecalled(ev), 0)
+                message_change::recall(&mut message, &c, *window_ms).map_err(refused)?
             }
             MessageChangeKind::Edit { content, window_ms } => {
-                if message.recalled {
-                    return Err(not_found());
-                }
-                check_sender_window(&message, c.actor, c.now_ms, window_ms, "edit")?;
-                if message.content.as_ref() == Some(&content) {
-                    return Ok(ChangeOutcome {
-                        edited_at_ms: message.edited_at_ms,
-                        ..Default::default()
-                    });
-                }
-                message.content = Some(content.clone());
-                message.edited_at_ms = c.now_ms;
-                let ev = MessageEdited {
-                    conversation_id: conv.clone(),
-                    conv_seq: c.conv_seq,
-                    content: Some(content),
-                    edited_at_ms: c.now_ms,
-                };
-                (event::Kind::MessageEdited(ev), c.now_ms)
+                message_change::edit(&mut message, &c, content, *window_ms).map_err(refused)?
             }
+        };
+        let Effect {
+            event: Some(kind),
+            edited_at_ms,
+        } = effect
+        else {
+            return Ok(ChangeOutcome {
+                edited_at_ms: effect.edited_at_ms,
+                ..Default::default()
+            });
         };
         tx.b.put(Table::Timeline, tl_key, message.encode_to_vec());
         // Keep the summaries' last message in step (write-diffused only;
@@ -713,24 +676,6 @@ impl Committer {
             stream_notice: stream.map(|(_, u)| u),
         })
     }
-}
-
-fn check_sender_window(
-    m: &Message,
-    actor: UserId,
-    now_ms: i64,
-    window_ms: i64,
-    what: &'static str,
-) -> Result<(), StoreError> {
-    if m.sender_id != actor {
-        return Err(refused(CoreError::Forbidden(format!(
-            "only the sender may {what} a message"
-        ))));
-    }
-    if now_ms.saturating_sub(m.sent_at_ms) > window_ms {
-        return Err(refused(CoreError::WindowExpired(what)));
-    }
-    Ok(())
 }
 
 fn distinct_senders(messages: &[Message], except: UserId) -> Vec<UserId> {
