@@ -2,7 +2,9 @@
 //! decodes a frame, calls one method here and sends back what it returns;
 //! nothing here knows about sockets or storage engines.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::{Arc, Mutex};
 
 use pigeon_proto::limits::{CLIENT_MSG_ID_BYTES_MAX, DEVICE_NAME_BYTES_MAX, SYNC_KEY_BYTES_MAX};
 use pigeon_proto::v1::{
@@ -63,6 +65,8 @@ pub struct Service {
     /// Verified against when a login names an unknown user, so that the
     /// answer takes as long as for a wrong password.
     dummy_hash: String,
+    /// Delivery receipts waiting while a user's earlier ones are recorded.
+    deliveries: Arc<Mutex<HashMap<UserId, Vec<Delivered>>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -114,6 +118,7 @@ impl Service {
             typing: Default::default(),
             flags: Default::default(),
             dummy_hash,
+            deliveries: Default::default(),
         })
     }
 
@@ -695,17 +700,52 @@ impl Service {
     }
 
     /// Records deliveries in the background: the sync answer does not wait.
+    ///
+    /// One write per user at a time: marks that arrive while a user's
+    /// earlier ones are being recorded wait and are merged (per
+    /// conversation: the highest position, every sender once), then go in
+    /// one write. Under load a device receives many pushes per store round
+    /// trip, and each would otherwise be a write of its own and a receipt
+    /// event for each sender; idle, a mark is written at once as before.
     fn record_delivered(&self, user: UserId, username: &str, marks: Vec<Delivered>) {
-        let (store, notifier, now) = (
+        {
+            let mut waiting = self.deliveries.lock().expect("deliveries lock poisoned");
+            match waiting.entry(user) {
+                Entry::Occupied(mut e) => {
+                    merge_delivered(e.get_mut(), marks);
+                    return;
+                }
+                Entry::Vacant(e) => {
+                    e.insert(Vec::new());
+                }
+            }
+        }
+        let (store, notifier, clock, waiting) = (
             self.store.clone(),
             self.notifier.clone(),
-            self.clock.now_ms(),
+            self.clock.clone(),
+            self.deliveries.clone(),
         );
         let username = username.to_string();
         tokio::spawn(async move {
-            match store.record_delivered(user, &username, marks, now).await {
-                Ok(appended) => publish(&*notifier, appended, None),
-                Err(e) => tracing::warn!(error = %e, "recording delivery receipts failed"),
+            let mut marks = marks;
+            loop {
+                match store
+                    .record_delivered(user, &username, marks, clock.now_ms())
+                    .await
+                {
+                    Ok(appended) => publish(&*notifier, appended, None),
+                    Err(e) => tracing::warn!(error = %e, "recording delivery receipts failed"),
+                }
+                let mut waiting = waiting.lock().expect("deliveries lock poisoned");
+                let Entry::Occupied(mut e) = waiting.entry(user) else {
+                    return;
+                };
+                if e.get().is_empty() {
+                    e.remove();
+                    return;
+                }
+                marks = std::mem::take(e.get_mut());
             }
         });
     }
@@ -787,6 +827,32 @@ pub(crate) fn blocked_refusal() -> CoreError {
 
 /// Per (conversation, sender) the highest conv_seq of others' messages in
 /// a sync batch: what the syncing user now has delivered.
+/// Adds `more` to `marks`, one mark per conversation: the highest
+/// position, each sender and each received message once.
+fn merge_delivered(marks: &mut Vec<Delivered>, more: Vec<Delivered>) {
+    for m in more {
+        match marks
+            .iter_mut()
+            .find(|d| d.conversation_id == m.conversation_id)
+        {
+            Some(d) => {
+                d.up_to = d.up_to.max(m.up_to);
+                for s in m.senders {
+                    if !d.senders.contains(&s) {
+                        d.senders.push(s);
+                    }
+                }
+                for c in m.conv_seqs {
+                    if !d.conv_seqs.contains(&c) {
+                        d.conv_seqs.push(c);
+                    }
+                }
+            }
+            None => marks.push(m),
+        }
+    }
+}
+
 fn delivered_marks(me: UserId, events: &[Event]) -> Vec<Delivered> {
     let mut marks: Vec<Delivered> = Vec::new();
     for e in events {
@@ -825,4 +891,42 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| {
         CoreError::Store(crate::StoreError::Io(format!("blocking task failed: {e}")))
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(conv: &str, up_to: u64, senders: &[UserId], conv_seqs: &[u64]) -> Delivered {
+        Delivered {
+            conversation_id: conv.into(),
+            up_to,
+            senders: senders.to_vec(),
+            conv_seqs: conv_seqs.to_vec(),
+        }
+    }
+
+    /// Checks merged delivery marks keep one mark per conversation with the
+    /// highest position, every sender and every message once, and add
+    /// conversations they did not have.
+    #[test]
+    fn delivery_marks_merge_per_conversation() {
+        let mut marks = vec![mark("d:1:2", 5, &[1], &[4, 5]), mark("g:7", 9, &[3], &[9])];
+        merge_delivered(
+            &mut marks,
+            vec![
+                mark("d:1:2", 4, &[1], &[4]),
+                mark("g:7", 12, &[4, 3], &[11, 12]),
+                mark("d:2:5", 1, &[5], &[1]),
+            ],
+        );
+        assert_eq!(
+            marks,
+            vec![
+                mark("d:1:2", 5, &[1], &[4, 5]),
+                mark("g:7", 12, &[3, 4], &[9, 11, 12]),
+                mark("d:2:5", 1, &[5], &[1]),
+            ]
+        );
+    }
 }

@@ -255,7 +255,7 @@ pub struct ReadMark {
 }
 
 /// Messages a device received, per conversation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {
     /// The conversation.
     pub conversation_id: String,
