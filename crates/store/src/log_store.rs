@@ -845,7 +845,7 @@ impl Batch<'_> {
 type ReplyFn = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
 /// What to publish and whom to answer once a batch is durable.
-#[derive(Default, Clone)]
+#[derive(Default)]
 struct AfterCommit {
     log_heads: HashMap<UserId, u64>,
     conv_heads: HashMap<String, u64>,
@@ -859,6 +859,20 @@ struct Tx<'e> {
     publish: AfterCommit,
     /// The newest seq of each log written in this batch.
     heads: HashMap<UserId, u64>,
+    /// How to undo the changes to `heads` and `publish` since the batch
+    /// began, newest last: a job that fails rolls back its own, so a
+    /// savepoint costs two lengths, not copies of the batch's maps.
+    head_undo: Vec<HeadUndo>,
+}
+
+/// A change to `Tx::heads` or `Tx::publish`, as what was there before.
+enum HeadUndo {
+    /// A log's head in the batch (also its published head).
+    Log(UserId, Option<u64>, Option<u64>),
+    /// A conversation's published head.
+    Conv(String, Option<u64>),
+    /// The shared stream's published head.
+    Stream(u64),
 }
 
 /// The answers of a batch's jobs.
@@ -887,8 +901,15 @@ impl Replies {
 struct Savepoint {
     ops: usize,
     undo: usize,
-    publish: AfterCommit,
-    heads: HashMap<UserId, u64>,
+    head_undo: usize,
+}
+
+/// Puts `previous` back as `key`'s value in `map` (removes it if none).
+fn restore<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u64>, key: K, previous: Option<u64>) {
+    match previous {
+        Some(v) => map.insert(key, v),
+        None => map.remove(&key),
+    };
 }
 
 impl Tx<'_> {
@@ -896,8 +917,7 @@ impl Tx<'_> {
         Savepoint {
             ops: self.b.ops.len(),
             undo: self.b.undo.len(),
-            publish: self.publish.clone(),
-            heads: self.heads.clone(),
+            head_undo: self.head_undo.len(),
         }
     }
 
@@ -910,8 +930,39 @@ impl Tx<'_> {
                 None => self.b.overlay.remove(&key),
             };
         }
-        self.publish = s.publish;
-        self.heads = s.heads;
+        while self.head_undo.len() > s.head_undo {
+            match self.head_undo.pop().expect("head undo entries") {
+                HeadUndo::Log(user, head, published) => {
+                    restore(&mut self.heads, user, head);
+                    restore(&mut self.publish.log_heads, user, published);
+                }
+                HeadUndo::Conv(conv, previous) => {
+                    restore(&mut self.publish.conv_heads, conv, previous)
+                }
+                HeadUndo::Stream(previous) => self.publish.stream_head = previous,
+            }
+        }
+    }
+
+    /// Moves `user`'s log head in this batch to `seq`.
+    fn set_log_head(&mut self, user: UserId, seq: u64) {
+        let head = self.heads.insert(user, seq);
+        let published = self.publish.log_heads.insert(user, seq);
+        self.head_undo.push(HeadUndo::Log(user, head, published));
+    }
+
+    /// Moves conversation `conv`'s published head to `conv_seq`.
+    fn set_conv_head(&mut self, conv: &str, conv_seq: u64) {
+        let previous = self.publish.conv_heads.insert(conv.to_string(), conv_seq);
+        self.head_undo
+            .push(HeadUndo::Conv(conv.to_string(), previous));
+    }
+
+    /// Moves the shared stream's published head up to `seq`.
+    fn raise_stream_head(&mut self, seq: u64) {
+        self.head_undo
+            .push(HeadUndo::Stream(self.publish.stream_head));
+        self.publish.stream_head = self.publish.stream_head.max(seq);
     }
 }
 
@@ -977,6 +1028,7 @@ impl Committer {
             after: Replies::default(),
             publish: AfterCommit::default(),
             heads: HashMap::new(),
+            head_undo: Vec::new(),
         };
         for cmd in cmds.drain(..) {
             match cmd {
@@ -1193,8 +1245,7 @@ impl Committer {
             ..Event::default()
         };
         tx.b.put(Table::Log, keys::log(user, seq), event.encode_to_vec());
-        tx.heads.insert(user, seq);
-        tx.publish.log_heads.insert(user, seq);
+        tx.set_log_head(user, seq);
         self.trim(&mut tx.b, user, seq)?;
         Ok(Appended {
             user_id: user,
@@ -1233,7 +1284,7 @@ impl Committer {
             keys::STREAM_HEAD.to_vec(),
             keys::u64_value(seq),
         );
-        tx.publish.stream_head = tx.publish.stream_head.max(seq);
+        tx.raise_stream_head(seq);
         Ok(seq)
     }
 
@@ -1324,4 +1375,64 @@ fn allocate(b: &mut Batch<'_>, key: Vec<u8>, mut a: Alloc, step: u64) -> (u64, A
         b.put(Table::Meta, key, keys::u64_value(a.hw));
     }
     (seq, a)
+}
+
+#[cfg(test)]
+mod tests {
+    use pigeon_core::Store as _;
+    use pigeon_proto::v1::{FlagsChanged, event};
+
+    use super::*;
+    use crate::memory::MemoryEngine;
+
+    fn flags(name: &str) -> event::Kind {
+        event::Kind::FlagsChanged(FlagsChanged {
+            enabled: vec![name.to_string()],
+        })
+    }
+
+    /// Checks a job that appended and then failed leaves nothing behind in
+    /// its batch: not its events, not its log head, so the next job's
+    /// events in the same batch follow the last committed event, and what
+    /// is published names only what was committed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_job_rolls_back_its_log_heads() {
+        let store =
+            LogStore::start_in_task(Arc::new(MemoryEngine::default()), StoreConfig::default());
+        let first = store
+            .exec(|c, tx| c.append_event(tx, 7, 1, flags("a")))
+            .await
+            .unwrap();
+        // Both queued before the committer runs: one batch.
+        let failing = store.exec(|c, tx| {
+            c.append_event(tx, 7, 2, flags("lost"))?;
+            c.append_event(tx, 8, 2, flags("lost"))?;
+            Err::<(), _>(refused(pigeon_core::CoreError::Forbidden("no".into())))
+        });
+        let next = store.exec(|c, tx| c.append_event(tx, 7, 3, flags("b")));
+        let (failed, next) = tokio::join!(failing, next);
+        assert!(matches!(failed, Err(StoreError::Refused(_))));
+        let next = next.unwrap();
+        let head = first.events[0].seq;
+        assert_eq!(
+            next.prev_seq, head,
+            "the next event follows the committed one"
+        );
+        let log = store.read_log(7, 0, 10, 1 << 20).await.unwrap();
+        let names: Vec<&str> = log
+            .events
+            .iter()
+            .map(|e| match &e.kind {
+                Some(event::Kind::FlagsChanged(f)) => f.enabled[0].as_str(),
+                _ => "?",
+            })
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(store.log_head(7).await.unwrap(), next.events[0].seq);
+        assert_eq!(
+            store.log_head(8).await.unwrap(),
+            0,
+            "the failed job's log stays empty"
+        );
+    }
 }

@@ -190,7 +190,7 @@ impl Committer {
             keys::timeline(&conv, conv_seq),
             message.encode_to_vec(),
         );
-        tx.publish.conv_heads.insert(conv.clone(), conv_seq);
+        tx.set_conv_head(&conv, conv_seq);
         let record = DedupRecord {
             conversation_id: conv.clone(),
             conv_seq,
