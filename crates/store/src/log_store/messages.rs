@@ -228,7 +228,7 @@ impl Committer {
             Some(g) => {
                 let members = self.member_ids(tx, g.id)?;
                 for &u in members.iter() {
-                    self.bump_summary(tx, u, &message)?;
+                    self.bump_summary(tx, u, &message, || empty_summary(&conv, 0, ""))?;
                 }
                 self.deliver(tx, &Audience::Logs(members.to_vec()), m.now_ms, &kind)?
             }
@@ -241,15 +241,11 @@ impl Committer {
                         .find(|(id, _)| id != u)
                         .cloned()
                         .unwrap_or_else(|| (*u, m.sender_username.clone()));
-                    let key = keys::conv_state(*u, &conv);
-                    if tx.b.get(Table::ConvState, &key)?.is_none() {
-                        tx.b.put(
-                            Table::ConvState,
-                            key,
-                            empty_summary(&conv, peer_id, &peer_name).encode_to_vec(),
-                        );
-                    }
-                    self.bump_summary(tx, *u, &message)?;
+                    // One read of the summary: created with the peer's
+                    // name on the first message.
+                    self.bump_summary(tx, *u, &message, || {
+                        empty_summary(&conv, peer_id, &peer_name)
+                    })?;
                 }
                 self.deliver(tx, &Audience::Logs(users), m.now_ms, &kind)?
             }
@@ -272,10 +268,22 @@ impl Committer {
         conv: &str,
         f: impl FnOnce(&mut ConversationSummary),
     ) -> Result<(), StoreError> {
+        Self::update_summary_or(tx, user, conv, || empty_summary(conv, 0, ""), f)
+    }
+
+    /// Applies `f` to a user's summary of a conversation, made by `new` if
+    /// there is none yet.
+    fn update_summary_or(
+        tx: &mut Tx<'_>,
+        user: UserId,
+        conv: &str,
+        new: impl FnOnce() -> ConversationSummary,
+        f: impl FnOnce(&mut ConversationSummary),
+    ) -> Result<(), StoreError> {
         let key = keys::conv_state(user, conv);
         let mut state =
             tx.b.get_proto::<ConversationSummary>("conversation", Table::ConvState, &key)?
-                .unwrap_or_else(|| empty_summary(conv, 0, ""));
+                .unwrap_or_else(new);
         f(&mut state);
         tx.b.put(Table::ConvState, key, state.encode_to_vec());
         Ok(())
@@ -288,8 +296,9 @@ impl Committer {
         tx: &mut Tx<'_>,
         user: UserId,
         message: &Message,
+        new: impl FnOnce() -> ConversationSummary,
     ) -> Result<(), StoreError> {
-        self.update_summary(tx, user, &message.conversation_id, |s| {
+        Self::update_summary_or(tx, user, &message.conversation_id, new, |s| {
             s.last_message = Some(message.clone());
             if user == message.sender_id {
                 s.read_up_to = message.conv_seq;
