@@ -764,24 +764,52 @@ struct Alloc {
     hw: u64,
 }
 
-/// A key in a batch's overlay.
-type OverlayKey = (Table, Vec<u8>);
-/// A value in a batch's overlay: `None` is a deletion.
-type OverlayValue = Option<Vec<u8>>;
-
 /// The writes of one group commit, readable before they are applied.
+///
+/// Each write is stored once, in `ops`; the overlay maps a key to the last
+/// write of it (an index into `ops`), one map per table so that a lookup
+/// needs no key of its own.
 struct Batch<'e> {
     engine: &'e dyn Engine,
     ops: Vec<Op>,
-    overlay: HashMap<OverlayKey, OverlayValue>,
-    /// Previous overlay values, to undo a failed job's writes.
-    undo: Vec<(OverlayKey, Option<OverlayValue>)>,
+    overlay: Vec<HashMap<Vec<u8>, usize>>,
+    /// For each write, newest last: its index in `ops` and the write of the
+    /// same key it hid (if any), to undo a failed job's writes.
+    undo: Vec<(usize, Option<usize>)>,
 }
 
-impl Batch<'_> {
+impl<'e> Batch<'e> {
+    fn new(engine: &'e dyn Engine) -> Batch<'e> {
+        Batch {
+            engine,
+            ops: Vec::new(),
+            overlay: vec![HashMap::new(); Table::ALL.len()],
+            undo: Vec::new(),
+        }
+    }
+
+    /// The batch's own last write of a key: `Some(None)` is a deletion.
+    fn written(&self, t: Table, k: &[u8]) -> Option<Option<&[u8]>> {
+        let &i = self.overlay[t.index()].get(k)?;
+        Some(match &self.ops[i] {
+            Op::Put(_, _, v) => Some(v.as_slice()),
+            Op::Delete(..) => None,
+        })
+    }
+
+    /// The batch's own writes in `table`: key and value (`None`: deleted).
+    fn written_in(&self, t: Table) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.overlay[t.index()]
+            .values()
+            .map(|&i| match &self.ops[i] {
+                Op::Put(_, k, v) => (k.as_slice(), Some(v.as_slice())),
+                Op::Delete(_, k) => (k.as_slice(), None),
+            })
+    }
+
     fn get(&self, t: Table, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.overlay.get(&(t, k.to_vec())) {
-            Some(v) => Ok(v.clone()),
+        match self.written(t, k) {
+            Some(v) => Ok(v.map(<[u8]>::to_vec)),
             None => self.engine.get(t, k),
         }
     }
@@ -812,9 +840,9 @@ impl Batch<'_> {
             .into_iter()
             .map(|(k, v)| (k, Some(v)))
             .collect();
-        for ((table, k), v) in &self.overlay {
-            if *table == t && k.as_slice() >= start && k.as_slice() < end {
-                merged.insert(k.clone(), v.clone());
+        for (k, v) in self.written_in(t) {
+            if k >= start && k < end {
+                merged.insert(k.to_vec(), v.map(<[u8]>::to_vec));
             }
         }
         Ok(merged
@@ -824,12 +852,28 @@ impl Batch<'_> {
     }
 
     fn set(&mut self, t: Table, k: Vec<u8>, v: Option<Vec<u8>>) {
-        let previous = self.overlay.insert((t, k.clone()), v.clone());
-        self.undo.push(((t, k.clone()), previous));
+        let i = self.ops.len();
+        let previous = self.overlay[t.index()].insert(k.clone(), i);
+        self.undo.push((i, previous));
         self.ops.push(match v {
             Some(v) => Op::Put(t, k, v),
             None => Op::Delete(t, k),
         });
+    }
+
+    /// Undoes the writes after the first `ops` of them.
+    fn truncate(&mut self, ops: usize) {
+        while self.undo.last().is_some_and(|&(i, _)| i >= ops) {
+            let (i, previous) = self.undo.pop().expect("an undo entry");
+            let (t, k) = match &self.ops[i] {
+                Op::Put(t, k, _) | Op::Delete(t, k) => (*t, k),
+            };
+            match previous {
+                Some(p) => self.overlay[t.index()].insert(k.clone(), p),
+                None => self.overlay[t.index()].remove(k.as_slice()),
+            };
+        }
+        self.ops.truncate(ops);
     }
 
     fn put(&mut self, t: Table, k: Vec<u8>, v: Vec<u8>) {
@@ -900,7 +944,6 @@ impl Replies {
 /// Where a job started, to undo it.
 struct Savepoint {
     ops: usize,
-    undo: usize,
     head_undo: usize,
 }
 
@@ -916,20 +959,12 @@ impl Tx<'_> {
     fn savepoint(&self) -> Savepoint {
         Savepoint {
             ops: self.b.ops.len(),
-            undo: self.b.undo.len(),
             head_undo: self.head_undo.len(),
         }
     }
 
     fn rollback(&mut self, s: Savepoint) {
-        self.b.ops.truncate(s.ops);
-        while self.b.undo.len() > s.undo {
-            let (key, previous) = self.b.undo.pop().expect("undo entries");
-            match previous {
-                Some(v) => self.b.overlay.insert(key, v),
-                None => self.b.overlay.remove(&key),
-            };
-        }
+        self.b.truncate(s.ops);
         while self.head_undo.len() > s.head_undo {
             match self.head_undo.pop().expect("head undo entries") {
                 HeadUndo::Log(user, head, published) => {
@@ -1019,12 +1054,7 @@ impl Committer {
         let mut stop = None;
         let engine = self.shared.engine.clone();
         let mut tx = Tx {
-            b: Batch {
-                engine: &*engine,
-                ops: Vec::new(),
-                overlay: HashMap::new(),
-                undo: Vec::new(),
-            },
+            b: Batch::new(&*engine),
             after: Replies::default(),
             publish: AfterCommit::default(),
             heads: HashMap::new(),
@@ -1389,6 +1419,37 @@ mod tests {
         event::Kind::FlagsChanged(FlagsChanged {
             enabled: vec![name.to_string()],
         })
+    }
+
+    /// Checks a batch reads its own writes, the last one of a key winning,
+    /// and that undoing the writes after a point brings back exactly what
+    /// was readable there.
+    #[test]
+    fn a_batch_reads_and_undoes_its_own_writes() {
+        let engine = MemoryEngine::default();
+        engine
+            .apply(vec![Op::Put(Table::Meta, b"k0".to_vec(), b"old".to_vec())])
+            .unwrap();
+        let mut b = Batch::new(&engine);
+        b.put(Table::Meta, b"k1".to_vec(), b"one".to_vec());
+        b.delete(Table::Meta, b"k0".to_vec());
+        let point = b.ops.len();
+        b.put(Table::Meta, b"k1".to_vec(), b"two".to_vec());
+        b.put(Table::Meta, b"k0".to_vec(), b"back".to_vec());
+        b.put(Table::Log, b"k1".to_vec(), b"other table".to_vec());
+        b.put(Table::Meta, b"k2".to_vec(), b"new".to_vec());
+        let read = |b: &Batch<'_>, t, k: &[u8]| b.get(t, k).unwrap();
+        assert_eq!(read(&b, Table::Meta, b"k1"), Some(b"two".to_vec()));
+        assert_eq!(read(&b, Table::Meta, b"k0"), Some(b"back".to_vec()));
+        assert_eq!(read(&b, Table::Log, b"k1"), Some(b"other table".to_vec()));
+        b.truncate(point);
+        assert_eq!(read(&b, Table::Meta, b"k1"), Some(b"one".to_vec()));
+        assert_eq!(read(&b, Table::Meta, b"k0"), None, "deleted in the batch");
+        assert_eq!(read(&b, Table::Meta, b"k2"), None);
+        assert_eq!(read(&b, Table::Log, b"k1"), None);
+        assert_eq!(b.ops.len(), point);
+        let scanned = b.scan_all(Table::Meta, b"k", b"l").unwrap();
+        assert_eq!(scanned, vec![(b"k1".to_vec(), b"one".to_vec())]);
     }
 
     /// Checks a job that appended and then failed leaves nothing behind in

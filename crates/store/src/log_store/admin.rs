@@ -104,13 +104,12 @@ fn indexed_sessions(
     let mut keys: std::collections::BTreeSet<Vec<u8>> = committed
         .into_iter()
         .map(|(k, _)| k)
-        .filter(|k| !matches!(b.overlay.get(&(Table::Meta, k.clone())), Some(None)))
+        .filter(|k| !matches!(b.written(Table::Meta, k), Some(None)))
         .collect();
     // Sessions created earlier in this batch.
-    for ((t, k), v) in &b.overlay {
-        if *t == Table::Meta && v.is_some() && k.as_slice() >= &start[..] && k.as_slice() < &end[..]
-        {
-            keys.insert(k.clone());
+    for (k, v) in b.written_in(Table::Meta) {
+        if v.is_some() && k >= &start[..] && k < &end[..] {
+            keys.insert(k.to_vec());
         }
     }
     Ok((keys.into_iter().collect(), more))
