@@ -52,6 +52,12 @@ pub(crate) struct Args {
     /// user of every pair connects there, so every message crosses nodes.
     #[arg(long)]
     peer_server: Option<String>,
+    /// Leave messages sent in the first this many milliseconds out of the
+    /// latency figures (they are still sent, counted and waited for): the
+    /// start of a run, when every sender's first messages open connections'
+    /// state and conversations at once, is not the steady state.
+    #[arg(long, default_value_t = 0)]
+    warmup_ms: u64,
 }
 
 /// What one user's receiving side measured.
@@ -136,6 +142,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     let received = Arc::new(AtomicU64::new(0));
     let busy = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
+    let warmup = Duration::from_millis(args.warmup_ms);
     let pb = bar(total, "direct messages");
     let mut tasks = Vec::new();
     for (i, (conn, key)) in conns.iter().zip(keys).enumerate() {
@@ -145,6 +152,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
             key,
             per_sender,
             epoch,
+            warmup,
             received.clone(),
             pb.clone(),
         ));
@@ -164,6 +172,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
                 epoch,
                 interval,
                 offset: offset.unwrap_or_default(),
+                warmup,
                 busy: busy.clone(),
             })));
         }
@@ -250,6 +259,12 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     };
     if let Some(peer) = &args.peer_server {
         mode.push_str(&format!(", pairs split between {url} and {peer}"));
+    }
+    if args.warmup_ms > 0 {
+        mode.push_str(&format!(
+            ", latencies of the first {} ms left out",
+            args.warmup_ms
+        ));
     }
     let mut t = Text::default();
     t.line(format!(
@@ -372,6 +387,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
             "rate": args.rate,
             "window": args.window,
             "transport": args.transport,
+            "warmup_ms": args.warmup_ms,
         }),
         results: json!({
             "acked_per_sec": acked_rate.round(),
@@ -428,6 +444,8 @@ struct SendLoop {
     epoch: Instant,
     interval: Option<Duration>,
     offset: Duration,
+    /// Sends this long after `epoch` or earlier are not timed.
+    warmup: Duration,
     /// `BUSY` answers, over all senders.
     busy: Arc<AtomicU64>,
 }
@@ -464,7 +482,9 @@ async fn send_loop(s: SendLoop) -> anyhow::Result<(Histogram<u64>, Option<Instan
         .await?;
         s.busy.fetch_add(u64::from(busy), Ordering::Relaxed);
         let now = Instant::now();
-        stats::record(&mut h, now - sent);
+        if sent.duration_since(s.epoch) >= s.warmup {
+            stats::record(&mut h, now - sent);
+        }
         last = Some(now);
     }
 }
@@ -476,6 +496,7 @@ async fn receive(
     mut key: Vec<u8>,
     expected: u64,
     epoch: Instant,
+    warmup: Duration,
     received: Arc<AtomicU64>,
     pb: indicatif::ProgressBar,
 ) -> anyhow::Result<UserResult> {
@@ -496,8 +517,13 @@ async fn receive(
             }
             let t = m.content.as_ref().map_or("", |c| c.text.as_str());
             if let Some(ns) = t.get(..STAMP_DIGITS).and_then(|s| s.parse::<u64>().ok()) {
-                let sent = epoch + Duration::from_nanos(ns);
-                stats::record(&mut r.e2e, now.saturating_duration_since(sent));
+                let since_epoch = Duration::from_nanos(ns);
+                if since_epoch >= warmup {
+                    stats::record(
+                        &mut r.e2e,
+                        now.saturating_duration_since(epoch + since_epoch),
+                    );
+                }
             }
             n += 1;
         }
