@@ -6,7 +6,7 @@
 
 use pigeon_proto::v1::{Content, GroupRole, Message, MessageEdited, MessageRecalled, event};
 
-use crate::store::{GroupRecord, MemberRecord, MessageChange, MessageChangeKind};
+use crate::store::{ChangeOutcome, GroupRecord, MemberRecord, MessageChange, MessageChangeKind};
 use crate::{CoreError, UserId};
 
 /// Checks that `member` (the actor's membership record in `group`, if any)
@@ -49,6 +49,20 @@ pub struct Effect {
     /// The message's edit time after it (0: never edited; 0 for a recall),
     /// for the answer.
     pub edited_at_ms: i64,
+}
+
+impl Effect {
+    /// The event to store and deliver with the edit time, or, when nothing
+    /// changed, the answer to give at once.
+    pub fn changed(self) -> Result<(event::Kind, i64), ChangeOutcome> {
+        match self.event {
+            Some(event) => Ok((event, self.edited_at_ms)),
+            None => Err(ChangeOutcome {
+                edited_at_ms: self.edited_at_ms,
+                ..ChangeOutcome::default()
+            }),
+        }
+    }
 }
 
 /// Only the sender may recall or edit, and only within `window_ms` of

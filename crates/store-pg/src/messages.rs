@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pigeon_core::message_change::{self, Effect};
+use pigeon_core::message_change;
 use pigeon_core::store::{
     Appended, ChangeOutcome, Delivered, GroupRecord, MarkReadOutcome, MessageChange,
     MessageChangeKind, ReadMark,
@@ -450,15 +450,9 @@ impl W<'_> {
                 message_change::edit(&mut message, c, content, *window_ms).map_err(refused)?
             }
         };
-        let Effect {
-            event: Some(kind),
-            edited_at_ms,
-        } = effect
-        else {
-            return Ok(ChangeOutcome {
-                edited_at_ms: effect.edited_at_ms,
-                ..Default::default()
-            });
+        let (kind, edited_at_ms) = match effect.changed() {
+            Ok(change) => change,
+            Err(unchanged) => return Ok(unchanged),
         };
         let bytes = message.encode_to_vec();
         self.exec(

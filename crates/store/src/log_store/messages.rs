@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use pigeon_core::CoreError;
 use pigeon_core::groups::{self, GroupAction};
-use pigeon_core::message_change::{self, Effect};
+use pigeon_core::message_change;
 use pigeon_core::store::{
     AppendMessage, AppendOutcome, Appended, ChangeOutcome, Delivered, GroupRecord, MarkReadOutcome,
     MemberRecord, MessageChange, MessageChangeKind, ReadMark, empty_summary,
@@ -651,15 +651,9 @@ impl Committer {
                 message_change::edit(&mut message, &c, content, *window_ms).map_err(refused)?
             }
         };
-        let Effect {
-            event: Some(kind),
-            edited_at_ms,
-        } = effect
-        else {
-            return Ok(ChangeOutcome {
-                edited_at_ms: effect.edited_at_ms,
-                ..Default::default()
-            });
+        let (kind, edited_at_ms) = match effect.changed() {
+            Ok(change) => change,
+            Err(unchanged) => return Ok(unchanged),
         };
         tx.b.put(Table::Timeline, tl_key, message.encode_to_vec());
         // Keep the summaries' last message in step (write-diffused only;
