@@ -44,6 +44,9 @@ use crate::transport::{self, Inbound, Transport};
 
 /// Longest wait for in-flight requests when the server drains.
 const DRAIN_WAIT_MAX: Duration = Duration::from_secs(5);
+/// Most events one `EventsPush` carries when batches that follow each
+/// other are pushed together.
+const PUSH_EVENTS_MAX: usize = 256;
 /// Longest wait for a refused connection's goodbye to be written.
 const REFUSAL_WAIT_MAX: Duration = Duration::from_secs(2);
 
@@ -810,9 +813,10 @@ impl Conn {
             }
             Ok(code) => return Err(bye(code, "the session was revoked")),
         }
+        let mut batches = Vec::new();
         for push in mailbox.take() {
             match push {
-                Push::Events(batch) => self.on_push(&batch)?,
+                Push::Events(batch) => batches.push(batch),
                 Push::Notice => self.notice()?,
                 Push::Ephemeral(body) => {
                     crate::metrics::pushed(if matches!(*body, Body::TypingPush(_)) {
@@ -824,40 +828,62 @@ impl Conn {
                 }
             }
         }
+        self.on_pushes(batches)?;
         if mailbox.lagged.swap(false, Ordering::SeqCst) {
             return self.notice();
         }
         Ok(())
     }
 
-    fn on_push(&mut self, batch: &PushBatch) -> Sent {
-        match self.cursor {
-            Some(c) if c.seq >= batch.last_seq => Ok(()),
-            Some(c) if c.seq == batch.prev_seq => {
-                let user = batch.user_id;
-                let after = Position {
-                    seq: batch.last_seq,
-                    ..c
-                };
-                let mut push = EventsPush {
-                    prev_key: self.gw.service.key_for(user, c),
-                    events: batch.events.clone(),
-                    key: self.gw.service.key_for(user, after),
-                    packed: None,
-                };
-                if self.packed {
-                    push.packed = Some(packing::pack(&mut push.events, user));
-                }
-                self.cursor = Some(after);
-                crate::metrics::pushed("events");
-                self.send(Frame::push(Body::EventsPush(push)))?;
-                if let Some(session) = &self.session {
-                    self.gw.service.delivered(session, &batch.events);
-                }
+    /// Pushes the batches of new events taken from the mailbox in one go
+    /// (see [`plan_pushes`]).
+    fn on_pushes(&mut self, batches: Vec<Arc<PushBatch>>) -> Sent {
+        let Some(cursor) = self.cursor else {
+            return if batches.is_empty() {
                 Ok(())
+            } else {
+                self.notice()
+            };
+        };
+        for step in plan_pushes(cursor.seq, batches) {
+            match step {
+                PushStep::Notice => self.notice()?,
+                PushStep::Push(chain) => self.push_chain(&chain)?,
             }
-            _ => self.notice(),
         }
+        Ok(())
+    }
+
+    /// Pushes a chain of batches that begins at the device's cursor.
+    fn push_chain(&mut self, chain: &[Arc<PushBatch>]) -> Sent {
+        let c = self.cursor.expect("pushes are planned from a cursor");
+        let user = chain[0].user_id;
+        let after = Position {
+            seq: chain[chain.len() - 1].last_seq,
+            ..c
+        };
+        let events: Vec<v1::Event> = chain
+            .iter()
+            .flat_map(|b| b.events.iter().cloned())
+            .collect();
+        let mut push = EventsPush {
+            prev_key: self.gw.service.key_for(user, c),
+            events,
+            key: self.gw.service.key_for(user, after),
+            packed: None,
+        };
+        if self.packed {
+            push.packed = Some(packing::pack(&mut push.events, user));
+        }
+        self.cursor = Some(after);
+        crate::metrics::pushed("events");
+        self.send(Frame::push(Body::EventsPush(push)))?;
+        if let Some(session) = &self.session {
+            for batch in chain {
+                self.gw.service.delivered(session, &batch.events);
+            }
+        }
+        Ok(())
     }
 
     fn notice(&mut self) -> Sent {
@@ -1099,6 +1125,55 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// What to send a device for batches of its log's new events.
+enum PushStep {
+    /// These batches, which follow each other from the device's position,
+    /// as one `EventsPush`.
+    Push(Vec<Arc<PushBatch>>),
+    /// A `SyncNotice`: the device is not where a batch begins.
+    Notice,
+}
+
+/// Plans the pushes for `batches` (taken from the mailbox together) to a
+/// device at log position `at`.
+///
+/// Batches are published by the tasks whose writes committed them, and two
+/// tasks may publish in the other order than their commits. Put back in log
+/// order, batches that follow each other go out as one `EventsPush` (up to
+/// `PUSH_EVENTS_MAX` events) instead of the later one becoming a
+/// `SyncNotice` and a sync round trip. Batches the device already has (a
+/// sync answer brought them) are skipped.
+fn plan_pushes(mut at: u64, mut batches: Vec<Arc<PushBatch>>) -> Vec<PushStep> {
+    batches.sort_by_key(|b| b.prev_seq);
+    let mut steps = Vec::new();
+    let mut chain = Vec::new();
+    let mut events = 0;
+    for batch in batches {
+        if batch.last_seq <= at {
+            continue;
+        }
+        if batch.prev_seq != at {
+            // A gap: the device must sync; nothing after it can be pushed.
+            if !chain.is_empty() {
+                steps.push(PushStep::Push(std::mem::take(&mut chain)));
+            }
+            steps.push(PushStep::Notice);
+            return steps;
+        }
+        if !chain.is_empty() && events + batch.events.len() > PUSH_EVENTS_MAX {
+            steps.push(PushStep::Push(std::mem::take(&mut chain)));
+            events = 0;
+        }
+        events += batch.events.len();
+        at = batch.last_seq;
+        chain.push(batch);
+    }
+    if !chain.is_empty() {
+        steps.push(PushStep::Push(chain));
+    }
+    steps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1123,6 +1198,55 @@ mod tests {
         assert!(
             size <= IDLE_FUTURE_BYTES_MAX,
             "a connection's future is {size} bytes, more than {IDLE_FUTURE_BYTES_MAX}"
+        );
+    }
+
+    fn batch(prev_seq: u64, last_seq: u64) -> Arc<PushBatch> {
+        Arc::new(PushBatch {
+            user_id: 1,
+            prev_seq,
+            last_seq,
+            events: (prev_seq + 1..=last_seq)
+                .map(|seq| v1::Event {
+                    seq,
+                    ..v1::Event::default()
+                })
+                .collect(),
+        })
+    }
+
+    /// The plan as (prev, last) of each pushed batch, or "notice".
+    fn plan(at: u64, batches: &[(u64, u64)]) -> Vec<Result<Vec<(u64, u64)>, &'static str>> {
+        let batches = batches.iter().map(|&(p, l)| batch(p, l)).collect();
+        plan_pushes(at, batches)
+            .into_iter()
+            .map(|step| match step {
+                PushStep::Push(chain) => {
+                    Ok(chain.iter().map(|b| (b.prev_seq, b.last_seq)).collect())
+                }
+                PushStep::Notice => Err("notice"),
+            })
+            .collect()
+    }
+
+    /// Checks batches published out of order go out in log order as one
+    /// push, that batches the device has are skipped, that a gap becomes a
+    /// notice after what could be pushed, and that a chain is cut at
+    /// `PUSH_EVENTS_MAX` events.
+    #[test]
+    fn pushes_are_put_in_order_and_chained() {
+        assert_eq!(plan(3, &[(5, 7), (3, 5)]), [Ok(vec![(3, 5), (5, 7)])]);
+        assert_eq!(plan(5, &[(3, 5), (5, 6)]), [Ok(vec![(5, 6)])]);
+        assert_eq!(plan(6, &[(3, 5), (5, 6)]), []);
+        assert_eq!(
+            plan(3, &[(3, 4), (6, 8)]),
+            [Ok(vec![(3, 4)]), Err("notice")]
+        );
+        assert_eq!(plan(2, &[(3, 4)]), [Err("notice")]);
+        let max = PUSH_EVENTS_MAX as u64;
+        assert_eq!(
+            plan(0, &[(0, max - 1), (max - 1, max + 1)]),
+            [Ok(vec![(0, max - 1)]), Ok(vec![(max - 1, max + 1)])]
         );
     }
 }
