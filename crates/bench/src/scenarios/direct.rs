@@ -5,8 +5,8 @@
 //! a shared table. In rate mode the time written is the scheduled one, so a
 //! server falling behind shows in the latency (no coordinated omission).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -141,6 +141,14 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     let own_cpu_before = own_cpu_seconds();
     let received = Arc::new(AtomicU64::new(0));
     let busy = Arc::new(AtomicU64::new(0));
+    // Every histogram is made before the clock starts (each is about 270 KB:
+    // one per send loop, made as the loops started, held up the first
+    // 200 ms of every run); a sender's loops share one.
+    let ack_histograms: Vec<Arc<Mutex<Histogram<u64>>>> = (0..conns.len())
+        .map(|_| Arc::new(Mutex::new(stats::histogram())))
+        .collect();
+    let mut e2e_histograms: Vec<Histogram<u64>> =
+        (0..conns.len()).map(|_| stats::histogram()).collect();
     let epoch = Instant::now();
     let warmup = Duration::from_millis(args.warmup_ms);
     let pb = bar(total, "direct messages");
@@ -151,6 +159,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
             conn.clone(),
             key,
             per_sender,
+            e2e_histograms.pop().expect("one histogram per receiver"),
             epoch,
             warmup,
             received.clone(),
@@ -173,6 +182,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
                 interval,
                 offset: offset.unwrap_or_default(),
                 warmup,
+                acks: ack_histograms[i].clone(),
                 busy: busy.clone(),
             })));
         }
@@ -184,14 +194,14 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     let mut last_received = epoch;
     let mut got = 0u64;
     let (mut pushes_applied, mut syncs) = (0u64, 0u64);
-    for (receiver, window) in tasks {
+    for (i, (receiver, window)) in tasks.into_iter().enumerate() {
         for w in window {
-            let (h, last) = w.await.context("a sender panicked")??;
-            ack.add(&h)?;
+            let last = w.await.context("a sender panicked")??;
             if let Some(t) = last {
                 last_ack = last_ack.max(t);
             }
         }
+        ack.add(&*ack_histograms[i].lock().expect("histogram lock"))?;
         let r: UserResult = receiver.await.context("a receiver panicked")??;
         e2e.add(&r.e2e)?;
         got += r.received;
@@ -446,19 +456,20 @@ struct SendLoop {
     offset: Duration,
     /// Sends this long after `epoch` or earlier are not timed.
     warmup: Duration,
+    /// Acknowledgement latencies, shared by the sender's loops.
+    acks: Arc<Mutex<Histogram<u64>>>,
     /// `BUSY` answers, over all senders.
     busy: Arc<AtomicU64>,
 }
 
 /// One of a sender's W loops: takes the next index, waits for its slot in
 /// rate mode, sends, records the acknowledgement latency.
-async fn send_loop(s: SendLoop) -> anyhow::Result<(Histogram<u64>, Option<Instant>)> {
-    let mut h = stats::histogram();
+async fn send_loop(s: SendLoop) -> anyhow::Result<Option<Instant>> {
     let mut last = None;
     loop {
         let i = s.next.fetch_add(1, Ordering::Relaxed);
         if i >= s.count {
-            return Ok((h, last));
+            return Ok(last);
         }
         let sent = match s.interval {
             Some(iv) => {
@@ -483,7 +494,7 @@ async fn send_loop(s: SendLoop) -> anyhow::Result<(Histogram<u64>, Option<Instan
         s.busy.fetch_add(u64::from(busy), Ordering::Relaxed);
         let now = Instant::now();
         if sent.duration_since(s.epoch) >= s.warmup {
-            stats::record(&mut h, now - sent);
+            stats::record(&mut s.acks.lock().expect("histogram lock"), now - sent);
         }
         last = Some(now);
     }
@@ -495,6 +506,7 @@ async fn receive(
     conn: Arc<Connection>,
     mut key: Vec<u8>,
     expected: u64,
+    e2e: Histogram<u64>,
     epoch: Instant,
     warmup: Duration,
     received: Arc<AtomicU64>,
@@ -502,7 +514,7 @@ async fn receive(
 ) -> anyhow::Result<UserResult> {
     let me = conn.welcome().user_id;
     let mut r = UserResult {
-        e2e: stats::histogram(),
+        e2e,
         last_received: None,
         received: 0,
         pushes_applied: 0,
