@@ -60,6 +60,13 @@ pub(crate) struct Args {
     warmup_ms: u64,
 }
 
+/// When the run began, and how long its start is left out of the latencies.
+#[derive(Clone, Copy)]
+struct Timing {
+    epoch: Instant,
+    warmup: Duration,
+}
+
 /// What one user's receiving side measured.
 struct UserResult {
     e2e: Histogram<u64>,
@@ -160,8 +167,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
             key,
             per_sender,
             e2e_histograms.pop().expect("one histogram per receiver"),
-            epoch,
-            warmup,
+            Timing { epoch, warmup },
             received.clone(),
             pb.clone(),
         ));
@@ -507,11 +513,11 @@ async fn receive(
     mut key: Vec<u8>,
     expected: u64,
     e2e: Histogram<u64>,
-    epoch: Instant,
-    warmup: Duration,
+    timing: Timing,
     received: Arc<AtomicU64>,
     pb: indicatif::ProgressBar,
 ) -> anyhow::Result<UserResult> {
+    let Timing { epoch, warmup } = timing;
     let me = conn.welcome().user_id;
     let mut r = UserResult {
         e2e,
