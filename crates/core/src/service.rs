@@ -829,7 +829,7 @@ pub(crate) fn blocked_refusal() -> CoreError {
 /// a sync batch: what the syncing user now has delivered.
 /// Adds `more` to `marks`, one mark per conversation: the highest
 /// position, each sender and each received message once.
-fn merge_delivered(marks: &mut Vec<Delivered>, more: Vec<Delivered>) {
+fn merge_delivered(marks: &mut Vec<Delivered>, more: impl IntoIterator<Item = Delivered>) {
     for m in more {
         match marks
             .iter_mut()
@@ -854,33 +854,17 @@ fn merge_delivered(marks: &mut Vec<Delivered>, more: Vec<Delivered>) {
 }
 
 fn delivered_marks(me: UserId, events: &[Event]) -> Vec<Delivered> {
-    let mut marks: Vec<Delivered> = Vec::new();
-    for e in events {
-        let Some(event::Kind::Message(m)) = &e.kind else {
-            continue;
-        };
-        if m.sender_id == me {
-            continue;
-        }
-        match marks
-            .iter_mut()
-            .find(|d| d.conversation_id == m.conversation_id)
-        {
-            Some(d) => {
-                d.up_to = d.up_to.max(m.conv_seq);
-                if !d.senders.contains(&m.sender_id) {
-                    d.senders.push(m.sender_id);
-                }
-                d.conv_seqs.push(m.conv_seq);
-            }
-            None => marks.push(Delivered {
-                conversation_id: m.conversation_id.clone(),
-                up_to: m.conv_seq,
-                senders: vec![m.sender_id],
-                conv_seqs: vec![m.conv_seq],
-            }),
-        }
-    }
+    let received = events.iter().filter_map(|e| match &e.kind {
+        Some(event::Kind::Message(m)) if m.sender_id != me => Some(Delivered {
+            conversation_id: m.conversation_id.clone(),
+            up_to: m.conv_seq,
+            senders: vec![m.sender_id],
+            conv_seqs: vec![m.conv_seq],
+        }),
+        _ => None,
+    });
+    let mut marks = Vec::new();
+    merge_delivered(&mut marks, received);
     marks
 }
 

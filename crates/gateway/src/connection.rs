@@ -845,7 +845,8 @@ impl Conn {
                 self.notice()
             };
         };
-        for step in plan_pushes(cursor.seq, batches) {
+        let bytes_max = self.gw.service.config().sync_batch_bytes_max;
+        for step in plan_pushes(cursor.seq, batches, bytes_max) {
             match step {
                 PushStep::Notice => self.notice()?,
                 PushStep::Push(chain) => self.push_chain(&chain)?,
@@ -1140,14 +1141,15 @@ enum PushStep {
 /// Batches are published by the tasks whose writes committed them, and two
 /// tasks may publish in the other order than their commits. Put back in log
 /// order, batches that follow each other go out as one `EventsPush` (up to
-/// `PUSH_EVENTS_MAX` events) instead of the later one becoming a
+/// `PUSH_EVENTS_MAX` events and `bytes_max` bytes of events, the bound of a
+/// sync answer; a batch larger than that still goes out alone) instead of the later one becoming a
 /// `SyncNotice` and a sync round trip. Batches the device already has (a
 /// sync answer brought them) are skipped.
-fn plan_pushes(mut at: u64, mut batches: Vec<Arc<PushBatch>>) -> Vec<PushStep> {
+fn plan_pushes(mut at: u64, mut batches: Vec<Arc<PushBatch>>, bytes_max: usize) -> Vec<PushStep> {
     batches.sort_by_key(|b| b.prev_seq);
     let mut steps = Vec::new();
     let mut chain = Vec::new();
-    let mut events = 0;
+    let (mut events, mut bytes) = (0, 0);
     for batch in batches {
         if batch.last_seq <= at {
             continue;
@@ -1160,11 +1162,15 @@ fn plan_pushes(mut at: u64, mut batches: Vec<Arc<PushBatch>>) -> Vec<PushStep> {
             steps.push(PushStep::Notice);
             return steps;
         }
-        if !chain.is_empty() && events + batch.events.len() > PUSH_EVENTS_MAX {
+        let size: usize = batch.events.iter().map(prost::Message::encoded_len).sum();
+        if !chain.is_empty()
+            && (events + batch.events.len() > PUSH_EVENTS_MAX || bytes + size > bytes_max)
+        {
             steps.push(PushStep::Push(std::mem::take(&mut chain)));
-            events = 0;
+            (events, bytes) = (0, 0);
         }
         events += batch.events.len();
+        bytes += size;
         at = batch.last_seq;
         chain.push(batch);
     }
@@ -1218,7 +1224,7 @@ mod tests {
     /// The plan as (prev, last) of each pushed batch, or "notice".
     fn plan(at: u64, batches: &[(u64, u64)]) -> Vec<Result<Vec<(u64, u64)>, &'static str>> {
         let batches = batches.iter().map(|&(p, l)| batch(p, l)).collect();
-        plan_pushes(at, batches)
+        plan_pushes(at, batches, usize::MAX)
             .into_iter()
             .map(|step| match step {
                 PushStep::Push(chain) => {
@@ -1247,6 +1253,41 @@ mod tests {
         assert_eq!(
             plan(0, &[(0, max - 1), (max - 1, max + 1)]),
             [Ok(vec![(0, max - 1)]), Ok(vec![(max - 1, max + 1)])]
+        );
+    }
+
+    /// Checks a chain is also cut at `bytes_max` bytes of events, and that
+    /// a batch larger than that alone still goes out.
+    #[test]
+    fn a_chained_push_stays_within_the_byte_bound() {
+        let batches = || vec![batch(0, 2), batch(2, 4), batch(4, 5)];
+        let two_events: usize = batch(0, 2)
+            .events
+            .iter()
+            .map(prost::Message::encoded_len)
+            .sum();
+        let shape = |steps: Vec<PushStep>| -> Vec<Vec<(u64, u64)>> {
+            steps
+                .into_iter()
+                .map(|step| match step {
+                    PushStep::Push(chain) => {
+                        chain.iter().map(|b| (b.prev_seq, b.last_seq)).collect()
+                    }
+                    PushStep::Notice => panic!("no gap here"),
+                })
+                .collect()
+        };
+        assert_eq!(
+            shape(plan_pushes(0, batches(), two_events + 1)),
+            [vec![(0, 2)], vec![(2, 4)], vec![(4, 5)]]
+        );
+        assert_eq!(
+            shape(plan_pushes(0, batches(), 1)),
+            [vec![(0, 2)], vec![(2, 4)], vec![(4, 5)]]
+        );
+        assert_eq!(
+            shape(plan_pushes(0, batches(), usize::MAX)),
+            [vec![(0, 2), (2, 4), (4, 5)]]
         );
     }
 }

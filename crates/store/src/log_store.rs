@@ -773,9 +773,9 @@ struct Batch<'e> {
     engine: &'e dyn Engine,
     ops: Vec<Op>,
     overlay: Vec<HashMap<Vec<u8>, usize>>,
-    /// For each write, newest last: its index in `ops` and the write of the
-    /// same key it hid (if any), to undo a failed job's writes.
-    undo: Vec<(usize, Option<usize>)>,
+    /// For each write in `ops` (same index): the write of the same key it
+    /// hid, if any, to undo a failed job's writes.
+    undo: Vec<Option<usize>>,
 }
 
 impl<'e> Batch<'e> {
@@ -854,7 +854,7 @@ impl<'e> Batch<'e> {
     fn set(&mut self, t: Table, k: Vec<u8>, v: Option<Vec<u8>>) {
         let i = self.ops.len();
         let previous = self.overlay[t.index()].insert(k.clone(), i);
-        self.undo.push((i, previous));
+        self.undo.push(previous);
         self.ops.push(match v {
             Some(v) => Op::Put(t, k, v),
             None => Op::Delete(t, k),
@@ -863,8 +863,8 @@ impl<'e> Batch<'e> {
 
     /// Undoes the writes after the first `ops` of them.
     fn truncate(&mut self, ops: usize) {
-        while self.undo.last().is_some_and(|&(i, _)| i >= ops) {
-            let (i, previous) = self.undo.pop().expect("an undo entry");
+        for i in (ops..self.ops.len()).rev() {
+            let previous = self.undo[i];
             let (t, k) = match &self.ops[i] {
                 Op::Put(t, k, _) | Op::Delete(t, k) => (*t, k),
             };
@@ -874,6 +874,7 @@ impl<'e> Batch<'e> {
             };
         }
         self.ops.truncate(ops);
+        self.undo.truncate(ops);
     }
 
     fn put(&mut self, t: Table, k: Vec<u8>, v: Vec<u8>) {
