@@ -978,6 +978,10 @@ async fn write_loop(
             _ = shared.ended.notified() => None,
         };
         let Some(first) = first else { break };
+        // Let the tasks woken with this one (many requests answered by one
+        // read) queue their frames too, so they share a write: one system
+        // call instead of one per frame.
+        tokio::task::yield_now().await;
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {

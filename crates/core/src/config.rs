@@ -41,6 +41,10 @@ pub struct CoreConfig {
     /// Shortest interval between two typing pushes of one user in one
     /// conversation.
     pub typing_throttle_ms: i64,
+    /// How long a device's delivery receipts are gathered before they are
+    /// recorded (0: at once). Within it, every message a device receives
+    /// in a conversation becomes one receipt instead of one each.
+    pub delivery_receipt_delay_ms: u64,
     /// The most users one presence change is pushed to.
     pub presence_fanout_max: usize,
     /// The most usernames one GetPresence request may name.
@@ -74,6 +78,7 @@ impl Default for CoreConfig {
             recall_window_ms: 24 * 3600 * 1000,
             edit_window_ms: 15 * 60 * 1000,
             typing_throttle_ms: 2000,
+            delivery_receipt_delay_ms: 20,
             presence_fanout_max: 5000,
             presence_query_max: 500,
             hooks: Vec::new(),

@@ -22,7 +22,7 @@ use crate::groups::{self, GroupAction};
 use crate::notify::{Notifier, PushBatch};
 use crate::store::{
     AppendMessage, Appended, Delivered, GroupRecord, HistoryQuery, LogReadError, MemberRecord,
-    NewSession, ReadMark, Store, UserRecord, content_bytes,
+    NewSession, ReadMark, Store, content_bytes,
 };
 use crate::sync_key::{Position, SyncKeys};
 use crate::{Clock, DeviceId, UserId};
@@ -67,6 +67,50 @@ pub struct Service {
     dummy_hash: String,
     /// Delivery receipts waiting while a user's earlier ones are recorded.
     deliveries: Arc<Mutex<HashMap<UserId, Vec<Delivered>>>>,
+    /// Usernames and ids already looked up (see [`UserNames`]).
+    names: UserNames,
+}
+
+/// How many usernames a node remembers with their ids; past it the memory
+/// starts again empty.
+pub const USER_NAMES_CACHED_MAX: usize = 65_536;
+
+/// Usernames resolved to ids and back, so that a send to a username does
+/// not read and decode the user's record every time. Safe to keep without
+/// invalidation on every node of a cluster: a user's id and username never
+/// change and users are never deleted (a disabled user still exists, and
+/// sends to them are stored as before).
+#[derive(Default)]
+struct UserNames {
+    /// As asked for: the id and the username as stored.
+    by_name: Mutex<HashMap<String, Peer>>,
+    by_id: Mutex<HashMap<UserId, String>>,
+}
+
+impl UserNames {
+    fn by_name(&self, name: &str) -> Option<Peer> {
+        self.by_name.lock().expect("names lock").get(name).cloned()
+    }
+
+    fn name(&self, id: UserId) -> Option<String> {
+        self.by_id.lock().expect("names lock").get(&id).cloned()
+    }
+
+    /// Remembers a user found under `asked` (`None`: found by id).
+    fn remember(&self, asked: Option<&str>, peer: &Peer) {
+        if let Some(asked) = asked {
+            let mut by_name = self.by_name.lock().expect("names lock");
+            if by_name.len() >= USER_NAMES_CACHED_MAX {
+                by_name.clear();
+            }
+            by_name.insert(asked.to_string(), peer.clone());
+        }
+        let mut by_id = self.by_id.lock().expect("names lock");
+        if by_id.len() >= USER_NAMES_CACHED_MAX {
+            by_id.clear();
+        }
+        by_id.insert(peer.id, peer.username.clone());
+    }
 }
 
 impl std::fmt::Debug for Service {
@@ -119,6 +163,7 @@ impl Service {
             flags: Default::default(),
             dummy_hash,
             deliveries: Default::default(),
+            names: Default::default(),
         })
     }
 
@@ -706,7 +751,10 @@ impl Service {
     /// conversation: the highest position, every sender once), then go in
     /// one write. Under load a device receives many pushes per store round
     /// trip, and each would otherwise be a write of its own and a receipt
-    /// event for each sender; idle, a mark is written at once as before.
+    /// event for each sender. Each write also waits
+    /// `delivery_receipt_delay_ms` first and takes what came meanwhile: at
+    /// a steady few hundred messages a second per user, that makes one
+    /// receipt write of a user's dozens of deliveries.
     fn record_delivered(&self, user: UserId, username: &str, marks: Vec<Delivered>) {
         {
             let mut waiting = self.deliveries.lock().expect("deliveries lock poisoned");
@@ -727,9 +775,17 @@ impl Service {
             self.deliveries.clone(),
         );
         let username = username.to_string();
+        let delay = std::time::Duration::from_millis(self.config.delivery_receipt_delay_ms);
         tokio::spawn(async move {
             let mut marks = marks;
             loop {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                    let mut waiting = waiting.lock().expect("deliveries lock poisoned");
+                    if let Some(more) = waiting.get_mut(&user) {
+                        merge_delivered(&mut marks, std::mem::take(more));
+                    }
+                }
                 match store
                     .record_delivered(user, &username, marks, clock.now_ms())
                     .await
@@ -782,11 +838,22 @@ impl Service {
         match target.and_then(|t| t.to.as_ref()) {
             None => Err(CoreError::InvalidArgument("target is missing".into())),
             Some(target::To::Username(name)) => {
-                let peer = self
-                    .store
-                    .user_by_name(name)
-                    .await?
-                    .ok_or_else(|| CoreError::UserNotFound(name.clone()))?;
+                let peer = match self.names.by_name(name) {
+                    Some(peer) => peer,
+                    None => {
+                        let user = self
+                            .store
+                            .user_by_name(name)
+                            .await?
+                            .ok_or_else(|| CoreError::UserNotFound(name.clone()))?;
+                        let peer = Peer {
+                            id: user.id,
+                            username: user.username,
+                        };
+                        self.names.remember(Some(name), &peer);
+                        peer
+                    }
+                };
                 Ok(Resolved::Direct(
                     ConversationId::direct(session.user_id, peer.id),
                     peer,
@@ -801,12 +868,20 @@ impl Service {
                 let conv = ConversationId::parse(id)
                     .filter(|c| c.includes(session.user_id))
                     .ok_or_else(not_found)?;
-                let peer = self
-                    .store
-                    .user_by_id(conv.peer_of(session.user_id))
-                    .await?
-                    .ok_or_else(not_found)?;
-                Ok(Resolved::Direct(conv, peer))
+                let id = conv.peer_of(session.user_id);
+                let username = match self.names.name(id) {
+                    Some(name) => name,
+                    None => {
+                        let user = self.store.user_by_id(id).await?.ok_or_else(not_found)?;
+                        let peer = Peer {
+                            id,
+                            username: user.username,
+                        };
+                        self.names.remember(None, &peer);
+                        peer.username
+                    }
+                };
+                Ok(Resolved::Direct(conv, Peer { id, username }))
             }
         }
     }
@@ -815,9 +890,16 @@ impl Service {
 /// What a target resolved to.
 pub(crate) enum Resolved {
     /// A direct conversation and the other participant.
-    Direct(ConversationId, UserRecord),
+    Direct(ConversationId, Peer),
     /// A group (membership not yet checked).
     Group(GroupRecord),
+}
+
+/// The other participant of a direct conversation.
+#[derive(Clone)]
+pub(crate) struct Peer {
+    pub(crate) id: UserId,
+    pub(crate) username: String,
 }
 
 /// The refusal a blocked sender gets: it does not say they are blocked.
@@ -911,6 +993,42 @@ mod tests {
                 mark("g:7", 12, &[3, 4], &[9, 11, 12]),
                 mark("d:2:5", 1, &[5], &[1]),
             ]
+        );
+    }
+
+    #[test]
+    fn user_names_answer_what_was_found_and_stay_bounded() {
+        let names = UserNames::default();
+        let bob = Peer {
+            id: 7,
+            username: "bob".into(),
+        };
+        names.remember(Some("bob"), &bob);
+        assert_eq!(names.by_name("bob").map(|p| p.id), Some(7));
+        assert_eq!(names.name(7).as_deref(), Some("bob"));
+        assert!(names.by_name("carol").is_none());
+        names.remember(
+            None,
+            &Peer {
+                id: 9,
+                username: "dan".into(),
+            },
+        );
+        assert!(names.by_name("dan").is_none(), "found by id: not by name");
+        assert_eq!(names.name(9).as_deref(), Some("dan"));
+        for i in 0..USER_NAMES_CACHED_MAX as u64 + 10 {
+            let p = Peer {
+                id: 100 + i,
+                username: format!("u{i}"),
+            };
+            names.remember(Some(&p.username), &p);
+        }
+        assert!(names.by_name.lock().unwrap().len() <= USER_NAMES_CACHED_MAX);
+        assert!(names.by_id.lock().unwrap().len() <= USER_NAMES_CACHED_MAX);
+        let last = USER_NAMES_CACHED_MAX as u64 + 9;
+        assert_eq!(
+            names.by_name(&format!("u{last}")).map(|p| p.id),
+            Some(100 + last)
         );
     }
 }

@@ -407,7 +407,13 @@ impl Conn {
             let deadline = self.link.deadline(idle_deadline);
             let step = tokio::select! {
                 () = stopping.as_mut() => return Box::pin(self.drain()).await,
-                () = mail(self.mailbox.as_deref()) => self.on_mailbox(),
+                () = mail(self.mailbox.as_deref()) => {
+                    // One commit wakes many request tasks and mailboxes at
+                    // once: let them deliver before this takes the mail, so
+                    // their answers and pushes share one write.
+                    tokio::task::yield_now().await;
+                    self.on_mailbox()
+                }
                 io = poll_fn(|cx| self.link.poll_io(cx, gw.config.write_timeout)) => match io {
                     Io::Inbound(inbound) => {
                         idle_deadline = Instant::now() + gw.config.idle_timeout;

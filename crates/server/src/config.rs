@@ -76,6 +76,8 @@ pub(crate) struct Config {
     pub(crate) edit_window_secs: u64,
     /// Shortest interval between typing pushes per user and conversation.
     pub(crate) typing_throttle_ms: u64,
+    /// How long delivery receipts are gathered before they are recorded.
+    pub(crate) delivery_receipt_delay_ms: u64,
     /// Argon2id memory of new password hashes, KiB (lower only for tests).
     pub(crate) password_hash_memory_kib: u32,
     /// Argon2id passes of new password hashes.
@@ -195,6 +197,7 @@ impl Default for Config {
             recall_window_secs: (core.recall_window_ms / 1000) as u64,
             edit_window_secs: (core.edit_window_ms / 1000) as u64,
             typing_throttle_ms: core.typing_throttle_ms as u64,
+            delivery_receipt_delay_ms: core.delivery_receipt_delay_ms,
             password_hash_memory_kib: core.password_hash_cost.memory_kib,
             password_hash_iterations: core.password_hash_cost.iterations,
             advertise_endpoints: Vec::new(),
@@ -399,6 +402,7 @@ impl Config {
             recall_window_ms: (self.recall_window_secs as i64).saturating_mul(1000),
             edit_window_ms: (self.edit_window_secs as i64).saturating_mul(1000),
             typing_throttle_ms: self.typing_throttle_ms as i64,
+            delivery_receipt_delay_ms: self.delivery_receipt_delay_ms,
             hooks: self
                 .webhooks
                 .iter()

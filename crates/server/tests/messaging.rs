@@ -351,3 +351,71 @@ async fn pipelined_sends_at_the_limit_are_never_refused() {
     let (events, _) = sync_all(&bob, &[]).await;
     assert_eq!(texts(&events).len(), window * 40);
 }
+
+/// Delivery receipts are gathered for `delivery_receipt_delay_ms`: two
+/// messages bob receives within it reach alice as one receipt up to the
+/// second, recorded no sooner than the window after the first delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_receipts_within_the_delay_become_one() {
+    let server = Server::start("delivery_receipt_delay_ms = 400");
+    let alice_token = register_and_login(&server.tcp_url(), "alice").await;
+    let bob_token = register_and_login(&server.tcp_url(), "bob").await;
+    let alice = connect(&server.tcp_url(), &alice_token).await;
+    let bob = connect(&server.tcp_url(), &bob_token).await;
+    let (_, mut alice_key) = sync_all(&alice, &[]).await;
+    sync_all(&bob, &[]).await;
+
+    // Taken before the send: the server may hand bob the message (and
+    // start the delay) before alice has her acknowledgement.
+    let sent_at = std::time::Instant::now();
+    let first = alice
+        .send("m-1", to_user("bob"), content("one"))
+        .await
+        .unwrap();
+    let Body::EventsPush(p) = next_sync_push(&bob).await else {
+        panic!("expected events")
+    };
+    assert_eq!(text(&p.events[0]), "one");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let second = alice
+        .send("m-2", to_user("bob"), content("two"))
+        .await
+        .unwrap();
+    let Body::EventsPush(p) = next_sync_push(&bob).await else {
+        panic!("expected events")
+    };
+    assert_eq!(text(&p.events[0]), "two");
+    assert!(second.conv_seq > first.conv_seq);
+
+    // Alice's log: her two messages, then one receipt for both.
+    let mut receipts = Vec::new();
+    while receipts.is_empty() {
+        let Body::EventsPush(p) = next_sync_push(&alice).await else {
+            panic!("expected events")
+        };
+        assert_eq!(p.prev_key, alice_key);
+        alice_key = p.key;
+        for e in &p.events {
+            if let Some(event::Kind::Receipt(r)) = &e.kind {
+                receipts.push((r.up_to, r.kind));
+            }
+        }
+    }
+    assert!(
+        sent_at.elapsed() >= std::time::Duration::from_millis(400),
+        "recorded after the delay"
+    );
+    assert_eq!(
+        receipts,
+        vec![(second.conv_seq, v1::ReceiptKind::Delivered as i32)]
+    );
+    // Nothing more comes: the first message has no receipt of its own.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let (events, _) = sync_all(&alice, &alice_key).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| !matches!(e.kind, Some(event::Kind::Receipt(_)))),
+        "{events:?}"
+    );
+}

@@ -3,7 +3,7 @@
 
 use pigeon_core::StoreError;
 use pigeon_core::store::{AppendMessage, HistoryQuery, LogReadError, NewSession, ReadMark};
-use pigeon_proto::v1::{Content, event};
+use pigeon_proto::v1::{Content, ConversationSummary, event};
 
 use crate::{Factory, Settings};
 
@@ -396,6 +396,60 @@ pub async fn conversations_track_last_message_and_unread(f: &dyn Factory) {
     assert_eq!(
         b.store.list_conversations(c.id, 1).await.unwrap()[0].conversation_id,
         last.conversation_id
+    );
+
+    // A reply counts as read up to it; what arrives after it is unread,
+    // for the receiver only, and the newest message is the same for both.
+    b.store
+        .append_message(msg((c.id, "carol"), (a.id, "alice"), "c0", "reply", 40))
+        .await
+        .unwrap();
+    for i in 0..2 {
+        b.store
+            .append_message(msg(
+                (a.id, "alice"),
+                (c.id, "carol"),
+                &format!("a-later{i}"),
+                &format!("later {i}"),
+                41 + i,
+            ))
+            .await
+            .unwrap();
+    }
+    let carol_list = b.store.list_conversations(c.id, 10).await.unwrap();
+    assert_eq!(
+        carol_list[0].conversation_id, conv,
+        "alice is the newest again"
+    );
+    let text = |s: &ConversationSummary| {
+        let m = s.last_message.as_ref().expect("a last message");
+        (m.conv_seq, m.content.as_ref().unwrap().text.clone())
+    };
+    assert_eq!(carol_list[0].unread_count, 2, "two after carol's reply");
+    assert_eq!(text(&carol_list[0]), (seqs[2] + 3, "later 1".to_string()));
+    let carol_one = b.store.conversation(c.id, &conv).await.unwrap().unwrap();
+    assert_eq!(
+        (carol_one.unread_count, text(&carol_one)),
+        (2, text(&carol_list[0]))
+    );
+    let alice_one = b.store.conversation(a.id, &conv).await.unwrap().unwrap();
+    assert_eq!(alice_one.unread_count, 0, "alice wrote the newest");
+    assert_eq!(text(&alice_one), text(&carol_list[0]));
+    let stay = b
+        .store
+        .mark_read(rm(c.id, &conv, seqs[2], 43))
+        .await
+        .unwrap();
+    assert_eq!((stay.read_up_to, stay.unread_count), (seqs[2] + 1, 2));
+    let read = b
+        .store
+        .mark_read(rm(c.id, &conv, seqs[2] + 2, 44))
+        .await
+        .unwrap();
+    assert_eq!((read.read_up_to, read.unread_count), (seqs[2] + 2, 1));
+    assert_eq!(
+        b.store.list_conversations(c.id, 10).await.unwrap()[0].unread_count,
+        1
     );
 }
 

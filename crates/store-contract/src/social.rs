@@ -3,7 +3,7 @@
 
 use pigeon_core::CoreError;
 use pigeon_core::store::{Delivered, MessageChange, MessageChangeKind, UserPrefs};
-use pigeon_proto::v1::{Content, ReceiptKind, event};
+use pigeon_proto::v1::{Content, Message, ReceiptKind, event};
 
 use crate::groups::{group_limits, group_msg, make_group, users};
 use crate::{Factory, Settings, hq, msg, refusal, rm};
@@ -113,19 +113,26 @@ pub async fn large_group_receipts_are_counted(f: &dyn Factory) {
             .unwrap()
             .is_empty()
     );
+    // m2 reads before their delivery mark arrives: the read counts as a
+    // delivery too, and the late mark counts nothing more.
     let read = s.mark_read(rm(m2.id, &conv, u64::MAX, 7)).await.unwrap();
     assert_eq!(read.read_up_to, sent.conv_seq);
     assert!(read.appended.iter().any(|x| x.user_id == o.id
         && matches!(&x.events[0].kind, Some(event::Kind::ReceiptSummary(r)) if r.read_count == 1)));
-    let counts = s.receipt_counts(&conv, &[sent.conv_seq]).await.unwrap();
-    assert_eq!(
-        (
-            counts[0].delivered_count,
-            counts[0].read_count,
-            counts[0].member_count
-        ),
-        (1, 1, 3)
+    let counts = || async {
+        let c = s.receipt_counts(&conv, &[sent.conv_seq]).await.unwrap();
+        (c[0].delivered_count, c[0].read_count, c[0].member_count)
+    };
+    assert_eq!(counts().await, (2, 1, 3));
+    assert!(
+        s.record_delivered(m2.id, "m2", delivered(), 8)
+            .await
+            .unwrap()
+            .is_empty()
     );
+    // m1's delivery was counted already; their read adds a read only.
+    s.mark_read(rm(m1.id, &conv, u64::MAX, 9)).await.unwrap();
+    assert_eq!(counts().await, (2, 2, 3));
 }
 
 /// Checks edit and recall are the sender's, within the window, reach both
@@ -215,6 +222,30 @@ pub async fn messages_are_recalled_edited_and_deleted_for_me(f: &dyn Factory) {
         summary.last_message.unwrap().recalled,
         "the summary follows"
     );
+    // A later sync serves both message events as the messages are now: the
+    // edited text, and the recalled one without its content.
+    for user in [a.id, c.id] {
+        let log = s.read_log(user, 0, 100, 1 << 20).await.unwrap();
+        let messages: Vec<&Message> = log
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(event::Kind::Message(m)) => Some(m),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(messages.len(), 2, "{:?}", log.events);
+        assert_eq!(
+            (
+                messages[0].content.as_ref().unwrap().text.as_str(),
+                messages[0].edited_at_ms
+            ),
+            ("edited", 2000)
+        );
+        assert_eq!(messages[0].client_msg_id, "1");
+        assert!(messages[1].recalled && messages[1].content.is_none());
+        assert_eq!(messages[1].sender_username, "alice");
+    }
 
     let hidden = s
         .change_message(change(

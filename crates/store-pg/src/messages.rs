@@ -177,6 +177,16 @@ impl W<'_> {
                     .into_iter()
                     .filter(|(_, s)| *s != mark.user)
                     .collect();
+                // What is read has been delivered: the delivery counts
+                // first, unless this member's delivery mark came before.
+                let delivered = Delivered {
+                    conversation_id: conv.to_string(),
+                    up_to: target,
+                    senders: Vec::new(),
+                    conv_seqs: seqs.iter().map(|&(s, _)| s).collect(),
+                };
+                self.deliver_in_large_group(g, mark.user, &delivered, mark.now_ms)
+                    .await?;
                 self.count_receipts(g, &seqs, ReceiptKind::Read, mark.now_ms)
                     .await?;
             }

@@ -83,8 +83,46 @@ pub(crate) async fn read_log(
             trimmed_through: now_trimmed,
         });
     }
-    let (events, has_more) = take_bounded(&rows, limit, bytes_max, decode_event)?;
+    let (mut events, has_more) = take_bounded(&rows, limit, bytes_max, decode_event)?;
+    current_messages(s, &mut events).await?;
     Ok(LogRead { events, has_more })
+}
+
+/// A message event shows its message as the timeline holds it now
+/// (recalled, edited), as on the embedded store, whose log events refer to
+/// the timeline instead of holding a copy: a recalled message's content is
+/// not served again by a later sync.
+async fn current_messages(s: &PgStore, events: &mut [Event]) -> Result<()> {
+    let (mut convs, mut seqs) = (Vec::new(), Vec::new());
+    for e in events.iter() {
+        if let Some(event::Kind::Message(m)) = &e.kind {
+            convs.push(m.conversation_id.as_str());
+            seqs.push(i(m.conv_seq));
+        }
+    }
+    if convs.is_empty() {
+        return Ok(());
+    }
+    let rows = query(
+        s,
+        "SELECT m.conversation_id, m.conv_seq, m.message FROM messages m \
+         JOIN unnest($1::text[], $2::bigint[]) AS w(c, s) \
+           ON m.conversation_id = w.c AND m.conv_seq = w.s",
+        &[&convs, &seqs],
+    )
+    .await?;
+    let mut now: HashMap<(String, u64), Message> = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        now.insert((r.get(0), u(r.get(1))), decode_message(r.get(2))?);
+    }
+    for e in events.iter_mut() {
+        if let Some(event::Kind::Message(m)) = &mut e.kind
+            && let Some(current) = now.remove(&(m.conversation_id.clone(), m.conv_seq))
+        {
+            *m = current;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) async fn history(s: &PgStore, q: &HistoryQuery) -> Result<(Vec<Message>, bool)> {

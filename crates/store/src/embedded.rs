@@ -5,13 +5,21 @@
 
 use std::path::Path;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use pigeon_core::StoreError;
 
 use crate::engine::{Engine, Entries, Op, Table};
 
 /// The journal size at which fjall flushes and starts a new journal.
 pub const JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// The memtable size at which a table's memtable is flushed to a table
+/// file. fjall starts a new journal only when a memtable is flushed, so
+/// with its default (64 MiB for each of our tables) the journal, which a
+/// start after a crash replays, could grow far past [`JOURNAL_BYTES_MAX`]
+/// before any one table's memtable filled. Fixed when a database is
+/// created: one made with another size keeps it.
+pub const MEMTABLE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 /// fjall behind the [`Engine`] interface.
 pub struct FjallEngine {
@@ -47,8 +55,10 @@ impl FjallEngine {
         let keyspaces = Table::ALL
             .iter()
             .map(|t| {
-                db.keyspace(t.name(), KeyspaceCreateOptions::default)
-                    .map_err(io)
+                db.keyspace(t.name(), || {
+                    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES_MAX)
+                })
+                .map_err(io)
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(FjallEngine { db, keyspaces })
@@ -94,9 +104,11 @@ impl Engine for FjallEngine {
         Ok(out)
     }
 
-    fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
-        let mut batch = self.db.batch();
-        for op in ops {
+    fn apply(&self, ops: &mut Vec<Op>) -> Result<(), StoreError> {
+        // Sized up front: growing it op by op moved the whole batch several
+        // times per commit (thousands of items at full load).
+        let mut batch = OwnedWriteBatch::with_capacity(self.db.clone(), ops.len());
+        for op in ops.drain(..) {
             match op {
                 Op::Put(t, k, v) => batch.insert(self.ks(t), k, v),
                 Op::Delete(t, k) => batch.remove(self.ks(t), k),
@@ -107,5 +119,42 @@ impl Engine for FjallEngine {
 
     fn sync(&self) -> Result<(), StoreError> {
         self.db.persist(PersistMode::SyncAll).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks a table's memtable is flushed to a table file once it holds
+    /// [`MEMTABLE_BYTES_MAX`], well before fjall's default of 64 MiB: that
+    /// is what lets the journal a crashed start replays be released.
+    #[test]
+    fn a_full_memtable_is_flushed_at_our_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path()).unwrap();
+        let value = vec![7u8; 4096];
+        let writes = (MEMTABLE_BYTES_MAX as usize * 3 / 2) / value.len();
+        for chunk in 0..writes / 256 {
+            let mut ops: Vec<Op> = (0..256)
+                .map(|i| {
+                    let key = ((chunk * 256 + i) as u64).to_be_bytes().to_vec();
+                    Op::Put(Table::Timeline, key, value.clone())
+                })
+                .collect();
+            engine.apply(&mut ops).unwrap();
+            engine.sync().unwrap();
+        }
+        let timeline = engine.ks(Table::Timeline);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while timeline.table_count() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no table file after {} MiB written",
+                (writes * value.len()) >> 20
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(writes * value.len() < 64 * 1024 * 1024);
     }
 }

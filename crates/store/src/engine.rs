@@ -125,7 +125,8 @@ pub trait Engine: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Entries, StoreError>;
     /// Applies the writes atomically; they are visible but not yet durable.
-    fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError>;
+    /// Takes them out of `ops`, which keeps its capacity for the caller.
+    fn apply(&self, ops: &mut Vec<Op>) -> Result<(), StoreError>;
     /// Makes every applied write durable (fsync).
     fn sync(&self) -> Result<(), StoreError>;
 }

@@ -33,6 +33,7 @@ mod messages;
 mod outbox;
 mod reads;
 mod social;
+mod stored;
 
 pub use messages::{RECEIPT_SCAN_MAX, UNREAD_COUNT_MAX, notable};
 pub use outbox::FAILED_SCAN_MAX;
@@ -162,6 +163,17 @@ impl Shared {
         Ok(m)
     }
 
+    /// A message as the timeline holds it now.
+    fn timeline_message(&self, conv: &str, conv_seq: u64) -> Result<Option<Message>, StoreError> {
+        match self
+            .engine
+            .get(Table::Timeline, &keys::timeline(conv, conv_seq))?
+        {
+            Some(v) => Ok(Some(decode_proto("message", &v)?)),
+            None => Ok(None),
+        }
+    }
+
     fn conv_head(&self, conv: &str) -> Result<u64, StoreError> {
         let mut convs = self.convs.lock().expect("conv heads lock poisoned");
         if let Some(h) = convs.get(conv) {
@@ -210,11 +222,53 @@ fn timeline_seq(key: &[u8]) -> u64 {
 }
 
 /// A stored send outcome, for idempotent retries.
-#[derive(Debug, Serialize, Deserialize)]
+///
+/// Stored as [`DEDUP_BINARY`], conv_seq and sent_at_ms (8 bytes each, big
+/// endian) and the conversation id; records written before that format are
+/// JSON objects (their first byte is `{`) and still read.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct DedupRecord {
     conversation_id: String,
     conv_seq: u64,
     sent_at_ms: i64,
+}
+
+/// The first byte of a binary [`DedupRecord`].
+const DEDUP_BINARY: u8 = 1;
+
+impl DedupRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(17 + self.conversation_id.len());
+        out.push(DEDUP_BINARY);
+        out.extend_from_slice(&self.conv_seq.to_be_bytes());
+        out.extend_from_slice(&self.sent_at_ms.to_be_bytes());
+        out.extend_from_slice(self.conversation_id.as_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<DedupRecord, StoreError> {
+        match bytes.split_first() {
+            Some((&DEDUP_BINARY, rest)) if rest.len() >= 16 => {
+                let (seq, rest) = rest.split_at(8);
+                let (sent, conv) = rest.split_at(8);
+                Ok(DedupRecord {
+                    conversation_id: String::from_utf8(conv.to_vec())
+                        .map_err(|e| corrupt("dedup", e))?,
+                    conv_seq: u64::from_be_bytes(seq.try_into().expect("8 bytes")),
+                    sent_at_ms: i64::from_be_bytes(sent.try_into().expect("8 bytes")),
+                })
+            }
+            Some((b'{', _)) => decode_json("dedup", bytes),
+            _ => Err(corrupt("dedup", "neither a binary nor a JSON record")),
+        }
+    }
+
+    /// The record of `key` in the batch or the engine.
+    fn read(b: &Batch<'_>, key: &[u8]) -> Result<Option<DedupRecord>, StoreError> {
+        b.get(Table::Dedup, key)?
+            .map(|v| DedupRecord::decode(&v))
+            .transpose()
+    }
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -316,6 +370,7 @@ impl LogStore {
             next_user_id: None,
             member_cache: HashMap::new(),
             failed: None,
+            spare: Spare::default(),
         };
         let store = LogStore {
             tx,
@@ -500,7 +555,12 @@ impl Store for LogStore {
             .engine
             .get(Table::ConvState, &keys::conv_state(user, conv))?
         {
-            Some(v) => Ok(Some(decode_proto("conversation", &v)?)),
+            Some(v) => {
+                let mut s: ConversationSummary = decode_proto("conversation", &v)?;
+                stored::derive_direct(&mut s, |c| self.shared.conv_head(c))?;
+                stored::resolve_summary(&mut s, |c, seq| self.shared.timeline_message(c, seq))?;
+                Ok(Some(s))
+            }
             None => Ok(None),
         }
     }
@@ -689,14 +749,13 @@ impl Store for LogStore {
         // would hold a concurrent original is durable.
         let key = keys::dedup(sender, client_msg_id);
         self.exec(move |_, tx| {
-            Ok(tx
-                .b
-                .get_json::<DedupRecord>("dedup", Table::Dedup, &key)?
-                .map(|d| pigeon_core::store::SentAck {
+            Ok(
+                DedupRecord::read(&tx.b, &key)?.map(|d| pigeon_core::store::SentAck {
                     conversation_id: d.conversation_id,
                     conv_seq: d.conv_seq,
                     sent_at_ms: d.sent_at_ms,
-                }))
+                }),
+            )
         })
         .await
     }
@@ -706,14 +765,7 @@ impl Store for LogStore {
         conversation_id: &str,
         conv_seq: u64,
     ) -> Result<Option<Message>, StoreError> {
-        match self
-            .shared
-            .engine
-            .get(Table::Timeline, &keys::timeline(conversation_id, conv_seq))?
-        {
-            Some(v) => Ok(Some(decode_proto("message", &v)?)),
-            None => Ok(None),
-        }
+        self.shared.timeline_message(conversation_id, conv_seq)
     }
 
     async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
@@ -779,12 +831,15 @@ struct Batch<'e> {
 }
 
 impl<'e> Batch<'e> {
-    fn new(engine: &'e dyn Engine) -> Batch<'e> {
+    /// A batch in the spare buffers of an earlier one (taken).
+    fn reusing(engine: &'e dyn Engine, spare: &mut Spare) -> Batch<'e> {
+        let mut overlay = std::mem::take(&mut spare.overlay);
+        overlay.resize_with(Table::ALL.len(), HashMap::new);
         Batch {
             engine,
-            ops: Vec::new(),
-            overlay: vec![HashMap::new(); Table::ALL.len()],
-            undo: Vec::new(),
+            ops: std::mem::take(&mut spare.ops),
+            overlay,
+            undo: std::mem::take(&mut spare.undo),
         }
     }
 
@@ -1016,6 +1071,51 @@ struct Committer {
     /// Set when a commit failed: the engine's state is unknown, so every
     /// later write is refused until restart (recovery replays the journal).
     failed: Option<String>,
+    /// The last batch's buffers, emptied, for the next one.
+    spare: Spare,
+}
+
+/// Most writes a batch's buffers may have room for and still be kept for
+/// the next batch (a larger one, e.g. a big group change, is let go).
+const SPARE_OPS_MAX: usize = 65_536;
+
+/// A finished batch's buffers, emptied. At full load a batch holds
+/// thousands of writes: growing fresh vectors for each one cost more (in
+/// copies and in page faults on the allocator's fresh pages) than keeping
+/// them.
+#[derive(Default)]
+struct Spare {
+    ops: Vec<Op>,
+    undo: Vec<Option<usize>>,
+    overlay: Vec<HashMap<Vec<u8>, usize>>,
+    head_undo: Vec<HeadUndo>,
+}
+
+impl Spare {
+    /// Keeps `b`'s and `head_undo`'s buffers unless they grew too large.
+    fn keep(&mut self, b: Batch<'_>, mut head_undo: Vec<HeadUndo>) {
+        let Batch {
+            mut ops,
+            mut undo,
+            mut overlay,
+            ..
+        } = b;
+        if ops.capacity() > SPARE_OPS_MAX {
+            return;
+        }
+        ops.clear();
+        undo.clear();
+        head_undo.clear();
+        for m in &mut overlay {
+            m.clear();
+        }
+        *self = Spare {
+            ops,
+            undo,
+            overlay,
+            head_undo,
+        };
+    }
 }
 
 impl Committer {
@@ -1055,11 +1155,11 @@ impl Committer {
         let mut stop = None;
         let engine = self.shared.engine.clone();
         let mut tx = Tx {
-            b: Batch::new(&*engine),
+            b: Batch::reusing(&*engine, &mut self.spare),
             after: Replies::default(),
             publish: AfterCommit::default(),
             heads: HashMap::new(),
-            head_undo: Vec::new(),
+            head_undo: std::mem::take(&mut self.spare.head_undo),
         };
         for cmd in cmds.drain(..) {
             match cmd {
@@ -1085,7 +1185,11 @@ impl Committer {
 
     fn commit(&mut self, tx: Tx<'_>) {
         let Tx {
-            b, after, publish, ..
+            mut b,
+            after,
+            publish,
+            head_undo,
+            ..
         } = tx;
         let result = if b.ops.is_empty() {
             Ok(())
@@ -1096,11 +1200,12 @@ impl Committer {
             let r = self
                 .shared
                 .engine
-                .apply(b.ops)
+                .apply(&mut b.ops)
                 .and_then(|()| self.shared.engine.sync());
             metrics::histogram!(COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
             r
         };
+        self.spare.keep(b, head_undo);
         self.stats
             .commands
             .fetch_add(after.0.len() as u64, Ordering::Relaxed);
@@ -1275,7 +1380,11 @@ impl Committer {
             group_seq: 0,
             ..Event::default()
         };
-        tx.b.put(Table::Log, keys::log(user, seq), event.encode_to_vec());
+        tx.b.put(
+            Table::Log,
+            keys::log(user, seq),
+            stored::encode_event(&event),
+        );
         tx.set_log_head(user, seq);
         self.trim(&mut tx.b, user, seq)?;
         Ok(Appended {
@@ -1422,6 +1531,37 @@ mod tests {
         })
     }
 
+    /// Checks idempotency records round-trip in the binary format, that
+    /// those written as JSON before it still read, and that anything else is
+    /// reported as corruption rather than a panic.
+    #[test]
+    fn dedup_records_read_both_formats() {
+        let record = DedupRecord {
+            conversation_id: "d:12:345".into(),
+            conv_seq: 1 << 40,
+            sent_at_ms: 1_790_000_000_123,
+        };
+        let bytes = record.encode();
+        assert_eq!(bytes.len(), 17 + 8);
+        assert_eq!(DedupRecord::decode(&bytes).unwrap(), record);
+        let old = br#"{"conversation_id":"d:12:345","conv_seq":1099511627776,"sent_at_ms":1790000000123}"#;
+        assert_eq!(DedupRecord::decode(old).unwrap(), record);
+        for bad in [
+            &b""[..],
+            &[DEDUP_BINARY, 1, 2][..],
+            &[9, 9][..],
+            &b"{nope"[..],
+        ] {
+            assert!(matches!(
+                DedupRecord::decode(bad),
+                Err(StoreError::Corrupt(_))
+            ));
+        }
+        let mut not_utf8 = bytes.clone();
+        not_utf8.push(0xff);
+        assert!(DedupRecord::decode(&not_utf8).is_err());
+    }
+
     /// Checks a batch reads its own writes, the last one of a key winning,
     /// and that undoing the writes after a point brings back exactly what
     /// was readable there.
@@ -1429,9 +1569,13 @@ mod tests {
     fn a_batch_reads_and_undoes_its_own_writes() {
         let engine = MemoryEngine::default();
         engine
-            .apply(vec![Op::Put(Table::Meta, b"k0".to_vec(), b"old".to_vec())])
+            .apply(&mut vec![Op::Put(
+                Table::Meta,
+                b"k0".to_vec(),
+                b"old".to_vec(),
+            )])
             .unwrap();
-        let mut b = Batch::new(&engine);
+        let mut b = Batch::reusing(&engine, &mut Spare::default());
         b.put(Table::Meta, b"k1".to_vec(), b"one".to_vec());
         b.delete(Table::Meta, b"k0".to_vec());
         let point = b.ops.len();
@@ -1451,6 +1595,22 @@ mod tests {
         assert_eq!(b.ops.len(), point);
         let scanned = b.scan_all(Table::Meta, b"k", b"l").unwrap();
         assert_eq!(scanned, vec![(b"k1".to_vec(), b"one".to_vec())]);
+
+        // The next batch gets the buffers back empty: none of this batch's
+        // writes is readable through it, and their room is kept.
+        let mut spare = Spare::default();
+        spare.keep(b, vec![HeadUndo::Stream(1)]);
+        let b = Batch::reusing(&engine, &mut spare);
+        assert!(b.ops.is_empty() && b.undo.is_empty() && b.ops.capacity() >= point);
+        assert_eq!(read(&b, Table::Meta, b"k1"), None);
+        assert_eq!(read(&b, Table::Meta, b"k0"), Some(b"old".to_vec()));
+        assert!(b.scan_all(Table::Meta, b"k", b"l").unwrap().len() == 1);
+        assert!(spare.head_undo.is_empty());
+        // A batch grown past the bound is not kept.
+        let mut big = Batch::reusing(&engine, &mut Spare::default());
+        big.ops.reserve(SPARE_OPS_MAX + 1);
+        spare.keep(big, Vec::new());
+        assert_eq!(Batch::reusing(&engine, &mut spare).ops.capacity(), 0);
     }
 
     /// Checks a job that appended and then failed leaves nothing behind in

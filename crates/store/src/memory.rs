@@ -43,9 +43,9 @@ impl Engine for MemoryEngine {
         })
     }
 
-    fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+    fn apply(&self, ops: &mut Vec<Op>) -> Result<(), StoreError> {
         let mut tables = self.tables.write().expect("memory engine lock poisoned");
-        for op in ops {
+        for op in ops.drain(..) {
             match op {
                 Op::Put(t, k, v) => {
                     tables[t.index()].insert(k, v);

@@ -21,7 +21,7 @@ async fn records_from_before_the_index_load_and_get_indexed() {
         )
     };
     engine
-        .apply(vec![
+        .apply(&mut vec![
             Op::Put(Table::Users, b"alice".to_vec(), old_user.into()),
             Op::Put(Table::UserIds, keys::user_id(1), b"alice".to_vec()),
             Op::Put(Table::Meta, keys::NEXT_USER_ID.to_vec(), keys::u64_value(2)),

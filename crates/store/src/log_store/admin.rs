@@ -194,12 +194,12 @@ pub(super) fn index_existing_sessions(engine: &dyn Engine) -> Result<(), StoreEr
                 ));
             }
         }
-        engine.apply(ops)?;
+        engine.apply(&mut ops)?;
         if rows.len() < SESSIONS_INDEX_STEP_MAX {
             break;
         }
     }
-    engine.apply(vec![Op::Put(
+    engine.apply(&mut vec![Op::Put(
         Table::Meta,
         keys::SESSIONS_INDEXED.to_vec(),
         Vec::new(),

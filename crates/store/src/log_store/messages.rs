@@ -23,7 +23,7 @@ use pigeon_proto::v1::{
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
-use super::{Committer, DedupRecord, Tx, decode_json, decode_proto, encode_json, refused};
+use super::{Committer, DedupRecord, Tx, decode_json, decode_proto, encode_json, refused, stored};
 use crate::engine::Table;
 use crate::keys;
 
@@ -145,9 +145,7 @@ impl Committer {
         m: AppendMessage,
     ) -> Result<AppendOutcome, StoreError> {
         let dedup_key = keys::dedup(m.sender_id, &m.client_msg_id);
-        if let Some(d) =
-            tx.b.get_json::<DedupRecord>("dedup", Table::Dedup, &dedup_key)?
-        {
+        if let Some(d) = DedupRecord::read(&tx.b, &dedup_key)? {
             return Ok(AppendOutcome {
                 conversation_id: d.conversation_id,
                 conv_seq: d.conv_seq,
@@ -168,10 +166,11 @@ impl Committer {
             None
         };
         let conv = m.conversation_id.clone();
-        if !tx.publish.conv_heads.contains_key(&conv) {
-            // Registers the committed head before the timeline is written.
-            self.shared.conv_head(&conv)?;
-        }
+        // Registers the committed head before the timeline is written.
+        let prev_head = match tx.publish.conv_heads.get(&conv) {
+            Some(h) => *h,
+            None => self.shared.conv_head(&conv)?,
+        };
         let conv_seq = self.next_conv_seq(&mut tx.b, &conv)?;
         let message = Message {
             conversation_id: conv.clone(),
@@ -196,7 +195,7 @@ impl Committer {
             conv_seq,
             sent_at_ms: m.now_ms,
         };
-        tx.b.put(Table::Dedup, dedup_key, encode_json(&record));
+        tx.b.put(Table::Dedup, dedup_key, record.encode());
 
         let kind = event::Kind::Message(message.clone());
         if !m.hooks.is_empty() {
@@ -241,8 +240,14 @@ impl Committer {
                         .find(|(id, _)| id != u)
                         .cloned()
                         .unwrap_or_else(|| (*u, m.sender_username.clone()));
-                    // One read of the summary: created with the peer's
-                    // name on the first message.
+                    // A recipient's summary is made with the peer's name on
+                    // the conversation's first message and not written
+                    // again for messages received: readers derive its
+                    // newest message and unread count from the head
+                    // (`stored::derive_direct`).
+                    if *u != m.sender_id && prev_head > 0 {
+                        continue;
+                    }
                     self.bump_summary(tx, *u, &message, || {
                         empty_summary(&conv, peer_id, &peer_name)
                     })?;
@@ -299,7 +304,7 @@ impl Committer {
         new: impl FnOnce() -> ConversationSummary,
     ) -> Result<(), StoreError> {
         Self::update_summary_or(tx, user, &message.conversation_id, new, |s| {
-            s.last_message = Some(message.clone());
+            s.last_message = Some(stored::summary_stub(message));
             if user == message.sender_id {
                 s.read_up_to = message.conv_seq;
                 s.unread_count = 0;
@@ -338,20 +343,27 @@ impl Committer {
             Some(g) => Self::member_for_write(tx, g.id, mark.user)?,
             None => None,
         };
+        // The newest stored message (allocated seqs may run ahead of it
+        // after a restart).
+        let head = |c: &mut Self, tx: &Tx<'_>| {
+            tx.publish
+                .conv_heads
+                .get(&conv)
+                .copied()
+                .map_or_else(|| c.shared.conv_head(&conv), Ok)
+        };
         // The newest message this user may see.
         let last = match (&group, &member) {
             (Some(g), Some(m)) if g.large => match m.left_conv {
-                // The newest stored message (allocated seqs may run
-                // ahead of it after a restart).
-                0 => tx
-                    .publish
-                    .conv_heads
-                    .get(&conv)
-                    .copied()
-                    .map_or_else(|| self.shared.conv_head(&conv), Ok)?,
+                0 => head(self, tx)?,
                 left => left,
             },
-            _ => state.last_message.as_ref().map_or(0, |m| m.conv_seq),
+            (Some(_), _) => state.last_message.as_ref().map_or(0, |m| m.conv_seq),
+            (None, _) => {
+                let head = head(self, tx)?;
+                stored::derive_direct(&mut state, |_| Ok(head))?;
+                head
+            }
         };
         let target = mark.up_to.min(last);
         if target <= state.read_up_to {
@@ -403,6 +415,21 @@ impl Committer {
                     .filter(|m| m.sender_id != mark.user)
                     .map(|m| (m.conv_seq, m.sender_id))
                     .collect();
+                // What is read has been delivered: the delivery counts
+                // first, unless this member's delivery mark came before.
+                let delivered = Delivered {
+                    conversation_id: conv.clone(),
+                    up_to: target,
+                    senders: Vec::new(),
+                    conv_seqs: seqs.iter().map(|&(s, _)| s).collect(),
+                };
+                appended.extend(self.deliver_in_large_group(
+                    tx,
+                    g,
+                    mark.user,
+                    &delivered,
+                    mark.now_ms,
+                )?);
                 appended.extend(self.count_receipts(
                     tx,
                     g,
@@ -534,31 +561,7 @@ impl Committer {
         for d in marks {
             match Self::group_of_conv(tx, &d.conversation_id)? {
                 Some(g) if g.large => {
-                    // Count each message once per member: only those past
-                    // this member's delivered position.
-                    let key = keys::position(&d.conversation_id, user);
-                    let mut pos =
-                        tx.b.get_json::<Positions>("positions", Table::Positions, &key)?
-                            .unwrap_or_default();
-                    let mut fresh = Vec::new();
-                    for &seq in d.conv_seqs.iter().filter(|&&s| s > pos.delivered) {
-                        if let Some(m) = tx.b.get_proto::<Message>(
-                            "message",
-                            Table::Timeline,
-                            &keys::timeline(&d.conversation_id, seq),
-                        )? {
-                            fresh.push((seq, m.sender_id));
-                        }
-                    }
-                    pos.delivered = pos.delivered.max(d.up_to);
-                    tx.b.put(Table::Positions, key, encode_json(&pos));
-                    out.extend(self.count_receipts(
-                        tx,
-                        &g,
-                        &fresh,
-                        ReceiptKind::Delivered,
-                        now_ms,
-                    )?);
+                    out.extend(self.deliver_in_large_group(tx, &g, user, &d, now_ms)?)
                 }
                 _ => out.extend(self.receipts(
                     tx,
@@ -573,6 +576,38 @@ impl Committer {
             }
         }
         Ok(out)
+    }
+
+    /// Records that `user` received messages of a large group: their
+    /// delivered position moves, and each message past the old position
+    /// counts one more delivery (each message once per member).
+    fn deliver_in_large_group(
+        &mut self,
+        tx: &mut Tx<'_>,
+        g: &GroupRecord,
+        user: UserId,
+        d: &Delivered,
+        now_ms: i64,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let key = keys::position(&d.conversation_id, user);
+        let mut pos =
+            tx.b.get_json::<Positions>("positions", Table::Positions, &key)?
+                .unwrap_or_default();
+        let mut fresh = Vec::new();
+        for &seq in d.conv_seqs.iter().filter(|&&s| s > pos.delivered) {
+            if let Some(m) = tx.b.get_proto::<Message>(
+                "message",
+                Table::Timeline,
+                &keys::timeline(&d.conversation_id, seq),
+            )? {
+                fresh.push((seq, m.sender_id));
+            }
+        }
+        if d.up_to > pos.delivered {
+            pos.delivered = d.up_to;
+            tx.b.put(Table::Positions, key, encode_json(&pos));
+        }
+        self.count_receipts(tx, g, &fresh, ReceiptKind::Delivered, now_ms)
     }
 
     pub(super) fn change_message(
@@ -655,23 +690,9 @@ impl Committer {
             Ok(change) => change,
             Err(unchanged) => return Ok(unchanged),
         };
+        // Summaries and log events refer to the timeline's copy, so they
+        // read the change from here (`stored`).
         tx.b.put(Table::Timeline, tl_key, message.encode_to_vec());
-        // Keep the summaries' last message in step (write-diffused only;
-        // large groups read it from the timeline).
-        if let Audience::Logs(users) = &audience {
-            for &u in users {
-                let key = keys::conv_state(u, &conv);
-                if let Some(mut s) =
-                    tx.b.get_proto::<ConversationSummary>("conversation", Table::ConvState, &key)?
-                    && s.last_message
-                        .as_ref()
-                        .is_some_and(|l| l.conv_seq == c.conv_seq)
-                {
-                    s.last_message = Some(message.clone());
-                    tx.b.put(Table::ConvState, key, s.encode_to_vec());
-                }
-            }
-        }
         let (appended, stream) = self.deliver(tx, &audience, c.now_ms, &kind)?;
         Ok(ChangeOutcome {
             edited_at_ms,

@@ -11,9 +11,11 @@ use pigeon_core::{StoreError, UserId};
 use pigeon_proto::v1::{ConversationSummary, Event, GroupRole, Message, ReceiptSummary, event};
 
 use super::messages::{Counts, UNREAD_COUNT_MAX};
+use super::stored::{self, StoredEvent};
 use super::{CONVERSATIONS_SCAN_MAX, Shared, USER_GROUPS_SCAN_MAX, decode_json, decode_proto};
 use crate::engine::Table;
 use crate::keys;
+use prost::Message as _;
 
 impl Shared {
     pub(super) fn read_log(
@@ -55,8 +57,12 @@ impl Shared {
                 trimmed_through: now.trimmed_through,
             });
         }
+        // Message events name their message in the timeline (`stored`);
+        // the byte bound is on the events as they are sent.
         let (events, has_more) = take_bounded(&rows, limit, bytes_max, |v| {
-            decode_proto::<Event>("event", v)
+            let event = StoredEvent::decode(v)?.resolve(|c, s| self.timeline_message(c, s))?;
+            let len = event.encoded_len();
+            Ok((event, len))
         })?;
         Ok(LogRead { events, has_more })
     }
@@ -84,7 +90,7 @@ impl Shared {
                 q.limit + 1,
             )?;
             let (mut messages, has_more) = take_bounded(&rows, q.limit, q.bytes_max, |v| {
-                decode_proto::<Message>("message", v)
+                Ok((decode_proto::<Message>("message", v)?, v.len()))
             })?;
             let Some(oldest) = messages.last().map(|m| m.conv_seq) else {
                 return Ok((messages, false));
@@ -125,6 +131,8 @@ impl Shared {
         let mut activity = Vec::with_capacity(rows.len());
         for (_, v) in &rows {
             let mut s: ConversationSummary = decode_proto("conversation", v)?;
+            stored::derive_direct(&mut s, |c| self.conv_head(c))?;
+            stored::resolve_summary(&mut s, |c, seq| self.timeline_message(c, seq))?;
             let mut created = 0;
             if let Some(id) = groups::parse_group_id(&s.conversation_id)
                 && let Some(group) = self.group(id)?
@@ -449,21 +457,26 @@ impl Shared {
 }
 
 /// Decodes rows up to `limit` and about `bytes_max` bytes (always one if
-/// any); and whether rows were left.
+/// any); and whether rows were left. `decode` gives each item with its size
+/// as it will be sent.
 fn take_bounded<T>(
     rows: &[(Vec<u8>, Vec<u8>)],
     limit: usize,
     bytes_max: usize,
-    decode: impl Fn(&[u8]) -> Result<T, StoreError>,
+    decode: impl Fn(&[u8]) -> Result<(T, usize), StoreError>,
 ) -> Result<(Vec<T>, bool), StoreError> {
     let mut out = Vec::with_capacity(rows.len().min(limit));
     let mut bytes = 0;
     for (i, (_, v)) in rows.iter().enumerate() {
-        if i == limit || (!out.is_empty() && bytes + v.len() > bytes_max) {
+        if i == limit {
             return Ok((out, true));
         }
-        bytes += v.len();
-        out.push(decode(v)?);
+        let (item, size) = decode(v)?;
+        if !out.is_empty() && bytes + size > bytes_max {
+            return Ok((out, true));
+        }
+        bytes += size;
+        out.push(item);
     }
     Ok((out, false))
 }
