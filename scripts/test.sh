@@ -14,6 +14,10 @@ cd "$(dirname "$0")/.."
 
 need() { command -v "$1" >/dev/null 2>&1; }
 
+# A clean build's incremental caches take over a gigabyte of disk and a run
+# on a fresh checkout never reuses them; CI machines can be short of disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 if ! need cargo; then
   echo "cargo is required (https://rustup.rs)" >&2
   exit 1
