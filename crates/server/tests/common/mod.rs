@@ -61,6 +61,10 @@ impl TestCerts {
     }
 }
 
+/// How many times a first start is tried on fresh ports when another test
+/// took one of its ports first.
+const PORT_RACE_RETRIES: usize = 5;
+
 fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
@@ -105,7 +109,7 @@ impl Server {
             _pg: pg,
             _tmp: Some(tmp),
         };
-        s.spawn();
+        s.first_spawn();
         s
     }
 
@@ -134,12 +138,38 @@ impl Server {
             _pg: None,
             _tmp: Some(tmp),
         };
-        s.spawn();
+        s.first_spawn();
         s
+    }
+
+    /// Starts the server the first time. Its ports were free when chosen,
+    /// but a test running beside this one can take one before the server
+    /// binds it; then the start is tried again on other ports.
+    fn first_spawn(&mut self) {
+        for _ in 0..PORT_RACE_RETRIES {
+            let log_before = self.log().len();
+            match self.try_spawn(log_before) {
+                Ok(()) => return,
+                Err(log) if log.contains("Address already in use") => {
+                    self.tcp = format!("127.0.0.1:{}", free_port());
+                    self.http = format!("127.0.0.1:{}", free_port());
+                }
+                Err(log) => panic!("pigeon exited early: {log}"),
+            }
+        }
+        panic!("pigeon found no free ports: {}", self.log());
     }
 
     fn spawn(&mut self) {
         let log_before = self.log().len();
+        if let Err(log) = self.try_spawn(log_before) {
+            panic!("pigeon exited early: {log}");
+        }
+    }
+
+    /// Starts the server; `Err` with its log if it exited before it was
+    /// ready.
+    fn try_spawn(&mut self, log_before: usize) -> Result<(), String> {
         let config = self.dir.join("pigeon.toml");
         std::fs::write(
             &config,
@@ -173,7 +203,7 @@ impl Server {
             .spawn()
             .expect("starting pigeon");
         self.child = Some(child);
-        self.wait_ready(log_before);
+        self.wait_ready(log_before)
     }
 
     /// Waits until this start has logged "pigeon listening" (after
@@ -181,7 +211,7 @@ impl Server {
     /// The ports are bound, and so accept connections, before the service
     /// is built, which on PostgreSQL takes a few round trips: the log line
     /// says the server is complete.
-    fn wait_ready(&mut self, log_before: usize) {
+    fn wait_ready(&mut self, log_before: usize) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             let started = self
@@ -192,10 +222,10 @@ impl Server {
                 && std::net::TcpStream::connect(&self.tcp).is_ok()
                 && std::net::TcpStream::connect(&self.http).is_ok()
             {
-                return;
+                return Ok(());
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("pigeon exited early with {status}: {}", self.log());
+                return Err(format!("{status}: {}", self.log()));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
