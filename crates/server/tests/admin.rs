@@ -368,7 +368,16 @@ async fn created_accounts_log_in_and_list_in_pages() {
     }
     // Registration is closed, yet the administrator's accounts work.
     let c = connect(&url, &login(&url, "user07", "laptop").await).await;
-    let (_, v) = admin(&server, "GET", "/admin/v1/users/user07", None).await;
+    // The login's own connection counts until the server has seen it close,
+    // which `close` does not wait for.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let v = loop {
+        let (_, v) = admin(&server, "GET", "/admin/v1/users/user07", None).await;
+        if v["online_connections"] == json!(1) || std::time::Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(v["online_connections"], json!(1), "{v}");
     assert_eq!(v["disabled"], json!(false));
     c.close().await;
