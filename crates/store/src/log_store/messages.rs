@@ -100,6 +100,35 @@ impl Committer {
 
     /// Writes `kind` where the audience reads it. Returns the log events
     /// and, for a large group, the stream seq and who to tell.
+    /// [`Committer::deliver`] for a kind the caller no longer needs: the
+    /// last log gets it without a copy (a message's event is the largest
+    /// thing a commit copies).
+    fn deliver_owned(
+        &mut self,
+        tx: &mut Tx<'_>,
+        audience: &Audience,
+        now_ms: i64,
+        kind: event::Kind,
+    ) -> Result<(Vec<Appended>, Option<StreamWrite>), StoreError> {
+        match audience {
+            Audience::Logs(users) => {
+                let mut appended = Vec::with_capacity(users.len());
+                let mut kind = Some(kind);
+                for (i, &u) in users.iter().enumerate() {
+                    let k = if i + 1 == users.len() {
+                        kind.take()
+                    } else {
+                        kind.clone()
+                    };
+                    let k = k.expect("the kind is taken only for the last log");
+                    appended.push(self.append_event(tx, u, now_ms, k)?);
+                }
+                Ok((appended, None))
+            }
+            Audience::Stream(_) => self.deliver(tx, audience, now_ms, &kind),
+        }
+    }
+
     pub(super) fn deliver(
         &mut self,
         tx: &mut Tx<'_>,
@@ -197,7 +226,6 @@ impl Committer {
         };
         tx.b.put(Table::Dedup, dedup_key, record.encode());
 
-        let kind = event::Kind::Message(message.clone());
         if !m.hooks.is_empty() {
             let recipients: Vec<UserId> = match &group {
                 Some(g) if g.large => vec![0],
@@ -216,23 +244,23 @@ impl Committer {
             };
             self.enqueue_hooks(tx, &m.hooks, &conv, conv_seq, &recipients, m.now_ms)?;
         }
-        let (appended, stream) = match &group {
+        // Summaries first: the message then moves into the events.
+        let audience = match &group {
             Some(g) if g.large => {
                 // One write for everyone; the sender has read their own message.
                 self.update_summary(tx, m.sender_id, &conv, |s| {
                     s.read_up_to = s.read_up_to.max(conv_seq)
                 })?;
-                self.deliver(tx, &Audience::Stream(g.id), m.now_ms, &kind)?
+                Audience::Stream(g.id)
             }
             Some(g) => {
                 let members = self.member_ids(tx, g.id)?;
                 for &u in members.iter() {
                     self.bump_summary(tx, u, &message, || empty_summary(&conv, 0, ""))?;
                 }
-                self.deliver(tx, &Audience::Logs(members.to_vec()), m.now_ms, &kind)?
+                Audience::Logs(members.to_vec())
             }
             None => {
-                let users: Vec<UserId> = m.participants.iter().map(|(id, _)| *id).collect();
                 for (u, _) in &m.participants {
                     let (peer_id, peer_name) = m
                         .participants
@@ -252,9 +280,11 @@ impl Committer {
                         empty_summary(&conv, peer_id, &peer_name)
                     })?;
                 }
-                self.deliver(tx, &Audience::Logs(users), m.now_ms, &kind)?
+                Audience::Logs(m.participants.iter().map(|(id, _)| *id).collect())
             }
         };
+        let (appended, stream) =
+            self.deliver_owned(tx, &audience, m.now_ms, event::Kind::Message(message))?;
         Ok(AppendOutcome {
             conversation_id: conv,
             conv_seq,
