@@ -64,6 +64,9 @@ pub(crate) fn store_config(plan: &Plan) -> StoreConfig {
         seq_step: plan.seq_step,
         // Keep every event: the checker compares whole logs.
         log_retain_events: 0,
+        // Far below the users and conversations a run has, so the readers'
+        // marks are emptied and loaded again all through the run.
+        heads_cached_max: 2,
     }
 }
 

@@ -92,13 +92,22 @@ pub struct StoreConfig {
     /// Events each user's log keeps (older ones are trimmed; a device whose
     /// key is older must resync). 0 keeps everything.
     pub log_retain_events: u64,
+    /// Committed log marks, and committed conversation heads, kept in
+    /// memory for readers: when either holds more, it is emptied after a
+    /// commit, and entries load again from the store when next used.
+    pub heads_cached_max: usize,
 }
+
+/// The default of [`StoreConfig::heads_cached_max`]: each entry is about
+/// 50-80 bytes, so each map stays under about 20 MiB.
+pub const HEADS_CACHED_MAX: usize = 262_144;
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             seq_step: 1000,
             log_retain_events: 100_000,
+            heads_cached_max: HEADS_CACHED_MAX,
         }
     }
 }
@@ -127,6 +136,9 @@ struct Shared {
     /// Committed marks of logs touched since start. A user is added (from
     /// the engine) before the committer first writes to their log, under this
     /// lock, so a reader that loads a missing entry sees only durable data.
+    /// Only the committer removes entries, and only between batches (when
+    /// everything it wrote is durable), so that stays true: a log missing
+    /// here has no write in flight.
     logs: Mutex<HashMap<UserId, LogMark>>,
     /// Committed heads of conversation timelines, same protocol.
     convs: Mutex<HashMap<String, u64>>,
@@ -1211,13 +1223,20 @@ impl Committer {
             .fetch_add(after.0.len() as u64, Ordering::Relaxed);
         match &result {
             Ok(()) => {
+                let max = self.config.heads_cached_max;
                 let mut logs = self.shared.logs.lock().expect("log marks lock poisoned");
                 for (user, head) in publish.log_heads {
                     logs.entry(user).or_default().head = head;
                 }
+                if logs.len() > max {
+                    logs.clear();
+                }
                 drop(logs);
                 let mut convs = self.shared.convs.lock().expect("conv heads lock poisoned");
                 convs.extend(publish.conv_heads);
+                if convs.len() > max {
+                    convs.clear();
+                }
                 drop(convs);
                 self.shared
                     .stream_head
@@ -1611,6 +1630,44 @@ mod tests {
         big.ops.reserve(SPARE_OPS_MAX + 1);
         spare.keep(big, Vec::new());
         assert_eq!(Batch::reusing(&engine, &mut spare).ops.capacity(), 0);
+    }
+
+    /// Checks the readers' committed marks stay within `heads_cached_max`:
+    /// the map is emptied after a commit that grew it past the bound, and
+    /// marks load again, correct, from the engine.
+    #[tokio::test(flavor = "current_thread")]
+    async fn committed_marks_are_bounded() {
+        let config = StoreConfig {
+            heads_cached_max: 2,
+            ..StoreConfig::default()
+        };
+        let store = LogStore::start_in_task(Arc::new(MemoryEngine::default()), config);
+        let mut heads = Vec::new();
+        for user in 1..=5 {
+            for n in 0..user {
+                let a = store
+                    .exec(move |c, tx| c.append_event(tx, user, n as i64, flags("x")))
+                    .await
+                    .unwrap();
+                assert_eq!(a.prev_seq, heads_of(&heads, user), "follows the last");
+                heads.retain(|(u, _)| *u != user);
+                heads.push((user, a.events[0].seq));
+            }
+            let cached = store.shared.logs.lock().unwrap().len();
+            assert!(cached <= 2, "{cached} marks kept after user {user}");
+        }
+        for &(user, head) in &heads {
+            assert_eq!(store.log_head(user).await.unwrap(), head);
+            let log = store.read_log(user, 0, 10, 1 << 20).await.unwrap();
+            assert_eq!(log.events.len(), user as usize);
+        }
+    }
+
+    fn heads_of(heads: &[(UserId, u64)], user: UserId) -> u64 {
+        heads
+            .iter()
+            .find(|(u, _)| *u == user)
+            .map_or(0, |(_, h)| *h)
     }
 
     /// Checks a job that appended and then failed leaves nothing behind in

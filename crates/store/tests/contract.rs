@@ -13,6 +13,7 @@ fn config(s: Settings) -> StoreConfig {
     StoreConfig {
         seq_step: 1000,
         log_retain_events: s.log_retain_events,
+        ..StoreConfig::default()
     }
 }
 
@@ -23,6 +24,22 @@ struct Memory;
 impl Factory for Memory {
     async fn open(&self, s: Settings) -> Backend {
         Backend::new(Arc::new(open_memory(config(s))), ())
+    }
+}
+
+/// The in-memory engine keeping at most one committed log mark and one
+/// conversation head for readers: every contract test then runs with them
+/// emptied after nearly every commit and loaded again from the engine.
+struct MemoryForgetful;
+
+#[async_trait::async_trait]
+impl Factory for MemoryForgetful {
+    async fn open(&self, s: Settings) -> Backend {
+        let config = StoreConfig {
+            heads_cached_max: 1,
+            ..config(s)
+        };
+        Backend::new(Arc::new(open_memory(config)), ())
     }
 }
 
@@ -41,6 +58,11 @@ impl Factory for Fjall {
 mod memory_engine {
     use super::Memory;
     pigeon_store_contract::contract_tests!(Memory);
+}
+
+mod memory_engine_forgetful {
+    use super::MemoryForgetful;
+    pigeon_store_contract::contract_tests!(MemoryForgetful);
 }
 
 mod fjall_engine {
@@ -73,6 +95,7 @@ async fn embedded_store_recovers_after_restart() {
     let config = StoreConfig {
         seq_step: 4,
         log_retain_events: 0,
+        ..StoreConfig::default()
     };
     let (a, c, first, secret, head) = {
         let store = open_embedded(dir.path(), config.clone()).unwrap();
