@@ -33,6 +33,10 @@ pub(crate) struct Config {
     pub(crate) store: StoreUrl,
     /// Connections to PostgreSQL per node (ignored by the embedded store).
     pub(crate) store_pool_size: usize,
+    /// Committed log marks, and committed conversation heads, the embedded
+    /// store keeps in memory for readers (each); past it they are emptied
+    /// and load again from disk.
+    pub(crate) store_heads_cached_max: usize,
     /// Whether anyone may register.
     pub(crate) open_registration: bool,
     /// Session lifetime after login.
@@ -176,6 +180,7 @@ impl Default for Config {
             data: PathBuf::from("pigeon-data"),
             store: StoreUrl::default(),
             store_pool_size: pigeon_store_pg::PgConfig::default().pool_size,
+            store_heads_cached_max: StoreConfig::default().heads_cached_max,
             open_registration: core.open_registration,
             session_ttl_secs: (core.session_ttl_ms / 1000) as u64,
             frame_bytes_max: gw.frame_bytes_max,
@@ -304,6 +309,7 @@ impl Config {
             ("listen_backlog", self.listen_backlog as usize),
             ("sync_batch_events_max", self.sync_batch_events_max as usize),
             ("history_page_max", self.history_page_max as usize),
+            ("store_heads_cached_max", self.store_heads_cached_max),
         ] {
             if v == 0 {
                 bail!("{name} must be at least 1");
@@ -504,6 +510,7 @@ impl Config {
     pub(crate) fn store(&self) -> StoreConfig {
         StoreConfig {
             log_retain_events: self.sync_log_retain_events,
+            heads_cached_max: self.store_heads_cached_max,
             ..StoreConfig::default()
         }
     }
@@ -581,6 +588,24 @@ mod tests {
         assert!(
             Config::load(Some(&file), |_| None).is_err(),
             "message larger than a frame"
+        );
+    }
+
+    /// The bound on the store's cached positions reaches the store, and 0
+    /// is refused with the key's name.
+    #[test]
+    fn heads_cached_max_reaches_the_store() {
+        assert_eq!(Config::default().store().heads_cached_max, 262_144);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pigeon.toml");
+        std::fs::write(&file, "store_heads_cached_max = 4\n").unwrap();
+        let c = Config::load(Some(&file), |_| None).unwrap();
+        assert_eq!(c.store().heads_cached_max, 4);
+        std::fs::write(&file, "store_heads_cached_max = 0\n").unwrap();
+        let err = Config::load(Some(&file), |_| None).unwrap_err().to_string();
+        assert!(
+            err.contains("store_heads_cached_max must be at least 1"),
+            "{err}"
         );
     }
 
