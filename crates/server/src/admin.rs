@@ -97,6 +97,7 @@ pub(crate) fn api() -> (Router<AdminState>, Document) {
         .routes(routes!(set_flag, delete_flag))
         .split_for_parts();
     add_common_responses(&mut document);
+    require_one_target(&mut document);
     (router, document)
 }
 
@@ -133,6 +134,32 @@ impl utoipa::Modify for BearerToken {
                 SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
             );
     }
+}
+
+/// A message takes exactly one of `to_user` and `conversation_id`, which
+/// the derived schema cannot say: it becomes all of itself and one of the
+/// two required sets (a body with both matches both, so it is refused, as
+/// the handler refuses it).
+fn require_one_target(doc: &mut Document) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+    let Some(schemas) = doc.components.as_mut().map(|c| &mut c.schemas) else {
+        return;
+    };
+    let Some(message) = schemas.remove("NewMessage") else {
+        return;
+    };
+    // Present and not null (null is as good as absent to the handler).
+    let given = |field: &str| {
+        ObjectBuilder::new()
+            .property(field, ObjectBuilder::new().schema_type(Type::String))
+            .required(field)
+    };
+    let one_target = OneOfBuilder::new()
+        .item(given("to_user"))
+        .item(given("conversation_id"));
+    let schema = AllOfBuilder::new().item(message).item(one_target).build();
+    schemas.insert("NewMessage".into(), RefOr::T(Schema::AllOf(schema)));
 }
 
 /// Documents on every operation the answers every operation can give: 401
