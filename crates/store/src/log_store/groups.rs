@@ -427,7 +427,7 @@ impl Committer {
         let mut out = Emitted::default();
         for change in groups::change_events(group, who, kind, members, limits.change_members_max) {
             let (appended, stream) =
-                self.deliver(tx, &audience, now_ms, &event::Kind::GroupChange(change))?;
+                self.deliver(tx, &audience, now_ms, event::Kind::GroupChange(change))?;
             out.appended.extend(appended);
             if let Some((seq, users)) = stream {
                 out.stream_seq = seq;

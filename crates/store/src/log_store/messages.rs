@@ -99,11 +99,10 @@ impl Committer {
     }
 
     /// Writes `kind` where the audience reads it. Returns the log events
-    /// and, for a large group, the stream seq and who to tell.
-    /// [`Committer::deliver`] for a kind the caller no longer needs: the
-    /// last log gets it without a copy (a message's event is the largest
-    /// thing a commit copies).
-    fn deliver_owned(
+    /// and, for a large group, the stream seq and who to tell. The last log
+    /// gets `kind` itself, the others a copy (a message's event is the
+    /// largest thing a commit copies).
+    pub(super) fn deliver(
         &mut self,
         tx: &mut Tx<'_>,
         audience: &Audience,
@@ -113,39 +112,16 @@ impl Committer {
         match audience {
             Audience::Logs(users) => {
                 let mut appended = Vec::with_capacity(users.len());
-                let mut kind = Some(kind);
-                for (i, &u) in users.iter().enumerate() {
-                    let k = if i + 1 == users.len() {
-                        kind.take()
-                    } else {
-                        kind.clone()
-                    };
-                    let k = k.expect("the kind is taken only for the last log");
-                    appended.push(self.append_event(tx, u, now_ms, k)?);
-                }
-                Ok((appended, None))
-            }
-            Audience::Stream(_) => self.deliver(tx, audience, now_ms, &kind),
-        }
-    }
-
-    pub(super) fn deliver(
-        &mut self,
-        tx: &mut Tx<'_>,
-        audience: &Audience,
-        now_ms: i64,
-        kind: &event::Kind,
-    ) -> Result<(Vec<Appended>, Option<StreamWrite>), StoreError> {
-        match audience {
-            Audience::Logs(users) => {
-                let mut appended = Vec::with_capacity(users.len());
-                for &u in users {
-                    appended.push(self.append_event(tx, u, now_ms, kind.clone())?);
+                if let Some((&last, rest)) = users.split_last() {
+                    for &u in rest {
+                        appended.push(self.append_event(tx, u, now_ms, kind.clone())?);
+                    }
+                    appended.push(self.append_event(tx, last, now_ms, kind)?);
                 }
                 Ok((appended, None))
             }
             Audience::Stream(group) => {
-                let seq = self.append_stream(tx, *group, now_ms, kind.clone())?;
+                let seq = self.append_stream(tx, *group, now_ms, kind)?;
                 Ok((Vec::new(), Some((seq, self.member_ids(tx, *group)?))))
             }
         }
@@ -284,7 +260,7 @@ impl Committer {
             }
         };
         let (appended, stream) =
-            self.deliver_owned(tx, &audience, m.now_ms, event::Kind::Message(message))?;
+            self.deliver(tx, &audience, m.now_ms, event::Kind::Message(message))?;
         Ok(AppendOutcome {
             conversation_id: conv,
             conv_seq,
@@ -723,7 +699,7 @@ impl Committer {
         // Summaries and log events refer to the timeline's copy, so they
         // read the change from here (`stored`).
         tx.b.put(Table::Timeline, tl_key, message.encode_to_vec());
-        let (appended, stream) = self.deliver(tx, &audience, c.now_ms, &kind)?;
+        let (appended, stream) = self.deliver(tx, &audience, c.now_ms, kind)?;
         Ok(ChangeOutcome {
             edited_at_ms,
             appended,
