@@ -4,8 +4,11 @@
 //! crash (even `kill -9` or power loss) loses nothing applied before it.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use lsm_tree::{AbstractTree, Memtable, MemtableId};
 use pigeon_core::StoreError;
 
 use crate::engine::{Engine, Entries, Op, Table};
@@ -21,10 +24,71 @@ pub const JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// created: one made with another size keeps it.
 pub const MEMTABLE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
+/// How often the reclaim thread looks for memtables only it still holds
+/// when no write hands it one (after a burst, the last flushes finish
+/// while nothing is written).
+const RECLAIM_POLL: Duration = Duration::from_secs(1);
+
+// `FjallEngine::apply` notes the tables a batch wrote in a u64, a bit each.
+const _: () = assert!(Table::ALL.len() <= 64);
+
 /// fjall behind the [`Engine`] interface.
 pub struct FjallEngine {
     db: Database,
     keyspaces: Vec<Keyspace>,
+    keeper: Arc<Mutex<Keeper>>,
+    reclaim: mpsc::Sender<Vec<Arc<Memtable>>>,
+}
+
+/// A reference to every memtable written to, so that the last reference
+/// to a flushed memtable is ours and it is freed on our reclaim thread.
+///
+/// Without it the last reference is dropped inside fjall, in the version
+/// garbage collection that runs after each memtable rotation, while that
+/// table's version lock is held: freeing a 16 MiB skip list (about 100,000
+/// nodes) takes 30–50 ms, and every insert into the table waits for the
+/// lock, so the commit in progress stalled for as long (seen as the
+/// committer blocked in `Tree::append_entry` while a fjall worker ran
+/// `SuperVersions::maintenance`; BENCHMARKS.md, sixth session).
+#[derive(Default)]
+struct Keeper {
+    /// Per table, the active memtable last seen after a write.
+    seen: Vec<Option<MemtableId>>,
+    held: Vec<Arc<Memtable>>,
+    /// Memtables freed by the reclaim thread, for tests and curiosity.
+    reclaimed: u64,
+}
+
+impl Keeper {
+    /// Takes out the memtables nobody but us refers to any more.
+    fn released(&mut self) -> Vec<Arc<Memtable>> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.held.len() {
+            if Arc::strong_count(&self.held[i]) == 1 {
+                out.push(self.held.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        self.reclaimed += out.len() as u64;
+        out
+    }
+}
+
+/// Frees what it is handed, and every [`RECLAIM_POLL`] what the keeper
+/// alone still holds; ends when the engine is dropped.
+fn reclaim_loop(keeper: Arc<Mutex<Keeper>>, rx: mpsc::Receiver<Vec<Arc<Memtable>>>) {
+    loop {
+        match rx.recv_timeout(RECLAIM_POLL) {
+            Ok(memtables) => drop(memtables),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let released = keeper.lock().expect("keeper lock poisoned").released();
+                drop(released);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
 }
 
 impl std::fmt::Debug for FjallEngine {
@@ -61,7 +125,45 @@ impl FjallEngine {
                 .map_err(io)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(FjallEngine { db, keyspaces })
+        let keeper = Arc::new(Mutex::new(Keeper {
+            seen: vec![None; keyspaces.len()],
+            ..Keeper::default()
+        }));
+        let (reclaim, rx) = mpsc::channel();
+        let k = keeper.clone();
+        std::thread::Builder::new()
+            .name("pigeon-reclaim".into())
+            .spawn(move || reclaim_loop(k, rx))
+            .map_err(|e| StoreError::Io(format!("starting the reclaim thread: {e}")))?;
+        Ok(FjallEngine {
+            db,
+            keyspaces,
+            keeper,
+            reclaim,
+        })
+    }
+
+    /// Takes a reference to the active memtable of each table in
+    /// `touched` (a bit per [`Table::index`]) that is new since the last
+    /// look, and hands the reclaim thread those only we still hold.
+    fn keep_memtables(&self, touched: u64) {
+        let mut keeper = self.keeper.lock().expect("keeper lock poisoned");
+        for (i, ks) in self.keyspaces.iter().enumerate() {
+            if touched & (1 << i) == 0 {
+                continue;
+            }
+            let active = ks.tree.active_memtable();
+            if keeper.seen[i] != Some(active.id()) {
+                keeper.seen[i] = Some(active.id());
+                keeper.held.push(active);
+            }
+        }
+        let released = keeper.released();
+        drop(keeper);
+        if !released.is_empty() {
+            // The reclaim thread ends only when we are dropped.
+            let _ = self.reclaim.send(released);
+        }
     }
 
     fn ks(&self, t: Table) -> &Keyspace {
@@ -108,13 +210,22 @@ impl Engine for FjallEngine {
         // Sized up front: growing it op by op moved the whole batch several
         // times per commit (thousands of items at full load).
         let mut batch = OwnedWriteBatch::with_capacity(self.db.clone(), ops.len());
+        let mut touched = 0u64;
         for op in ops.drain(..) {
             match op {
-                Op::Put(t, k, v) => batch.insert(self.ks(t), k, v),
-                Op::Delete(t, k) => batch.remove(self.ks(t), k),
+                Op::Put(t, k, v) => {
+                    touched |= 1 << t.index();
+                    batch.insert(self.ks(t), k, v);
+                }
+                Op::Delete(t, k) => {
+                    touched |= 1 << t.index();
+                    batch.remove(self.ks(t), k);
+                }
             }
         }
-        batch.commit().map_err(io)
+        batch.commit().map_err(io)?;
+        self.keep_memtables(touched);
+        Ok(())
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -156,5 +267,39 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         assert!(writes * value.len() < 64 * 1024 * 1024);
+    }
+
+    /// Checks a flushed memtable's last reference is the keeper's and the
+    /// reclaim thread frees it: if fjall dropped it first (the keeper not
+    /// holding it), nothing would be reclaimed. fjall lets go of a flushed
+    /// memtable at a later rotation's version clean-up, so this writes on
+    /// until one comes back, up to eight memtables' worth.
+    #[test]
+    fn flushed_memtables_are_freed_by_the_reclaim_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path()).unwrap();
+        let value = vec![7u8; 4096];
+        let limit = MEMTABLE_BYTES_MAX as usize * 8 / value.len();
+        let reclaimed = || engine.keeper.lock().unwrap().reclaimed;
+        let mut written = 0;
+        while reclaimed() == 0 {
+            assert!(
+                written < limit,
+                "no flushed memtable reclaimed after {} MiB written",
+                (written * value.len()) >> 20
+            );
+            let mut ops: Vec<Op> = (0..256)
+                .map(|i| {
+                    let key = ((written + i) as u64).to_be_bytes().to_vec();
+                    Op::Put(Table::Log, key, value.clone())
+                })
+                .collect();
+            engine.apply(&mut ops).unwrap();
+            written += 256;
+            // Give the flush a chance to finish before the next rotation.
+            if written % 4096 == 0 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 }
