@@ -47,6 +47,10 @@ const DRAIN_WAIT_MAX: Duration = Duration::from_secs(5);
 /// Most events one `EventsPush` carries when batches that follow each
 /// other are pushed together.
 const PUSH_EVENTS_MAX: usize = 256;
+/// Longest a device's later batches are held for an earlier one that has
+/// not reached the mailbox yet (the tasks of one commit publish in any
+/// order) before the gap becomes a `SyncNotice` and a sync round trip.
+const PUSH_GAP_WAIT: Duration = Duration::from_millis(5);
 /// Longest wait for a refused connection's goodbye to be written.
 const REFUSAL_WAIT_MAX: Duration = Duration::from_secs(2);
 
@@ -103,6 +107,7 @@ pub(crate) fn run(
         registration: None,
         cursor: None,
         notice_pending: false,
+        held: None,
         packed: false,
         accepted,
     };
@@ -268,6 +273,10 @@ struct Conn {
     cursor: Option<Position>,
     /// A sync notice went out and no sync has come since.
     notice_pending: bool,
+    /// Batches that do not follow the device's position yet, held for up to
+    /// [`PUSH_GAP_WAIT`] for the one that fills the gap (boxed: usually
+    /// none, and the field is in every connection).
+    held: Option<Box<Held>>,
     /// The connection speaks protocol version 2 or later: sync answers and
     /// pushes carry packed events (`pigeon_proto::packing`).
     packed: bool,
@@ -282,6 +291,12 @@ struct Conn {
     /// Requests read and not yet answered (at most `inflight_requests_max`
     /// and the one being read; no allocation when there are none).
     requests: Vec<Request>,
+}
+
+/// Batches waiting for the one before them, since `since`.
+struct Held {
+    batches: Vec<Arc<PushBatch>>,
+    since: Instant,
 }
 
 /// A request read and not yet answered: its type and arrival, so that every
@@ -404,7 +419,10 @@ impl Conn {
         }
         let mut idle_deadline = Instant::now() + gw.config.idle_timeout;
         loop {
-            let deadline = self.link.deadline(idle_deadline);
+            let mut deadline = self.link.deadline(idle_deadline);
+            if let Some(held) = &self.held {
+                deadline = deadline.min(held.since + PUSH_GAP_WAIT);
+            }
             let step = tokio::select! {
                 () = stopping.as_mut() => return Box::pin(self.drain()).await,
                 () = mail(self.mailbox.as_deref()) => {
@@ -437,6 +455,15 @@ impl Conn {
                                 gw.config.idle_timeout.as_millis()
                             ),
                         ))
+                    } else if self
+                        .held
+                        .as_ref()
+                        .is_some_and(|h| h.since + PUSH_GAP_WAIT <= Instant::now())
+                    {
+                        // Plan the held batches again: pushed if a sync
+                        // answer moved the device past the gap, a notice
+                        // if it is still there.
+                        self.on_pushes(Vec::new())
                     } else {
                         Ok(())
                     }
@@ -843,7 +870,11 @@ impl Conn {
 
     /// Pushes the batches of new events taken from the mailbox in one go
     /// (see [`plan_pushes`]).
-    fn on_pushes(&mut self, batches: Vec<Arc<PushBatch>>) -> Sent {
+    fn on_pushes(&mut self, mut batches: Vec<Arc<PushBatch>>) -> Sent {
+        let held_since = self.held.take().map(|held| {
+            batches.extend(held.batches);
+            held.since
+        });
         let Some(cursor) = self.cursor else {
             return if batches.is_empty() {
                 Ok(())
@@ -854,8 +885,17 @@ impl Conn {
         let bytes_max = self.gw.service.config().sync_batch_bytes_max;
         for step in plan_pushes(cursor.seq, batches, bytes_max) {
             match step {
-                PushStep::Notice => self.notice()?,
                 PushStep::Push(chain) => self.push_chain(&chain)?,
+                PushStep::Gap(rest) => {
+                    let now = Instant::now();
+                    return match hold(rest, held_since.unwrap_or(now), now, self.notice_pending) {
+                        Some(held) => {
+                            self.held = Some(Box::new(held));
+                            Ok(())
+                        }
+                        None => self.notice(),
+                    };
+                }
             }
         }
         Ok(())
@@ -1137,8 +1177,26 @@ enum PushStep {
     /// These batches, which follow each other from the device's position,
     /// as one `EventsPush`.
     Push(Vec<Arc<PushBatch>>),
-    /// A `SyncNotice`: the device is not where a batch begins.
-    Notice,
+    /// The device is not where the next batch begins: these batches, from
+    /// there on, cannot be pushed until the missing one arrives.
+    Gap(Vec<Arc<PushBatch>>),
+}
+
+/// Whether to hold batches behind a gap (first seen at `since`) for the
+/// batch that fills it, or give up and send a `SyncNotice`: given up after
+/// [`PUSH_GAP_WAIT`], past [`PUSH_EVENTS_MAX`] held events, or when a
+/// notice is already out (the device's sync brings them anyway).
+fn hold(
+    batches: Vec<Arc<PushBatch>>,
+    since: Instant,
+    now: Instant,
+    notice_pending: bool,
+) -> Option<Held> {
+    let events: usize = batches.iter().map(|b| b.events.len()).sum();
+    if notice_pending || events > PUSH_EVENTS_MAX || now >= since + PUSH_GAP_WAIT {
+        return None;
+    }
+    Some(Held { batches, since })
 }
 
 /// Plans the pushes for `batches` (taken from the mailbox together) to a
@@ -1156,16 +1214,18 @@ fn plan_pushes(mut at: u64, mut batches: Vec<Arc<PushBatch>>, bytes_max: usize) 
     let mut steps = Vec::new();
     let mut chain = Vec::new();
     let (mut events, mut bytes) = (0, 0);
-    for batch in batches {
+    let mut batches = batches.into_iter();
+    while let Some(batch) = batches.next() {
         if batch.last_seq <= at {
             continue;
         }
         if batch.prev_seq != at {
-            // A gap: the device must sync; nothing after it can be pushed.
+            // A gap: nothing from here on can be pushed yet.
             if !chain.is_empty() {
                 steps.push(PushStep::Push(std::mem::take(&mut chain)));
             }
-            steps.push(PushStep::Notice);
+            let rest = std::iter::once(batch).chain(batches).collect();
+            steps.push(PushStep::Gap(rest));
             return steps;
         }
         let size: usize = batch.events.iter().map(prost::Message::encoded_len).sum();
@@ -1227,8 +1287,11 @@ mod tests {
         })
     }
 
-    /// The plan as (prev, last) of each pushed batch, or "notice".
-    fn plan(at: u64, batches: &[(u64, u64)]) -> Vec<Result<Vec<(u64, u64)>, &'static str>> {
+    /// The plan as (prev, last) of each pushed batch, or of the batches
+    /// behind a gap.
+    type Plan = Vec<Result<Vec<(u64, u64)>, Vec<(u64, u64)>>>;
+
+    fn plan(at: u64, batches: &[(u64, u64)]) -> Plan {
         let batches = batches.iter().map(|&(p, l)| batch(p, l)).collect();
         plan_pushes(at, batches, usize::MAX)
             .into_iter()
@@ -1236,25 +1299,25 @@ mod tests {
                 PushStep::Push(chain) => {
                     Ok(chain.iter().map(|b| (b.prev_seq, b.last_seq)).collect())
                 }
-                PushStep::Notice => Err("notice"),
+                PushStep::Gap(rest) => Err(rest.iter().map(|b| (b.prev_seq, b.last_seq)).collect()),
             })
             .collect()
     }
 
     /// Checks batches published out of order go out in log order as one
-    /// push, that batches the device has are skipped, that a gap becomes a
-    /// notice after what could be pushed, and that a chain is cut at
-    /// `PUSH_EVENTS_MAX` events.
+    /// push, that batches the device has are skipped, that what follows a
+    /// gap is handed back after what could be pushed, and that a chain is
+    /// cut at `PUSH_EVENTS_MAX` events.
     #[test]
     fn pushes_are_put_in_order_and_chained() {
         assert_eq!(plan(3, &[(5, 7), (3, 5)]), [Ok(vec![(3, 5), (5, 7)])]);
         assert_eq!(plan(5, &[(3, 5), (5, 6)]), [Ok(vec![(5, 6)])]);
         assert_eq!(plan(6, &[(3, 5), (5, 6)]), []);
         assert_eq!(
-            plan(3, &[(3, 4), (6, 8)]),
-            [Ok(vec![(3, 4)]), Err("notice")]
+            plan(3, &[(8, 9), (3, 4), (6, 8)]),
+            [Ok(vec![(3, 4)]), Err(vec![(6, 8), (8, 9)])]
         );
-        assert_eq!(plan(2, &[(3, 4)]), [Err("notice")]);
+        assert_eq!(plan(2, &[(3, 4)]), [Err(vec![(3, 4)])]);
         let max = PUSH_EVENTS_MAX as u64;
         assert_eq!(
             plan(0, &[(0, max - 1), (max - 1, max + 1)]),
@@ -1279,7 +1342,7 @@ mod tests {
                     PushStep::Push(chain) => {
                         chain.iter().map(|b| (b.prev_seq, b.last_seq)).collect()
                     }
-                    PushStep::Notice => panic!("no gap here"),
+                    PushStep::Gap(_) => panic!("no gap here"),
                 })
                 .collect()
         };
@@ -1295,5 +1358,23 @@ mod tests {
             shape(plan_pushes(0, batches(), usize::MAX)),
             [vec![(0, 2), (2, 4), (4, 5)]]
         );
+    }
+
+    /// Checks batches behind a gap are held for the one that fills it, and
+    /// given up for a notice once [`PUSH_GAP_WAIT`] has passed since the
+    /// gap was first seen, past [`PUSH_EVENTS_MAX`] events, or when a
+    /// notice is already out.
+    #[test]
+    fn a_gap_is_held_briefly_then_becomes_a_notice() {
+        let t0 = Instant::now();
+        let small = || vec![batch(6, 8)];
+        let held = hold(small(), t0, t0 + PUSH_GAP_WAIT / 2, false).expect("held");
+        assert_eq!(held.since, t0);
+        assert_eq!(held.batches.len(), 1);
+        assert!(hold(small(), t0, t0 + PUSH_GAP_WAIT, false).is_none());
+        assert!(hold(small(), t0, t0, true).is_none());
+        let max = PUSH_EVENTS_MAX as u64;
+        assert!(hold(vec![batch(6, 6 + max + 1)], t0, t0, false).is_none());
+        assert!(hold(vec![batch(6, 6 + max)], t0, t0, false).is_some());
     }
 }
