@@ -159,6 +159,10 @@ impl FjallEngine {
     /// Takes a reference to the active memtable of each table in
     /// `touched` (a bit per [`Table::index`]) that is new since the last
     /// look, and hands the reclaim thread those only we still hold.
+    ///
+    /// Reaches through fjall's public but undocumented `Keyspace::tree` to
+    /// lsm-tree's `AbstractTree::active_memtable`; an upgrade of either
+    /// that moves them fails to compile here, it cannot go wrong quietly.
     fn keep_memtables(&self, touched: u64) {
         let mut keeper = self.keeper.lock().expect("keeper lock poisoned");
         for (i, ks) in self.keyspaces.iter().enumerate() {
