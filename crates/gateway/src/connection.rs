@@ -420,8 +420,8 @@ impl Conn {
         let mut idle_deadline = Instant::now() + gw.config.idle_timeout;
         loop {
             let mut deadline = self.link.deadline(idle_deadline);
-            if let Some(held) = &self.held {
-                deadline = deadline.min(held.since + PUSH_GAP_WAIT);
+            if let Some(give_up) = self.gap_deadline() {
+                deadline = deadline.min(give_up);
             }
             let step = tokio::select! {
                 () = stopping.as_mut() => return Box::pin(self.drain()).await,
@@ -455,11 +455,7 @@ impl Conn {
                                 gw.config.idle_timeout.as_millis()
                             ),
                         ))
-                    } else if self
-                        .held
-                        .as_ref()
-                        .is_some_and(|h| h.since + PUSH_GAP_WAIT <= Instant::now())
-                    {
+                    } else if self.gap_deadline().is_some_and(|t| t <= Instant::now()) {
                         // Plan the held batches again: pushed if a sync
                         // answer moved the device past the gap, a notice
                         // if it is still there.
@@ -866,6 +862,11 @@ impl Conn {
             return self.notice();
         }
         Ok(())
+    }
+
+    /// When the batches held behind a gap are given up for a notice.
+    fn gap_deadline(&self) -> Option<Instant> {
+        self.held.as_ref().map(|h| h.since + PUSH_GAP_WAIT)
     }
 
     /// Pushes the batches of new events taken from the mailbox in one go

@@ -65,7 +65,7 @@ struct Keeper {
     /// Per table, the active memtable last seen after a write.
     seen: Vec<Option<MemtableId>>,
     held: Vec<Arc<Memtable>>,
-    /// Memtables freed by the reclaim thread, for tests and curiosity.
+    /// Memtables handed to the reclaim thread (read by the tests).
     reclaimed: u64,
 }
 
