@@ -73,6 +73,99 @@ pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// Latency over the course of a run: for each `TIMELINE_SLOT` of send time,
+/// how many messages were sent in it and the slowest one's latency. A tail
+/// made of a few stalls (every message of some slots late) and one spread
+/// over the run (a few late messages everywhere) give the same percentiles;
+/// this tells them apart.
+#[derive(Default, Clone)]
+pub(crate) struct Timeline {
+    /// Per slot: (messages, slowest latency in µs).
+    slots: Vec<(u32, u32)>,
+}
+
+/// The width of one timeline slot.
+pub(crate) const TIMELINE_SLOT: Duration = Duration::from_millis(10);
+/// Sends later than this after the start are not put on the timeline (its
+/// memory stays bounded on long runs; 8 bytes per slot, 2.9 MB per hour).
+const TIMELINE_MAX: Duration = Duration::from_secs(3600);
+
+impl Timeline {
+    /// A message sent `sent` after the start that took `latency`.
+    pub(crate) fn record(&mut self, sent: Duration, latency: Duration) {
+        if sent >= TIMELINE_MAX {
+            return;
+        }
+        let i = (sent.as_micros() / TIMELINE_SLOT.as_micros()) as usize;
+        if self.slots.len() <= i {
+            self.slots.resize(i + 1, (0, 0));
+        }
+        let us = latency.as_micros().min(u32::MAX as u128) as u32;
+        let slot = &mut self.slots[i];
+        slot.0 += 1;
+        slot.1 = slot.1.max(us);
+    }
+
+    pub(crate) fn add(&mut self, other: &Timeline) {
+        if self.slots.len() < other.slots.len() {
+            self.slots.resize(other.slots.len(), (0, 0));
+        }
+        for (a, b) in self.slots.iter_mut().zip(&other.slots) {
+            a.0 += b.0;
+            a.1 = a.1.max(b.1);
+        }
+    }
+
+    /// How the slots with a message slower than `threshold` lie.
+    pub(crate) fn late(&self, threshold: Duration) -> Late {
+        let limit = threshold.as_micros().min(u32::MAX as u128) as u32;
+        let mut late = Late::default();
+        let mut run = 0usize;
+        for (i, &(n, max)) in self.slots.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            late.slots += 1;
+            if max > limit {
+                late.late_slots += 1;
+                late.messages_in_late_slots += u64::from(n);
+                run += 1;
+                if run > late.longest_run {
+                    late.longest_run = run;
+                    late.longest_run_start = i + 1 - run;
+                }
+            } else {
+                run = 0;
+            }
+        }
+        late
+    }
+
+    /// `slot_start_ms,messages,slowest_ms` lines, one per slot.
+    pub(crate) fn csv(&self) -> String {
+        let mut out = String::from("slot_start_ms,messages,slowest_ms\n");
+        let w = TIMELINE_SLOT.as_millis();
+        for (i, &(n, max)) in self.slots.iter().enumerate() {
+            let _ = writeln!(out, "{},{n},{:.3}", i as u128 * w, f64::from(max) / 1000.0);
+        }
+        out
+    }
+}
+
+/// What [`Timeline::late`] found.
+#[derive(Default, Debug, PartialEq, Eq)]
+pub(crate) struct Late {
+    /// Slots in which something was sent.
+    pub(crate) slots: usize,
+    /// Of those, slots with a message over the threshold.
+    pub(crate) late_slots: usize,
+    /// Messages sent in those slots (late or not).
+    pub(crate) messages_in_late_slots: u64,
+    /// The longest stretch of consecutive late slots, and its first slot.
+    pub(crate) longest_run: usize,
+    pub(crate) longest_run_start: usize,
+}
+
 /// What a scenario measured.
 pub(crate) struct Report {
     /// The scenario's name.
@@ -145,6 +238,43 @@ mod tests {
         assert!((ms_at(&h, 0.5) - 50.0).abs() < 0.1);
         assert!((ms_at(&h, 0.99) - 99.0).abs() < 0.1);
         assert_eq!(summary(&h)["count"], 100);
+    }
+
+    /// Checks the timeline finds late slots and the longest stretch of them.
+    #[test]
+    fn timeline_finds_stalls() {
+        let ms = Duration::from_millis;
+        let mut a = Timeline::default();
+        let mut b = Timeline::default();
+        for slot in 0..10u64 {
+            a.record(ms(slot * 10 + 1), ms(2));
+        }
+        // Slots 3, 4 and 5 late (from either side), then slot 8.
+        b.record(ms(35), ms(40));
+        a.record(ms(41), ms(11));
+        b.record(ms(59), ms(30));
+        a.record(ms(80), ms(12));
+        a.add(&b);
+        let late = a.late(ms(10));
+        assert_eq!(
+            late,
+            Late {
+                slots: 10,
+                late_slots: 4,
+                messages_in_late_slots: 8,
+                longest_run: 3,
+                longest_run_start: 3,
+            }
+        );
+        let csv = a.csv();
+        assert!(
+            csv.starts_with("slot_start_ms,messages,slowest_ms\n0,1,2.000\n"),
+            "{csv}"
+        );
+        assert!(csv.contains("\n30,2,40.000\n"), "{csv}");
+        // Nothing past the bound is kept.
+        a.record(TIMELINE_MAX, ms(1));
+        assert_eq!(a.slots.len(), 10);
     }
 
     /// Checks the thousands separators.

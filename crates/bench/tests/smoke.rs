@@ -35,9 +35,11 @@ fn run(args: &[&str]) -> Option<serde_json::Value> {
 }
 
 /// Checks `direct` delivers every message, measures latency and the fsync
-/// batch, and runs the echo baseline.
+/// batch, runs the echo baseline and writes the latency timeline.
 #[test]
 fn direct_at_toy_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let timeline = dir.path().join("timeline.csv");
     let Some(r) = run(&[
         "direct",
         "--pairs",
@@ -46,6 +48,8 @@ fn direct_at_toy_size() {
         "400",
         "--window",
         "4",
+        "--timeline",
+        timeline.to_str().unwrap(),
     ]) else {
         return;
     };
@@ -55,6 +59,17 @@ fn direct_at_toy_size() {
     assert!(res["acked_per_sec"].as_f64().unwrap() > 0.0);
     assert!(res["fsync"]["commits"].as_f64().unwrap() > 0.0);
     assert!(res["baseline"]["frames_per_sec"].as_f64().unwrap() > 0.0);
+    // Every message sent is on the timeline, in some 10 ms slot.
+    let csv = std::fs::read_to_string(&timeline).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("slot_start_ms,messages,slowest_ms"));
+    let sent: u64 = lines
+        .map(|l| l.split(',').nth(1).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(sent, 400);
+    let late = &res["late_windows"];
+    assert!(late["windows"].as_u64().unwrap() >= 1);
+    assert!(late["late"].as_u64().unwrap() <= late["windows"].as_u64().unwrap());
 }
 
 /// Checks `connections` reads the server's memory over both transports.

@@ -58,7 +58,15 @@ pub(crate) struct Args {
     /// state and conversations at once, is not the steady state.
     #[arg(long, default_value_t = 0)]
     warmup_ms: u64,
+    /// Write the end-to-end latency over the run to this CSV file: per
+    /// 10 ms of send time, the messages sent and the slowest one's latency.
+    #[arg(long, value_name = "FILE.csv")]
+    timeline: Option<std::path::PathBuf>,
 }
+
+/// A 10 ms slot of send time counts as late when one of its messages took
+/// longer than this end to end (the latency target at half rate).
+const LATE_THRESHOLD: Duration = Duration::from_millis(10);
 
 /// When the run began, and how long its start is left out of the latencies.
 #[derive(Clone, Copy)]
@@ -70,6 +78,7 @@ struct Timing {
 /// What one user's receiving side measured.
 struct UserResult {
     e2e: Histogram<u64>,
+    timeline: stats::Timeline,
     last_received: Option<Instant>,
     received: u64,
     /// Pushes applied directly (their `prev_key` was the key held).
@@ -157,6 +166,11 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     let mut e2e_histograms: Vec<Histogram<u64>> =
         (0..conns.len()).map(|_| stats::histogram()).collect();
     let epoch = Instant::now();
+    // The same moment on the wall clock, to line the timeline up with
+    // what the server or the machine logged.
+    let epoch_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let warmup = Duration::from_millis(args.warmup_ms);
     let pb = bar(total, "direct messages");
     let mut tasks = Vec::new();
@@ -196,6 +210,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     }
     let mut ack = stats::histogram();
     let mut e2e = stats::histogram();
+    let mut timeline = stats::Timeline::default();
     let mut last_ack = epoch;
     let mut last_received = epoch;
     let mut got = 0u64;
@@ -210,6 +225,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
         ack.add(&*ack_histograms[i].lock().expect("histogram lock"))?;
         let r: UserResult = receiver.await.context("a receiver panicked")??;
         e2e.add(&r.e2e)?;
+        timeline.add(&r.timeline);
         got += r.received;
         pushes_applied += r.pushes_applied;
         syncs += r.syncs;
@@ -317,6 +333,23 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
         );
     }
     t.kv("end-to-end (send → push)", stats::line(&e2e));
+    let late = timeline.late(LATE_THRESHOLD);
+    t.kv(
+        "10-ms windows of send time",
+        format!(
+            "{} of {} had a message over {} ms end to end ({} messages sent in them); longest stretch {} ms from {:.2} s",
+            thousands(late.late_slots as f64),
+            thousands(late.slots as f64),
+            LATE_THRESHOLD.as_millis(),
+            thousands(late.messages_in_late_slots as f64),
+            late.longest_run as u128 * stats::TIMELINE_SLOT.as_millis(),
+            (late.longest_run_start as u128 * stats::TIMELINE_SLOT.as_millis()) as f64 / 1000.0,
+        ),
+    );
+    if let Some(path) = &args.timeline {
+        std::fs::write(path, timeline.csv())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     t.kv("acknowledgement", stats::line(&ack));
     if let Some((p50, p99, p999)) = server_send {
         let f = |v: Option<f64>| v.map_or("-".to_string(), |ms| format!("≤ {ms} ms"));
@@ -411,6 +444,16 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
             "busy_retries": busy,
             "acked_seconds": stats::round3(ack_secs),
             "end_to_end": stats::summary(&e2e),
+            "late_windows": json!({
+                "epoch_unix_ms": epoch_unix_ms,
+                "window_ms": stats::TIMELINE_SLOT.as_millis(),
+                "threshold_ms": LATE_THRESHOLD.as_millis(),
+                "windows": late.slots,
+                "late": late.late_slots,
+                "messages_in_late": late.messages_in_late_slots,
+                "longest_run_windows": late.longest_run,
+                "longest_run_start_ms": late.longest_run_start as u128 * stats::TIMELINE_SLOT.as_millis(),
+            }),
             "ack": stats::summary(&ack),
             "fsync": commit,
             "server_send_ms_bucket_upper_bounds": server_send.map(|(a, b, c)| json!({
@@ -521,6 +564,7 @@ async fn receive(
     let me = conn.welcome().user_id;
     let mut r = UserResult {
         e2e,
+        timeline: stats::Timeline::default(),
         last_received: None,
         received: 0,
         pushes_applied: 0,
@@ -537,10 +581,9 @@ async fn receive(
             if let Some(ns) = t.get(..STAMP_DIGITS).and_then(|s| s.parse::<u64>().ok()) {
                 let since_epoch = Duration::from_nanos(ns);
                 if since_epoch >= warmup {
-                    stats::record(
-                        &mut r.e2e,
-                        now.saturating_duration_since(epoch + since_epoch),
-                    );
+                    let latency = now.saturating_duration_since(epoch + since_epoch);
+                    stats::record(&mut r.e2e, latency);
+                    r.timeline.record(since_epoch, latency);
                 }
             }
             n += 1;
