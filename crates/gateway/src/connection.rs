@@ -106,6 +106,7 @@ pub(crate) fn run(
         session: None,
         registration: None,
         cursor: None,
+        cursor_key: Vec::new(),
         notice_pending: false,
         held: None,
         packed: false,
@@ -271,6 +272,9 @@ struct Conn {
     /// The seq this device is at, as far as this connection told it (by a
     /// sync answer or a push). `None` until its first sync here.
     cursor: Option<Position>,
+    /// The sync key this connection gave the device for `cursor`: the
+    /// `prev_key` of a push that follows on, kept rather than signed again.
+    cursor_key: Vec<u8>,
     /// A sync notice went out and no sync has come since.
     notice_pending: bool,
     /// Batches that do not follow the device's position yet, held for up to
@@ -725,6 +729,7 @@ impl Conn {
             Body::SyncRequest(r) => match service.sync(&session, &r.key, r.limit).await {
                 Ok(mut outcome) => {
                     self.cursor = Some(outcome.cursor);
+                    self.cursor_key.clone_from(&outcome.response.key);
                     self.notice_pending = false;
                     let response = &mut outcome.response;
                     if self.packed {
@@ -914,10 +919,12 @@ impl Conn {
             .iter()
             .flat_map(|b| b.events.iter().cloned())
             .collect();
+        let key = self.gw.service.key_for(user, after);
+        let prev_key = std::mem::replace(&mut self.cursor_key, key.clone());
         let mut push = EventsPush {
-            prev_key: self.gw.service.key_for(user, c),
+            prev_key,
             events,
-            key: self.gw.service.key_for(user, after),
+            key,
             packed: None,
         };
         if self.packed {

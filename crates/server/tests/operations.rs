@@ -103,4 +103,8 @@ async fn metrics_move_with_traffic() {
     );
     assert!(sample(&after, &["pigeon_open_connections"]).unwrap() >= 1.0);
     assert!(sample(&after, &["pigeon_pushes_total{", "kind=\"events\""]).unwrap() >= 25.0);
+    // Frames queued for sockets: counted up and down on whichever runtime
+    // thread queued or wrote them, never below zero.
+    let queued = sample(&after, &["pigeon_outbound_queue_frames"]).unwrap();
+    assert!((0.0..=60.0).contains(&queued), "{after}");
 }
