@@ -5,12 +5,13 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use lsm_tree::{AbstractTree, Memtable, MemtableId};
 use pigeon_core::StoreError;
 
+use crate::background::{self, Backlog, Mode, Workers};
 use crate::engine::{Engine, Entries, Op, Table};
 
 /// The journal size at which fjall flushes and starts a new journal.
@@ -24,20 +25,13 @@ pub const JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// created: one made with another size keeps it.
 pub const MEMTABLE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
-/// How much nicer than the thread that opens the engine (and so than the
-/// committer and the connections' runtime) its background threads run:
-/// fjall's flush and compaction workers and our reclaim thread, at most
-/// 19. On a busy machine a flush then takes the CPU the committer leaves,
-/// instead of taking turns with it.
-/// Measured on 2 cores (BENCHMARKS.md, sixth session): p99 at 25,000 msg/s
-/// 36–67 ms against 67–81 ms at 0, and no loss at full rate. Raising
-/// niceness needs no privilege; where it fails the threads keep theirs.
-pub const BACKGROUND_NICE: i32 = 10;
+pub use crate::background::BACKGROUND_NICE;
 
 /// How often the reclaim thread looks for memtables only it still holds
 /// when no write hands it one (after a burst, the last flushes finish
-/// while nothing is written).
-const RECLAIM_POLL: Duration = Duration::from_secs(1);
+/// while nothing is written), and at the flush and compaction backlog
+/// ([`crate::background`]).
+pub(crate) const RECLAIM_POLL: Duration = Duration::from_secs(1);
 
 // `FjallEngine::apply` notes the tables a batch wrote in a u64, a bit each.
 const _: () = assert!(Table::ALL.len() <= 64);
@@ -48,6 +42,9 @@ pub struct FjallEngine {
     keyspaces: Vec<Keyspace>,
     keeper: Arc<Mutex<Keeper>>,
     reclaim: mpsc::Sender<Vec<Arc<Memtable>>>,
+    /// How fjall's workers were scheduled at open (`None`: by niceness
+    /// only).
+    workers_mode: Option<Mode>,
 }
 
 /// A reference to every memtable written to, so that the last reference
@@ -86,20 +83,44 @@ impl Keeper {
     }
 }
 
+/// The reclaim thread's part of the engine.
+struct Reclaim {
+    keeper: Arc<Mutex<Keeper>>,
+    rx: mpsc::Receiver<Vec<Arc<Memtable>>>,
+    nice: i32,
+    workers: Workers,
+    keyspaces: Vec<Keyspace>,
+}
+
 /// Frees what it is handed, and every [`RECLAIM_POLL`] what the keeper
-/// alone still holds; ends when the engine is dropped.
-fn reclaim_loop(keeper: Arc<Mutex<Keeper>>, rx: mpsc::Receiver<Vec<Arc<Memtable>>>, nice: i32) {
-    lower_priority(rustix::thread::gettid(), nice);
+/// alone still holds; at the same pace, keeps fjall's workers in the
+/// scheduling mode their backlog calls for. Ends when the engine is
+/// dropped.
+fn reclaim_loop(mut r: Reclaim) {
+    background::lower_priority(rustix::thread::gettid(), r.nice);
+    let mut watched = Instant::now();
     loop {
-        match rx.recv_timeout(RECLAIM_POLL) {
+        match r.rx.recv_timeout(RECLAIM_POLL) {
             Ok(memtables) => drop(memtables),
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                let released = keeper.lock().expect("keeper lock poisoned").released();
+                let released = r.keeper.lock().expect("keeper lock poisoned").released();
                 drop(released);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
+        if watched.elapsed() >= RECLAIM_POLL {
+            watched = Instant::now();
+            r.workers.watch(backlog(&r.keyspaces));
+        }
     }
+}
+
+/// The worst flush and compaction backlog over the tables.
+fn backlog(keyspaces: &[Keyspace]) -> Backlog {
+    keyspaces.iter().fold(Backlog::default(), |b, ks| Backlog {
+        sealed: b.sealed.max(ks.tree.sealed_memtable_count()),
+        l0_runs: b.l0_runs.max(ks.tree.l0_run_count()),
+    })
 }
 
 impl std::fmt::Debug for FjallEngine {
@@ -136,23 +157,31 @@ impl FjallEngine {
                 .map_err(io)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let nice = background_nice();
-        lower_priority_of("fjall:worker", nice);
+        let nice = background::background_nice();
+        let workers = Workers::start(nice);
+        let workers_mode = workers.mode();
         let keeper = Arc::new(Mutex::new(Keeper {
             seen: vec![None; keyspaces.len()],
             ..Keeper::default()
         }));
         let (reclaim, rx) = mpsc::channel();
-        let k = keeper.clone();
+        let r = Reclaim {
+            keeper: keeper.clone(),
+            rx,
+            nice,
+            workers,
+            keyspaces: keyspaces.clone(),
+        };
         std::thread::Builder::new()
             .name("pigeon-reclaim".into())
-            .spawn(move || reclaim_loop(k, rx, nice))
+            .spawn(move || reclaim_loop(r))
             .map_err(|e| StoreError::Io(format!("starting the reclaim thread: {e}")))?;
         Ok(FjallEngine {
             db,
             keyspaces,
             keeper,
             reclaim,
+            workers_mode,
         })
     }
 
@@ -183,43 +212,15 @@ impl FjallEngine {
         }
     }
 
+    /// How fjall's workers were scheduled when the engine opened:
+    /// `Some(Mode::Idle)` in `SCHED_IDLE`, `None` by niceness only
+    /// ([`crate::background`]).
+    pub fn background_mode(&self) -> Option<Mode> {
+        self.workers_mode
+    }
+
     fn ks(&self, t: Table) -> &Keyspace {
         &self.keyspaces[t.index()]
-    }
-}
-
-/// The niceness for background threads: [`BACKGROUND_NICE`] above the
-/// calling thread's (Linux keeps niceness per thread).
-fn background_nice() -> i32 {
-    let own = rustix::process::getpriority_process(None).unwrap_or(0);
-    (own + BACKGROUND_NICE).min(19)
-}
-
-/// Sets a thread's niceness; a failure only costs latency, so it is
-/// logged, not returned.
-fn lower_priority(tid: rustix::process::Pid, nice: i32) {
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
-        tracing::warn!("could not lower the priority of thread {tid:?}: {e}");
-    }
-}
-
-/// Lowers the priority of every thread of this process named `name`
-/// (fjall names its workers but offers no hook where they start).
-fn lower_priority_of(name: &str, nice: i32) {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return; // not Linux: the threads keep their priority
-    };
-    for task in tasks.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let tid = task
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<i32>().ok());
-        if comm.trim_end() == name
-            && let Some(tid) = tid.and_then(rustix::process::Pid::from_raw)
-        {
-            lower_priority(tid, nice);
-        }
     }
 }
 
@@ -323,19 +324,49 @@ mod tests {
 
     /// Checks fjall's workers and the reclaim thread run
     /// [`BACKGROUND_NICE`] above the thread that opened the engine, and
-    /// that thread at its own.
+    /// that thread at its own; and that the workers are in `SCHED_IDLE`
+    /// exactly when this process could take them out of it again.
     #[test]
     fn background_threads_run_at_lower_priority() {
         let dir = tempfile::tempdir().unwrap();
         let own = rustix::process::getpriority_process(None).unwrap();
-        let _engine = FjallEngine::open(dir.path()).unwrap();
+        let engine = FjallEngine::open(dir.path()).unwrap();
         let expected = (own + BACKGROUND_NICE).min(19);
-        let nice_of = |task: &std::path::Path| -> i32 {
+        // Fields of /proc/.../stat after the parenthesised name.
+        let stat_field = |task: &std::path::Path, field: usize| -> i32 {
             let stat = std::fs::read_to_string(task.join("stat")).unwrap();
-            // Fields after the parenthesised name; niceness is field 19.
             let rest = &stat[stat.rfind(')').unwrap() + 2..];
-            rest.split(' ').nth(16).unwrap().parse().unwrap()
+            rest.split(' ').nth(field - 3).unwrap().parse().unwrap()
         };
+        let nice_of = |task: &std::path::Path| stat_field(task, 19);
+        // SCHED_OTHER 0, SCHED_IDLE 5.
+        let policy_of = |task: &std::path::Path| stat_field(task, 41);
+        let idle = background::may_use_idle(expected);
+        assert_eq!(engine.background_mode(), idle.then_some(Mode::Idle));
+        let workers = background::threads_named(background::WORKER_THREAD);
+        assert!(!workers.is_empty(), "no fjall worker threads");
+        let task = |tid: rustix::process::Pid| {
+            std::path::PathBuf::from(format!("/proc/self/task/{}", tid.as_raw_nonzero()))
+        };
+        for &tid in &workers {
+            assert_eq!(
+                policy_of(&task(tid)),
+                if idle { 5 } else { 0 },
+                "worker {tid:?}"
+            );
+        }
+        if idle {
+            // The way back when they fall behind, and in again.
+            assert!(background::set_workers(Mode::Nice, expected));
+            for &tid in &workers {
+                assert_eq!(policy_of(&task(tid)), 0, "worker {tid:?}");
+                assert_eq!(nice_of(&task(tid)), expected, "worker {tid:?}");
+            }
+            assert!(background::set_workers(Mode::Idle, expected));
+            for &tid in &workers {
+                assert_eq!(policy_of(&task(tid)), 5, "worker {tid:?}");
+            }
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let mut found = std::collections::BTreeMap::new();

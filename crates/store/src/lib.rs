@@ -11,9 +11,12 @@
 //!   with persisted high-water marks, and the committed watermarks that keep
 //!   readers from seeing anything that is not yet durable.
 //! - [`keys`]: how records are laid out in keys.
+//! - [`background`]: how the embedded engine's flush and compaction threads
+//!   are scheduled (`SCHED_IDLE` where it can be undone, else niceness).
 //!
 //! Only this crate knows engine keys and record encodings.
 
+pub mod background;
 pub mod embedded;
 pub mod engine;
 pub mod keys;
