@@ -162,7 +162,15 @@ impl Workers {
         for tid in threads_named(WORKER_THREAD) {
             lower_priority(tid, nice);
         }
-        let mode = (may_use_idle(nice) && set_workers(Mode::Idle, nice)).then_some(Mode::Idle);
+        let mut mode = None;
+        if may_use_idle(nice) {
+            if set_workers(Mode::Idle, nice) {
+                mode = Some(Mode::Idle);
+            } else {
+                // Not one worker left in SCHED_IDLE with nobody watching.
+                set_workers(Mode::Nice, nice);
+            }
+        }
         match mode {
             Some(_) => tracing::info!(
                 "fjall workers run in SCHED_IDLE (niceness {nice} while they are behind)"

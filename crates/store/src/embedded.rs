@@ -41,7 +41,9 @@ pub struct FjallEngine {
     db: Database,
     keyspaces: Vec<Keyspace>,
     keeper: Arc<Mutex<Keeper>>,
-    reclaim: mpsc::Sender<Vec<Arc<Memtable>>>,
+    /// To the reclaim thread; `None` once the engine is being dropped.
+    reclaim: Option<mpsc::Sender<Vec<Arc<Memtable>>>>,
+    reclaim_thread: Option<std::thread::JoinHandle<()>>,
     /// How fjall's workers were scheduled at open (`None`: by niceness
     /// only).
     workers_mode: Option<Mode>,
@@ -172,7 +174,7 @@ impl FjallEngine {
             workers,
             keyspaces: keyspaces.clone(),
         };
-        std::thread::Builder::new()
+        let reclaim_thread = std::thread::Builder::new()
             .name("pigeon-reclaim".into())
             .spawn(move || reclaim_loop(r))
             .map_err(|e| StoreError::Io(format!("starting the reclaim thread: {e}")))?;
@@ -180,7 +182,8 @@ impl FjallEngine {
             db,
             keyspaces,
             keeper,
-            reclaim,
+            reclaim: Some(reclaim),
+            reclaim_thread: Some(reclaim_thread),
             workers_mode,
         })
     }
@@ -206,9 +209,11 @@ impl FjallEngine {
         }
         let released = keeper.released();
         drop(keeper);
-        if !released.is_empty() {
+        if !released.is_empty()
+            && let Some(reclaim) = &self.reclaim
+        {
             // The reclaim thread ends only when we are dropped.
-            let _ = self.reclaim.send(released);
+            let _ = reclaim.send(released);
         }
     }
 
@@ -221,6 +226,21 @@ impl FjallEngine {
 
     fn ks(&self, t: Table) -> &Keyspace {
         &self.keyspaces[t.index()]
+    }
+}
+
+impl Drop for FjallEngine {
+    /// Ends the reclaim thread and waits for it: it holds handles on the
+    /// tables (to watch the backlog), and the database must be closed, its
+    /// lock released, when the engine is gone (a test or a restart in the
+    /// same process opens the directory again at once).
+    fn drop(&mut self) {
+        drop(self.reclaim.take());
+        if let Some(thread) = self.reclaim_thread.take()
+            && thread.join().is_err()
+        {
+            tracing::warn!("the reclaim thread panicked");
+        }
     }
 }
 
@@ -391,6 +411,34 @@ mod tests {
             }
             assert!(std::time::Instant::now() < deadline, "{found:?}");
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Checks the directory can be opened again as soon as an engine is
+    /// dropped, with what it wrote: the reclaim thread, which holds handles
+    /// on the tables, is gone by then.
+    #[test]
+    fn a_dropped_engine_can_be_opened_again_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0u8..5 {
+            let engine = FjallEngine::open(dir.path()).unwrap();
+            if round > 0 {
+                let previous = engine.get(Table::Meta, &[round - 1]).unwrap();
+                assert_eq!(previous, Some(vec![round - 1]), "round {round}");
+            }
+            engine
+                .apply(&mut vec![Op::Put(Table::Meta, vec![round], vec![round])])
+                .unwrap();
+            engine.sync().unwrap();
+            // (The thread names itself once it runs.)
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while background::threads_named("pigeon-reclaim").is_empty() {
+                assert!(std::time::Instant::now() < deadline, "no reclaim thread");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(engine);
+            // Its reclaim thread has ended (the drop waits for it).
+            assert!(background::threads_named("pigeon-reclaim").is_empty());
         }
     }
 
