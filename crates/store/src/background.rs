@@ -128,13 +128,13 @@ pub(crate) fn may_use_idle(nice: i32) -> bool {
 /// [`Mode::Nice`]; `SCHED_IDLE` keeps the niceness for the way back).
 /// Returns whether every thread took it.
 pub(crate) fn set_workers(mode: Mode, nice: i32) -> bool {
+    let policy = || match mode {
+        Mode::Idle => scheduler::Policy::Idle,
+        Mode::Nice => scheduler::Policy::Other,
+    };
     let mut all = true;
     for tid in threads_named(WORKER_THREAD) {
-        let policy = match mode {
-            Mode::Idle => scheduler::Policy::Idle,
-            Mode::Nice => scheduler::Policy::Other,
-        };
-        if scheduler::set_policy(tid.as_raw_nonzero().get(), policy, 0).is_err() {
+        if scheduler::set_policy(tid.as_raw_nonzero().get(), policy(), 0).is_err() {
             tracing::warn!(
                 "could not set thread {tid:?} to {mode:?}: {}",
                 std::io::Error::last_os_error()
