@@ -24,6 +24,7 @@ use crate::config::Config;
 /// Runs the server until a signal.
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
+    small_pages();
     // Before the store opens, so a bad certificate fails at once.
     let tls = match config.tls() {
         Some((cert, key)) => Some(crate::tls::load(cert, key)?),
@@ -393,6 +394,18 @@ async fn signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// Turns transparent huge pages off for the process. The allocator asks
+/// for huge pages on its arenas, and the memory the store's memtables and
+/// write batches churn through is given back to the kernel and faulted in
+/// again: with huge pages each of those faults zeroes 2 MiB on the
+/// committer's thread, a tenth of its CPU at 25,000 msg/s and a stall each
+/// time (BENCHMARKS.md, "Huge pages"). Small pages make each fault cheap.
+fn small_pages() {
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::warn!(error = %e, "could not turn transparent huge pages off");
     }
 }
 

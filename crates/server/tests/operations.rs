@@ -108,3 +108,18 @@ async fn metrics_move_with_traffic() {
     let queued = sample(&after, &["pigeon_outbound_queue_frames"]).unwrap();
     assert!((0.0..=60.0).contains(&queued), "{after}");
 }
+
+/// `pigeon serve` turns transparent huge pages off for its process (the
+/// allocator's freed-and-refaulted memory would otherwise be zeroed 2 MiB at
+/// a time on the committer's thread; BENCHMARKS.md, "Huge pages").
+#[test]
+fn the_server_runs_without_transparent_huge_pages() {
+    let server = Server::start("");
+    let pid = server.child.as_ref().expect("server running").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "{status}");
+}
