@@ -13,6 +13,7 @@ use pigeon_core::StoreError;
 
 use crate::background::{self, Backlog, Mode, Workers};
 use crate::engine::{Engine, Entries, Op, Table};
+use crate::writeback::Writeback;
 
 /// The journal size at which fjall flushes and starts a new journal.
 pub const JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
@@ -47,6 +48,9 @@ pub struct FjallEngine {
     /// How fjall's workers were scheduled at open (`None`: by niceness
     /// only).
     workers_mode: Option<Mode>,
+    /// Writes table files back while fjall writes them (`None` where it
+    /// could not start; [`crate::writeback`]).
+    writeback: Option<Writeback>,
 }
 
 /// A reference to every memtable written to, so that the last reference
@@ -178,6 +182,16 @@ impl FjallEngine {
             .name("pigeon-reclaim".into())
             .spawn(move || reclaim_loop(r))
             .map_err(|e| StoreError::Io(format!("starting the reclaim thread: {e}")))?;
+        let writeback = match Writeback::start(&dir.join("db"), nice) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "table files are not written back while written (each goes to the disk at its fsync)"
+                );
+                None
+            }
+        };
         Ok(FjallEngine {
             db,
             keyspaces,
@@ -185,6 +199,7 @@ impl FjallEngine {
             reclaim: Some(reclaim),
             reclaim_thread: Some(reclaim_thread),
             workers_mode,
+            writeback,
         })
     }
 
@@ -224,6 +239,12 @@ impl FjallEngine {
         self.workers_mode
     }
 
+    /// Bytes of table files written back ahead of their fsync so far
+    /// (`None` if the writeback thread did not start).
+    pub fn written_back(&self) -> Option<u64> {
+        self.writeback.as_ref().map(Writeback::written)
+    }
+
     fn ks(&self, t: Table) -> &Keyspace {
         &self.keyspaces[t.index()]
     }
@@ -235,6 +256,7 @@ impl Drop for FjallEngine {
     /// lock released, when the engine is gone (a test or a restart in the
     /// same process opens the directory again at once).
     fn drop(&mut self) {
+        drop(self.writeback.take());
         drop(self.reclaim.take());
         if let Some(thread) = self.reclaim_thread.take()
             && thread.join().is_err()
@@ -340,6 +362,49 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         assert!(writes * value.len() < 64 * 1024 * 1024);
+    }
+
+    /// Table files are written back while fjall writes them: a flushed
+    /// memtable of values that do not compress leaves a table file of
+    /// several MiB, nearly all of it written back by our thread.
+    #[test]
+    fn table_files_are_written_back_while_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path()).unwrap();
+        assert_eq!(engine.written_back(), Some(0));
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        let writes = (MEMTABLE_BYTES_MAX as usize * 3 / 2) / 4096;
+        for chunk in 0..writes / 256 {
+            let mut ops: Vec<Op> = (0..256)
+                .map(|i| {
+                    let key = ((chunk * 256 + i) as u64).to_be_bytes().to_vec();
+                    Op::Put(Table::Timeline, key, noise(4096))
+                })
+                .collect();
+            engine.apply(&mut ops).unwrap();
+            engine.sync().unwrap();
+        }
+        let timeline = engine.ks(Table::Timeline);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while timeline.table_count() == 0 || engine.written_back() < Some(8 << 20) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} table files, {:?} bytes written back",
+                timeline.table_count(),
+                engine.written_back()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Checks fjall's workers and the reclaim thread run

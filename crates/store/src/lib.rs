@@ -13,6 +13,9 @@
 //! - [`keys`]: how records are laid out in keys.
 //! - [`background`]: how the embedded engine's flush and compaction threads
 //!   are scheduled (`SCHED_IDLE` where it can be undone, else niceness).
+//! - [`writeback`]: the thread that writes table files back to the disk a
+//!   piece at a time while fjall writes them, so a journal write never
+//!   queues behind a whole table file.
 //!
 //! Only this crate knows engine keys and record encodings.
 
@@ -22,6 +25,7 @@ pub mod engine;
 pub mod keys;
 pub mod log_store;
 pub mod memory;
+pub mod writeback;
 
 pub use embedded::FjallEngine;
 pub use engine::{Engine, Op, Table};
