@@ -19,7 +19,7 @@
 //! table pages are written, never what is durable when.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,9 +79,11 @@ impl Writeback {
         let follower = Follower {
             ino,
             stop: stop_rx,
-            watched,
-            files: Vec::new(),
-            written: written.clone(),
+            files: Files {
+                watched,
+                open: Vec::new(),
+                written: written.clone(),
+            },
         };
         let thread = std::thread::Builder::new()
             .name("pigeon-writeback".into())
@@ -132,48 +134,61 @@ struct Followed {
     done: u64,
 }
 
-/// The thread's state.
+/// The thread: its descriptors and what it follows.
 struct Follower {
-    ino: std::os::fd::OwnedFd,
+    ino: OwnedFd,
     stop: io::PipeReader,
+    files: Files,
+}
+
+/// The watched directories and the files being written in them.
+struct Files {
     watched: Vec<(i32, PathBuf)>,
     /// Oldest first.
-    files: Vec<Followed>,
+    open: Vec<Followed>,
     written: Arc<AtomicU64>,
 }
 
 impl Follower {
+    /// Follows the directories until the engine is dropped, or until
+    /// something fails (logged once; fjall's fsyncs then write the tables
+    /// as they would without this thread).
     fn run(mut self) {
         let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); EVENT_BUFFER_BYTES];
         loop {
-            let (ready, stopped) = {
-                let mut fds = [
-                    PollFd::new(&self.ino, PollFlags::IN),
-                    PollFd::new(&self.stop, PollFlags::IN),
-                ];
-                match poll(&mut fds, None) {
-                    Ok(_) => (!fds[0].revents().is_empty(), !fds[1].revents().is_empty()),
-                    Err(Errno::INTR) => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "table writeback stopped");
-                        return;
-                    }
-                }
-            };
-            if stopped {
+            let mut fds = [
+                PollFd::new(&self.ino, PollFlags::IN),
+                PollFd::new(&self.stop, PollFlags::IN),
+            ];
+            match poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(e) => return stopped(&e.into()),
+            }
+            if !fds[1].revents().is_empty() {
                 return;
             }
-            if ready && let Err(e) = self.drain(&mut buf) {
-                tracing::warn!(error = %e, "table writeback stopped");
-                return;
+            if fds[0].revents().is_empty() {
+                continue;
+            }
+            let mut reader = inotify::Reader::new(&self.ino, &mut buf);
+            if let Err(e) = self.files.drain(&mut reader) {
+                return stopped(&e);
             }
         }
     }
+}
 
+fn stopped(e: &io::Error) {
+    tracing::warn!(
+        error = %e,
+        "table writeback stopped: table files go to the disk at their fsync from now on"
+    );
+}
+
+impl Files {
     /// Handles every event queued.
-    fn drain(&mut self, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<()> {
-        let ino = self.ino.try_clone()?;
-        let mut reader = inotify::Reader::new(ino.as_fd(), buf);
+    fn drain(&mut self, reader: &mut inotify::Reader<'_, &OwnedFd>) -> io::Result<()> {
         loop {
             let (wd, flags, name) = match reader.next() {
                 Ok(ev) => (
@@ -188,7 +203,7 @@ impl Follower {
                 // Events were lost: start over with what is open now; the
                 // next growth of each file is followed from its start
                 // (pages already written cost nothing to write back).
-                self.files.clear();
+                self.open.clear();
                 continue;
             }
             if flags.contains(inotify::ReadFlags::IGNORED) {
@@ -199,9 +214,9 @@ impl Follower {
                 continue;
             };
             if flags.contains(inotify::ReadFlags::CLOSE_WRITE) {
-                self.files.retain(|f| f.path != path);
+                self.open.retain(|f| f.path != path);
             } else if flags.contains(inotify::ReadFlags::MODIFY) {
-                self.grown(path);
+                self.grown(path)?;
             }
         }
     }
@@ -212,40 +227,40 @@ impl Follower {
     }
 
     /// Writes back, a piece at a time, what `path` gained since last time.
-    fn grown(&mut self, path: PathBuf) {
-        let i = match self.files.iter().position(|f| f.path == path) {
+    /// An error from the write-back itself (a file system that does not
+    /// support it, a failing disk) ends the thread: fjall's fsync reports
+    /// a failing disk where it matters.
+    fn grown(&mut self, path: PathBuf) -> io::Result<()> {
+        let i = match self.open.iter().position(|f| f.path == path) {
             Some(i) => i,
             None => {
                 // Gone already (a compaction's input removed): nothing to do.
                 let Ok(file) = std::fs::File::open(&path) else {
-                    return;
+                    return Ok(());
                 };
-                if self.files.len() >= WRITEBACK_FILES_MAX {
-                    self.files.remove(0);
+                if self.open.len() >= WRITEBACK_FILES_MAX {
+                    self.open.remove(0);
                 }
-                self.files.push(Followed {
+                self.open.push(Followed {
                     path,
                     file,
                     done: 0,
                 });
-                self.files.len() - 1
+                self.open.len() - 1
             }
         };
-        let f = &mut self.files[i];
-        let Ok(meta) = f.file.metadata() else {
-            return;
-        };
-        let end = meta.len() - meta.len() % WRITEBACK_CHUNK;
+        let f = &mut self.open[i];
+        let len = f.file.metadata()?.len();
+        let end = len - len % WRITEBACK_CHUNK;
         while f.done < end {
-            if let Err(e) = pigeon_sys::write_back_range(&f.file, f.done, WRITEBACK_CHUNK) {
-                tracing::debug!(error = %e, path = %f.path.display(), "writeback of a table file failed");
-                self.files.remove(i);
-                return;
-            }
+            pigeon_sys::write_back_range(&f.file, f.done, WRITEBACK_CHUNK).map_err(|e| {
+                io::Error::new(e.kind(), format!("writing back {}: {e}", f.path.display()))
+            })?;
             f.done += WRITEBACK_CHUNK;
             self.written.fetch_add(WRITEBACK_CHUNK, Ordering::Relaxed);
             metrics::counter!(WRITTEN_BACK_BYTES).increment(WRITEBACK_CHUNK);
         }
+        Ok(())
     }
 }
 
