@@ -251,10 +251,11 @@ impl FjallEngine {
 }
 
 impl Drop for FjallEngine {
-    /// Ends the reclaim thread and waits for it: it holds handles on the
-    /// tables (to watch the backlog), and the database must be closed, its
-    /// lock released, when the engine is gone (a test or a restart in the
-    /// same process opens the directory again at once).
+    /// Ends the writeback thread and the reclaim thread and waits for
+    /// them: the reclaim thread holds handles on the tables (to watch the
+    /// backlog), and the database must be closed, its lock released, when
+    /// the engine is gone (a test or a restart in the same process opens
+    /// the directory again at once).
     fn drop(&mut self) {
         drop(self.writeback.take());
         drop(self.reclaim.take());
@@ -339,29 +340,38 @@ mod tests {
     fn a_full_memtable_is_flushed_at_our_bound() {
         let dir = tempfile::tempdir().unwrap();
         let engine = FjallEngine::open(dir.path()).unwrap();
-        let value = vec![7u8; 4096];
-        let writes = (MEMTABLE_BYTES_MAX as usize * 3 / 2) / value.len();
-        for chunk in 0..writes / 256 {
-            let mut ops: Vec<Op> = (0..256)
-                .map(|i| {
-                    let key = ((chunk * 256 + i) as u64).to_be_bytes().to_vec();
-                    Op::Put(Table::Timeline, key, value.clone())
-                })
-                .collect();
-            engine.apply(&mut ops).unwrap();
-            engine.sync().unwrap();
-        }
+        let written = fill_timeline(&engine, || vec![7u8; VALUE_BYTES]);
         let timeline = engine.ks(Table::Timeline);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while timeline.table_count() == 0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "no table file after {} MiB written",
-                (writes * value.len()) >> 20
+                written >> 20
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        assert!(writes * value.len() < 64 * 1024 * 1024);
+        assert!(written < 64 * 1024 * 1024);
+    }
+
+    /// Size of each value [`fill_timeline`] writes.
+    const VALUE_BYTES: usize = 4096;
+
+    /// Writes one and a half memtables' worth of `value()`s to the
+    /// timeline, 256 to a synced batch; returns the bytes written.
+    fn fill_timeline(engine: &FjallEngine, mut value: impl FnMut() -> Vec<u8>) -> usize {
+        let writes = (MEMTABLE_BYTES_MAX as usize * 3 / 2) / VALUE_BYTES;
+        for chunk in 0..writes / 256 {
+            let mut ops: Vec<Op> = (0..256)
+                .map(|i| {
+                    let key = ((chunk * 256 + i) as u64).to_be_bytes().to_vec();
+                    Op::Put(Table::Timeline, key, value())
+                })
+                .collect();
+            engine.apply(&mut ops).unwrap();
+            engine.sync().unwrap();
+        }
+        writes / 256 * 256 * VALUE_BYTES
     }
 
     /// Table files are written back while fjall writes them: a flushed
@@ -373,8 +383,8 @@ mod tests {
         let engine = FjallEngine::open(dir.path()).unwrap();
         assert_eq!(engine.written_back(), Some(0));
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut noise = |n: usize| -> Vec<u8> {
-            (0..n)
+        fill_timeline(&engine, || {
+            (0..VALUE_BYTES)
                 .map(|_| {
                     x ^= x << 13;
                     x ^= x >> 7;
@@ -382,18 +392,7 @@ mod tests {
                     x as u8
                 })
                 .collect()
-        };
-        let writes = (MEMTABLE_BYTES_MAX as usize * 3 / 2) / 4096;
-        for chunk in 0..writes / 256 {
-            let mut ops: Vec<Op> = (0..256)
-                .map(|i| {
-                    let key = ((chunk * 256 + i) as u64).to_be_bytes().to_vec();
-                    Op::Put(Table::Timeline, key, noise(4096))
-                })
-                .collect();
-            engine.apply(&mut ops).unwrap();
-            engine.sync().unwrap();
-        }
+        });
         let timeline = engine.ks(Table::Timeline);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while timeline.table_count() == 0 || engine.written_back() < Some(8 << 20) {
