@@ -101,6 +101,13 @@ async fn metrics_move_with_traffic() {
         sample(&after, &[commit_seconds]).unwrap() >= 25.0,
         "{after}"
     );
+    if !on_postgres() {
+        // The fsync alone, timed apart from the apply, for each commit.
+        assert!(
+            sample(&after, &["pigeon_store_sync_seconds_count"]).unwrap() >= 25.0,
+            "{after}"
+        );
+    }
     assert!(sample(&after, &["pigeon_open_connections"]).unwrap() >= 1.0);
     assert!(sample(&after, &["pigeon_pushes_total{", "kind=\"events\""]).unwrap() >= 25.0);
     // Frames queued for sockets: counted up and down on whichever runtime

@@ -66,6 +66,19 @@ pub const COMMIT_JOBS: &str = "pigeon_store_commit_jobs";
 pub const COMMIT_SECONDS: &str = "pigeon_store_commit_seconds";
 /// Jobs waiting for the committer when it starts a batch.
 pub const WRITE_QUEUE_JOBS: &str = "pigeon_store_write_queue_jobs";
+/// Time of one group commit's sync (the fsync) alone.
+pub const SYNC_SECONDS: &str = "pigeon_store_sync_seconds";
+/// Syncs that took [`SLOW_SYNC`] or longer.
+pub const SLOW_SYNCS_TOTAL: &str = "pigeon_store_slow_syncs_total";
+
+/// A sync this long holds every acknowledgement behind it: it is counted
+/// ([`SLOW_SYNCS_TOTAL`]) and logged. On a healthy disk a group commit's
+/// fsync takes well under a millisecond to a few; a stall this long is
+/// the disk's (BENCHMARKS.md: a single journal write of about 230 ms).
+pub const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(100);
+/// At most one slow-sync warning per this interval; the next one says how
+/// many were not logged in between.
+pub const SLOW_SYNC_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why jobs are refused after [`LogStore::shutdown`].
 const SHUT_DOWN: &str = "store is shut down";
@@ -119,6 +132,8 @@ pub struct StoreStats {
     pub commits: AtomicU64,
     /// Jobs answered.
     pub commands: AtomicU64,
+    /// Syncs that took [`SLOW_SYNC`] or longer.
+    pub slow_syncs: AtomicU64,
 }
 
 /// The committed state of one user's log, as readers may see it.
@@ -383,6 +398,7 @@ impl LogStore {
             member_cache: HashMap::new(),
             failed: None,
             spare: Spare::default(),
+            slow: SlowSyncs::default(),
         };
         let store = LogStore {
             tx,
@@ -1085,6 +1101,52 @@ struct Committer {
     failed: Option<String>,
     /// The last batch's buffers, emptied, for the next one.
     spare: Spare,
+    /// When a slow sync was last logged, and how many were not since.
+    slow: SlowSyncs,
+}
+
+/// Slow syncs, logged at most once per [`SLOW_SYNC_WARN_EVERY`].
+#[derive(Default)]
+struct SlowSyncs {
+    warned_at: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl SlowSyncs {
+    /// Counts a sync that took `took` (after an apply of `apply`, for
+    /// `jobs` jobs) if it was slow, and logs it unless one was logged
+    /// within [`SLOW_SYNC_WARN_EVERY`].
+    fn note(
+        &mut self,
+        stats: &StoreStats,
+        took: std::time::Duration,
+        apply: std::time::Duration,
+        jobs: usize,
+    ) {
+        if took < SLOW_SYNC {
+            return;
+        }
+        stats.slow_syncs.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(SLOW_SYNCS_TOTAL).increment(1);
+        let now = std::time::Instant::now();
+        if self
+            .warned_at
+            .is_some_and(|at| now.duration_since(at) < SLOW_SYNC_WARN_EVERY)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(
+            sync_ms = took.as_millis() as u64,
+            apply_ms = apply.as_millis() as u64,
+            jobs,
+            slow_syncs_not_logged = self.unlogged,
+            "a group commit waited {} ms for the disk to make it durable; every acknowledgement in it waited as long",
+            took.as_millis()
+        );
+        self.warned_at = Some(now);
+        self.unlogged = 0;
+    }
 }
 
 /// Most writes a batch's buffers may have room for and still be kept for
@@ -1209,11 +1271,15 @@ impl Committer {
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(COMMITS_TOTAL).increment(1);
             let started = std::time::Instant::now();
-            let r = self
-                .shared
-                .engine
-                .apply(&mut b.ops)
-                .and_then(|()| self.shared.engine.sync());
+            let r = self.shared.engine.apply(&mut b.ops).and_then(|()| {
+                let applied = std::time::Instant::now();
+                let r = self.shared.engine.sync();
+                let took = applied.elapsed();
+                metrics::histogram!(SYNC_SECONDS).record(took.as_secs_f64());
+                let jobs = after.0.len();
+                self.slow.note(&self.stats, took, applied - started, jobs);
+                r
+            });
             metrics::histogram!(COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
             r
         };
@@ -1661,6 +1727,109 @@ mod tests {
             let log = store.read_log(user, 0, 10, 1 << 20).await.unwrap();
             assert_eq!(log.events.len(), user as usize);
         }
+    }
+
+    /// The memory engine, with its apply and its sync made as slow as a
+    /// test asks.
+    #[derive(Default)]
+    struct Sluggish {
+        inner: MemoryEngine,
+        apply_ms: AtomicU64,
+        sync_ms: AtomicU64,
+    }
+
+    impl Engine for Sluggish {
+        fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(table, key)
+        }
+
+        fn scan(
+            &self,
+            table: Table,
+            start: &[u8],
+            end: &[u8],
+            reverse: bool,
+            limit: usize,
+        ) -> Result<Entries, StoreError> {
+            self.inner.scan(table, start, end, reverse, limit)
+        }
+
+        fn apply(&self, ops: &mut Vec<Op>) -> Result<(), StoreError> {
+            let ms = self.apply_ms.load(Ordering::Relaxed);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            self.inner.apply(ops)
+        }
+
+        fn sync(&self) -> Result<(), StoreError> {
+            let ms = self.sync_ms.load(Ordering::Relaxed);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            self.inner.sync()
+        }
+    }
+
+    /// Checks the committer counts a group commit whose sync took
+    /// [`SLOW_SYNC`] or longer, and only the sync: a slow apply before a
+    /// fast sync is not the disk's stall.
+    #[tokio::test(flavor = "current_thread")]
+    async fn slow_syncs_are_counted() {
+        let engine = Arc::new(Sluggish::default());
+        let store = LogStore::start_in_task(engine.clone(), StoreConfig::default());
+        let slow_ms = SLOW_SYNC.as_millis() as u64 + 20;
+        let mut n = 0;
+        let mut append = async |store: &LogStore| {
+            n += 1;
+            store
+                .exec(move |c, tx| c.append_event(tx, 7, n, flags("x")))
+                .await
+                .unwrap();
+        };
+        append(&store).await;
+        assert_eq!(store.stats().slow_syncs.load(Ordering::Relaxed), 0);
+
+        engine.apply_ms.store(slow_ms, Ordering::Relaxed);
+        append(&store).await;
+        assert_eq!(
+            store.stats().slow_syncs.load(Ordering::Relaxed),
+            0,
+            "a slow apply is not a slow sync"
+        );
+
+        engine.apply_ms.store(0, Ordering::Relaxed);
+        engine.sync_ms.store(slow_ms, Ordering::Relaxed);
+        append(&store).await;
+        append(&store).await;
+        assert_eq!(store.stats().slow_syncs.load(Ordering::Relaxed), 2);
+        assert_eq!(store.stats().commits.load(Ordering::Relaxed), 4);
+    }
+
+    /// Checks slow syncs are all counted but logged at most once per
+    /// [`SLOW_SYNC_WARN_EVERY`], the next warning carrying how many were
+    /// not logged in between.
+    #[test]
+    fn slow_sync_warnings_are_spaced() {
+        let stats = StoreStats::default();
+        let mut slow = SlowSyncs::default();
+        let fast = SLOW_SYNC - std::time::Duration::from_millis(1);
+        let apply = std::time::Duration::ZERO;
+        slow.note(&stats, fast, apply, 3);
+        assert_eq!(stats.slow_syncs.load(Ordering::Relaxed), 0);
+        assert!(slow.warned_at.is_none(), "a fast sync is not logged");
+
+        slow.note(&stats, SLOW_SYNC, apply, 3);
+        let first = slow.warned_at.expect("the first slow sync is logged");
+        assert_eq!(slow.unlogged, 0);
+
+        slow.note(&stats, SLOW_SYNC, apply, 3);
+        slow.note(&stats, SLOW_SYNC, apply, 3);
+        assert_eq!(slow.warned_at, Some(first), "not logged again so soon");
+        assert_eq!(slow.unlogged, 2);
+
+        // As if the last warning were older than the interval.
+        slow.warned_at = first.checked_sub(SLOW_SYNC_WARN_EVERY);
+        slow.note(&stats, SLOW_SYNC, apply, 3);
+        assert!(slow.warned_at.unwrap() > first, "logged again");
+        assert_eq!(slow.unlogged, 0, "the warning took the count with it");
+        assert_eq!(stats.slow_syncs.load(Ordering::Relaxed), 4);
     }
 
     fn heads_of(heads: &[(UserId, u64)], user: UserId) -> u64 {
