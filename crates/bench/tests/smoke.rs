@@ -72,6 +72,40 @@ fn direct_at_toy_size() {
     assert!(late["late"].as_u64().unwrap() <= late["windows"].as_u64().unwrap());
 }
 
+/// Checks `direct --rate` measures from the moment each message went and,
+/// beside it, from its slot in the schedule, which is never later; and how
+/// late the timer woke the senders for their slots.
+#[test]
+fn direct_at_a_fixed_rate() {
+    let Some(r) = run(&[
+        "direct",
+        "--pairs",
+        "2",
+        "--messages",
+        "400",
+        "--rate",
+        "2000",
+        "--no-baseline",
+    ]) else {
+        return;
+    };
+    let res = &r["results"];
+    let (sent, slot) = (&res["end_to_end"], &res["end_to_end_from_slot"]);
+    assert_eq!(sent["count"], 400);
+    assert_eq!(slot["count"], 400);
+    for q in ["p50_ms", "p99_ms", "max_ms"] {
+        let (a, b) = (sent[q].as_f64().unwrap(), slot[q].as_f64().unwrap());
+        assert!(b >= a, "{q}: from the slot {b} ms, from the send {a} ms");
+    }
+    // At 500 msg/s per sender every send waits for its slot, bar a few
+    // held up by a slow answer.
+    let paced = res["pacing_lateness"]["count"].as_u64().unwrap();
+    assert!(
+        (300..=400).contains(&paced),
+        "{paced} sends waited for their slot"
+    );
+}
+
 /// Checks `connections` reads the server's memory over both transports.
 #[test]
 fn connections_at_toy_size() {

@@ -1,9 +1,17 @@
 //! `direct`: N user pairs, both users of a pair sending to each other with
 //! W requests in flight, at a fixed total rate or as fast as the server
-//! acknowledges. Each text starts with its send time (nanoseconds since the
-//! run began, as 20 digits), so the recipient measures send → push without
-//! a shared table. In rate mode the time written is the scheduled one, so a
-//! server falling behind shows in the latency (no coordinated omission).
+//! acknowledges. Each text starts with two times (nanoseconds since the run
+//! began, 20 digits each): when it was sent and its slot in the schedule, so
+//! the recipient measures send → push without a shared table.
+//!
+//! In rate mode a send goes at its slot, but the runtime's timer wakes a
+//! sleeping sender only on a millisecond tick, up to a millisecond or two
+//! after the slot: that is the bench's pacing, not the server, so the
+//! end-to-end latency counts from the moment the send went. A send that
+//! could not go at its slot because the sender's window was full (the
+//! server was behind) counts from the slot, so a server falling behind
+//! still shows in full (no coordinated omission). The latency from the slot
+//! is reported beside it, and so is how late the timer was.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,8 +29,10 @@ use crate::stats::{self, Report, Text, bar, thousands};
 use crate::target::{CommitDelta, Options, Target, Transport};
 use crate::users::{self, padded};
 
-/// Digits of the send time at the start of each text.
+/// Digits of each of the two times at the start of each text.
 const STAMP_DIGITS: usize = 20;
+/// Text bytes the two times take.
+const STAMPS_BYTES: usize = 2 * STAMP_DIGITS;
 /// A receiver that hears nothing for this long gives up.
 const RECEIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -31,7 +41,7 @@ pub(crate) struct Args {
     /// User pairs; both users of a pair send to each other.
     #[arg(long, default_value_t = 16)]
     pairs: usize,
-    /// Text size of each message in bytes (at least 20).
+    /// Text size of each message in bytes (at least 40: two times start it).
     #[arg(long, default_value_t = 100)]
     size: usize,
     /// Messages in total, over all senders.
@@ -77,7 +87,10 @@ struct Timing {
 
 /// What one user's receiving side measured.
 struct UserResult {
+    /// From the moment each message was sent.
     e2e: Histogram<u64>,
+    /// From each message's slot in the schedule (the same in full-rate mode).
+    e2e_from_slot: Histogram<u64>,
     timeline: stats::Timeline,
     last_received: Option<Instant>,
     received: u64,
@@ -88,8 +101,8 @@ struct UserResult {
 }
 
 pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report> {
-    if args.size < STAMP_DIGITS {
-        bail!("--size must be at least {STAMP_DIGITS} bytes");
+    if args.size < STAMPS_BYTES {
+        bail!("--size must be at least {STAMPS_BYTES} bytes");
     }
     if args.pairs == 0 || args.window == 0 {
         bail!("--pairs and --window must be at least 1");
@@ -163,8 +176,14 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     let ack_histograms: Vec<Arc<Mutex<Histogram<u64>>>> = (0..conns.len())
         .map(|_| Arc::new(Mutex::new(stats::histogram())))
         .collect();
-    let mut e2e_histograms: Vec<Histogram<u64>> =
-        (0..conns.len()).map(|_| stats::histogram()).collect();
+    let mut e2e_histograms: Vec<(Histogram<u64>, Histogram<u64>)> = (0..conns.len())
+        .map(|_| (stats::histogram(), stats::histogram()))
+        .collect();
+    // How far after its slot each send went, when its sender was waiting
+    // for the slot (the timer's lateness); one per sender, like the acks.
+    let pacing_histograms: Vec<Arc<Mutex<Histogram<u64>>>> = (0..conns.len())
+        .map(|_| Arc::new(Mutex::new(stats::histogram())))
+        .collect();
     let epoch = Instant::now();
     // The same moment on the wall clock, to line the timeline up with
     // what the server or the machine logged.
@@ -203,13 +222,16 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
                 offset: offset.unwrap_or_default(),
                 warmup,
                 acks: ack_histograms[i].clone(),
+                pacing: pacing_histograms[i].clone(),
                 busy: busy.clone(),
             })));
         }
         tasks.push((receiver, window));
     }
     let mut ack = stats::histogram();
+    let mut pacing = stats::histogram();
     let mut e2e = stats::histogram();
+    let mut e2e_from_slot = stats::histogram();
     let mut timeline = stats::Timeline::default();
     let mut last_ack = epoch;
     let mut last_received = epoch;
@@ -223,8 +245,10 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
             }
         }
         ack.add(&*ack_histograms[i].lock().expect("histogram lock"))?;
+        pacing.add(&*pacing_histograms[i].lock().expect("histogram lock"))?;
         let r: UserResult = receiver.await.context("a receiver panicked")??;
         e2e.add(&r.e2e)?;
+        e2e_from_slot.add(&r.e2e_from_slot)?;
         timeline.add(&r.timeline);
         got += r.received;
         pushes_applied += r.pushes_applied;
@@ -333,6 +357,10 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
         );
     }
     t.kv("end-to-end (send → push)", stats::line(&e2e));
+    if args.rate > 0 {
+        t.kv("end-to-end from the slot", stats::line(&e2e_from_slot));
+        t.kv("pacing (timer after slot)", stats::line(&pacing));
+    }
     let late = timeline.late(LATE_THRESHOLD);
     t.kv(
         "10-ms windows of send time",
@@ -444,6 +472,8 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
             "busy_retries": busy,
             "acked_seconds": stats::round3(ack_secs),
             "end_to_end": stats::summary(&e2e),
+            "end_to_end_from_slot": stats::summary(&e2e_from_slot),
+            "pacing_lateness": stats::summary(&pacing),
             "late_windows": json!({
                 "epoch_unix_ms": epoch_unix_ms,
                 "window_ms": stats::TIMELINE_SLOT.as_millis(),
@@ -507,6 +537,8 @@ struct SendLoop {
     warmup: Duration,
     /// Acknowledgement latencies, shared by the sender's loops.
     acks: Arc<Mutex<Histogram<u64>>>,
+    /// How late the timer woke the sender's loops for their slots.
+    pacing: Arc<Mutex<Histogram<u64>>>,
     /// `BUSY` answers, over all senders.
     busy: Arc<AtomicU64>,
 }
@@ -520,17 +552,33 @@ async fn send_loop(s: SendLoop) -> anyhow::Result<Option<Instant>> {
         if i >= s.count {
             return Ok(last);
         }
-        let sent = match s.interval {
+        let (slot, sent) = match s.interval {
             Some(iv) => {
-                let at = s.epoch + s.offset + iv.mul_f64(i as f64);
-                tokio::time::sleep_until(at.into()).await;
-                at
+                let slot = s.epoch + s.offset + iv.mul_f64(i as f64);
+                if Instant::now() < slot {
+                    // Waiting for the slot: the send goes when the timer
+                    // wakes this loop, and counts from then.
+                    tokio::time::sleep_until(slot.into()).await;
+                    let sent = Instant::now();
+                    if slot.duration_since(s.epoch) >= s.warmup {
+                        stats::record(&mut s.pacing.lock().expect("histogram lock"), sent - slot);
+                    }
+                    (slot, sent)
+                } else {
+                    // Behind the schedule: this loop's previous send was
+                    // still unanswered at the slot; count from the slot.
+                    (slot, slot)
+                }
             }
-            None => Instant::now(),
+            None => {
+                let now = Instant::now();
+                (now, now)
+            }
         };
         let stamp = format!(
-            "{:0width$}",
+            "{:0width$}{:0width$}",
             sent.duration_since(s.epoch).as_nanos(),
+            slot.duration_since(s.epoch).as_nanos(),
             width = STAMP_DIGITS
         );
         let (_, busy) = users::send(
@@ -542,7 +590,7 @@ async fn send_loop(s: SendLoop) -> anyhow::Result<Option<Instant>> {
         .await?;
         s.busy.fetch_add(u64::from(busy), Ordering::Relaxed);
         let now = Instant::now();
-        if sent.duration_since(s.epoch) >= s.warmup {
+        if slot.duration_since(s.epoch) >= s.warmup {
             stats::record(&mut s.acks.lock().expect("histogram lock"), now - sent);
         }
         last = Some(now);
@@ -555,7 +603,7 @@ async fn receive(
     conn: Arc<Connection>,
     mut key: Vec<u8>,
     expected: u64,
-    e2e: Histogram<u64>,
+    (e2e, e2e_from_slot): (Histogram<u64>, Histogram<u64>),
     timing: Timing,
     received: Arc<AtomicU64>,
     pb: indicatif::ProgressBar,
@@ -564,6 +612,7 @@ async fn receive(
     let me = conn.welcome().user_id;
     let mut r = UserResult {
         e2e,
+        e2e_from_slot,
         timeline: stats::Timeline::default(),
         last_received: None,
         received: 0,
@@ -578,13 +627,21 @@ async fn receive(
                 continue;
             }
             let t = m.content.as_ref().map_or("", |c| c.text.as_str());
-            if let Some(ns) = t.get(..STAMP_DIGITS).and_then(|s| s.parse::<u64>().ok()) {
-                let since_epoch = Duration::from_nanos(ns);
-                if since_epoch >= warmup {
-                    let latency = now.saturating_duration_since(epoch + since_epoch);
-                    stats::record(&mut r.e2e, latency);
-                    r.timeline.record(since_epoch, latency);
-                }
+            let time = |at: usize| {
+                t.get(at..at + STAMP_DIGITS)
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .map(Duration::from_nanos)
+            };
+            if let (Some(sent), Some(slot)) = (time(0), time(STAMP_DIGITS))
+                && slot >= warmup
+            {
+                let latency = now.saturating_duration_since(epoch + sent);
+                stats::record(&mut r.e2e, latency);
+                stats::record(
+                    &mut r.e2e_from_slot,
+                    now.saturating_duration_since(epoch + slot),
+                );
+                r.timeline.record(sent, latency);
             }
             n += 1;
         }
