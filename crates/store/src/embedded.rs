@@ -13,6 +13,7 @@ use pigeon_core::StoreError;
 
 use crate::background::{self, Backlog, Mode, Workers};
 use crate::engine::{Engine, Entries, Op, Table};
+use crate::freeing::{FREE_PAUSE, Freeing};
 use crate::writeback::Writeback;
 
 /// The journal size at which fjall flushes and starts a new journal.
@@ -99,23 +100,30 @@ struct Reclaim {
 }
 
 /// Frees what it is handed, and every [`RECLAIM_POLL`] what the keeper
-/// alone still holds; at the same pace, keeps fjall's workers in the
-/// scheduling mode their backlog calls for. Ends when the engine is
-/// dropped.
+/// alone still holds, a piece at a time with a pause between pieces
+/// ([`crate::freeing`]); every [`RECLAIM_POLL`] too, keeps fjall's workers
+/// in the scheduling mode their backlog calls for. Ends when the engine is
+/// dropped (freeing what is left at once).
 fn reclaim_loop(mut r: Reclaim) {
     background::lower_priority(rustix::thread::gettid(), r.nice);
     let mut watched = Instant::now();
+    let mut freeing = Freeing::default();
     loop {
-        match r.rx.recv_timeout(RECLAIM_POLL) {
-            Ok(memtables) => drop(memtables),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let released = r.keeper.lock().expect("keeper lock poisoned").released();
-                drop(released);
-            }
+        let wait = if freeing.is_empty() {
+            RECLAIM_POLL
+        } else {
+            FREE_PAUSE
+        };
+        match r.rx.recv_timeout(wait) {
+            Ok(memtables) => memtables.into_iter().for_each(|m| freeing.push(m)),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
+        freeing.step();
         if watched.elapsed() >= RECLAIM_POLL {
             watched = Instant::now();
+            let released = r.keeper.lock().expect("keeper lock poisoned").released();
+            released.into_iter().for_each(|m| freeing.push(m));
             r.workers.watch(backlog(&r.keyspaces));
         }
     }

@@ -13,6 +13,8 @@
 //! - [`keys`]: how records are laid out in keys.
 //! - [`background`]: how the embedded engine's flush and compaction threads
 //!   are scheduled (`SCHED_IDLE` where it can be undone, else niceness).
+//! - [`freeing`]: flushed memtables freed a piece at a time, so freeing one
+//!   never holds a CPU for long.
 //! - [`writeback`]: the thread that writes table files back to the disk a
 //!   piece at a time while fjall writes them, so a journal write never
 //!   queues behind a whole table file.
@@ -22,6 +24,7 @@
 pub mod background;
 pub mod embedded;
 pub mod engine;
+pub mod freeing;
 pub mod keys;
 pub mod log_store;
 pub mod memory;
