@@ -154,6 +154,40 @@ impl Target {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// What the server can tell about a failed run: whether its process
+    /// is still running, connections it closed as slow consumers, and the
+    /// end of its log.
+    pub(crate) async fn diagnosis(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(own) = &self.own {
+            // An exited child not yet waited for is a zombie ('Z').
+            let state = std::fs::read_to_string(format!("/proc/{}/stat", own.child.id()));
+            let running = state.is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            });
+            parts.push(if running {
+                "the server is still running".to_string()
+            } else {
+                "the server has exited".to_string()
+            });
+        }
+        if let Some(m) = self.metrics().await {
+            parts.push(format!(
+                "it closed {} connections for not reading fast enough (SLOW_CONSUMER)",
+                m.get("pigeon_slow_consumers_total")
+            ));
+        }
+        let tail = self.log_tail();
+        if !tail.is_empty() {
+            parts.push(format!("the end of its log:\n{tail}"));
+        }
+        if parts.is_empty() {
+            return "nothing is known of the server's side (started elsewhere, no --http)".into();
+        }
+        parts.join("; ")
+    }
+
     /// Stops a started server (SIGTERM, waiting for its drain) and starts it
     /// again on the same ports and data: a fresh process with the same state.
     pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {

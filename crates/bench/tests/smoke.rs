@@ -106,6 +106,37 @@ fn direct_at_a_fixed_rate() {
     );
 }
 
+/// Checks a run whose server dies part-way fails and says so, rather than
+/// hanging or failing without a word about the server.
+#[test]
+fn a_failed_run_says_what_the_server_saw() {
+    let pigeon = bench().with_file_name("pigeon");
+    assert!(pigeon.exists(), "no pigeon binary at {}", pigeon.display());
+    let dir = tempfile::tempdir().unwrap();
+    // The server, killed 5 s after it starts: well into the run below,
+    // which would take 50 s.
+    let doomed = dir.path().join("pigeon-killed-at-5s");
+    std::fs::write(
+        &doomed,
+        format!(
+            "#!/bin/sh\nexec timeout -s KILL 5 '{}' \"$@\"\n",
+            pigeon.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&doomed, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = Command::new(bench())
+        .args(["--pigeon", doomed.to_str().unwrap()])
+        .args(["direct", "--pairs", "2", "--messages", "100000"])
+        .args(["--rate", "2000", "--no-baseline"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("running pigeon-bench");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the server has exited"), "{err}");
+}
+
 /// Checks `connections` reads the server's memory over both transports.
 #[test]
 fn connections_at_toy_size() {

@@ -127,6 +127,34 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     };
 
     let target = Target::open(options).await?;
+    let plan = Plan {
+        senders,
+        per_sender,
+        total,
+        baseline,
+    };
+    match measure(&target, args, plan).await {
+        Ok(report) => Ok(report),
+        // Say what the server saw: a failed run is otherwise hard to explain.
+        Err(e) => Err(anyhow::anyhow!("{e:#}\n{}", target.diagnosis().await)),
+    }
+}
+
+/// The run's shape, worked out before the server starts.
+struct Plan {
+    senders: usize,
+    per_sender: u64,
+    total: u64,
+    baseline: Option<echo::Echo>,
+}
+
+async fn measure(target: &Target, args: &Args, plan: Plan) -> anyhow::Result<Report> {
+    let Plan {
+        senders,
+        per_sender,
+        total,
+        baseline,
+    } = plan;
     let url = target.url(args.transport)?;
     let tag = users::run_tag();
     let names: Vec<String> = (0..senders).map(|i| format!("d{tag}-{i}")).collect();
