@@ -58,6 +58,22 @@ fn direct_at_toy_size() {
     assert_eq!(res["end_to_end"]["count"], 400);
     assert!(res["acked_per_sec"].as_f64().unwrap() > 0.0);
     assert!(res["fsync"]["commits"].as_f64().unwrap() > 0.0);
+    // The embedded store times its fsyncs: the disk's part is reported.
+    assert!(
+        res["fsync_alone_ms_bucket_upper_bounds"]["p50"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(res["slow_fsyncs"].as_f64().unwrap() >= 0.0);
+    // And the committer's part: waits, whole group commits, apply + fsync.
+    let parts = &res["committer_ms_bucket_upper_bounds"];
+    for part in ["write_wait", "batch", "apply_and_fsync"] {
+        assert!(
+            parts[part]["p50"].as_f64().unwrap() > 0.0,
+            "{part}: {parts}"
+        );
+    }
     assert!(res["baseline"]["frames_per_sec"].as_f64().unwrap() > 0.0);
     // Every message sent is on the timeline, in some 10 ms slot.
     let csv = std::fs::read_to_string(&timeline).unwrap();

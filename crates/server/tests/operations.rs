@@ -107,6 +107,14 @@ async fn metrics_move_with_traffic() {
             sample(&after, &["pigeon_store_sync_seconds_count"]).unwrap() >= 25.0,
             "{after}"
         );
+        // The committer's own part of a write: the oldest job's wait and
+        // the group commit whole, once per group commit.
+        for name in [
+            "pigeon_store_write_wait_seconds_count",
+            "pigeon_store_batch_seconds_count",
+        ] {
+            assert!(sample(&after, &[name]).unwrap() >= 25.0, "{name}: {after}");
+        }
     }
     assert!(sample(&after, &["pigeon_open_connections"]).unwrap() >= 1.0);
     assert!(sample(&after, &["pigeon_pushes_total{", "kind=\"events\""]).unwrap() >= 25.0);

@@ -66,6 +66,10 @@ pub const COMMIT_JOBS: &str = "pigeon_store_commit_jobs";
 pub const COMMIT_SECONDS: &str = "pigeon_store_commit_seconds";
 /// Jobs waiting for the committer when it starts a batch.
 pub const WRITE_QUEUE_JOBS: &str = "pigeon_store_write_queue_jobs";
+/// How long the oldest job of a group commit waited for the committer.
+pub const WRITE_WAIT_SECONDS: &str = "pigeon_store_write_wait_seconds";
+/// One group commit whole: its jobs, apply, fsync and answers.
+pub const BATCH_SECONDS: &str = "pigeon_store_batch_seconds";
 /// Time of one group commit's sync (the fsync) alone.
 pub const SYNC_SECONDS: &str = "pigeon_store_sync_seconds";
 /// Syncs that took [`SLOW_SYNC`] or longer.
@@ -305,7 +309,8 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 type JobFn = Box<dyn FnOnce(&mut Committer, &mut Tx<'_>, Option<&str>) + Send>;
 
 enum Cmd {
-    Job(JobFn),
+    /// A job and when it was queued.
+    Job(JobFn, std::time::Instant),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -476,7 +481,11 @@ impl LogStore {
             tx.after.reply(reply, result);
         });
         let gone = || StoreError::Unavailable(SHUT_DOWN.into());
-        self.tx.send(Cmd::Job(job)).await.map_err(|_| gone())?;
+        let queued = std::time::Instant::now();
+        self.tx
+            .send(Cmd::Job(job, queued))
+            .await
+            .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
 }
@@ -1226,6 +1235,11 @@ impl Committer {
     fn batch(&mut self, rx: &mpsc::Receiver<Cmd>, cmds: &mut Vec<Cmd>) -> bool {
         metrics::gauge!(WRITE_QUEUE_JOBS).set(rx.len() as f64);
         metrics::histogram!(COMMIT_JOBS).record(cmds.len() as f64);
+        let started = std::time::Instant::now();
+        if let Some(Cmd::Job(_, queued)) = cmds.first() {
+            let waited = started.saturating_duration_since(*queued);
+            metrics::histogram!(WRITE_WAIT_SECONDS).record(waited.as_secs_f64());
+        }
         let mut stop = None;
         let engine = self.shared.engine.clone();
         let mut tx = Tx {
@@ -1241,13 +1255,14 @@ impl Committer {
                     stop = Some(reply);
                     self.failed.get_or_insert_with(|| SHUT_DOWN.into());
                 }
-                Cmd::Job(job) => {
+                Cmd::Job(job, _) => {
                     let failed = self.failed.clone();
                     job(self, &mut tx, failed.as_deref());
                 }
             }
         }
         self.commit(tx);
+        metrics::histogram!(BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         match stop {
             Some(reply) => {
                 let _ = reply.send(());

@@ -26,7 +26,7 @@ use serde_json::json;
 
 use crate::scenarios::{cores, echo, own_cpu_seconds};
 use crate::stats::{self, Report, Text, bar, thousands};
-use crate::target::{CommitDelta, Options, Target, Transport};
+use crate::target::{CommitDelta, Metrics, Options, Target, Transport};
 use crate::users::{self, padded};
 
 /// Digits of each of the two times at the start of each text.
@@ -309,6 +309,29 @@ async fn measure(target: &Target, args: &Args, plan: Plan) -> anyhow::Result<Rep
         }
         _ => None,
     };
+    // The committer's part of a send, from the server's histograms: how
+    // long the oldest job of a group commit waited for it, the group commit
+    // whole (jobs, apply, fsync, answers), and its apply and fsync. What
+    // the server-side send takes beyond them is the runtime's.
+    let committer_parts = match (&metrics_before, &metrics_after) {
+        (Some(b), Some(a)) => CommitterParts {
+            write_wait: Quantiles::between(b, a, "pigeon_store_write_wait_seconds"),
+            batch: Quantiles::between(b, a, "pigeon_store_batch_seconds"),
+            apply_and_fsync: Quantiles::between(b, a, "pigeon_store_commit_seconds"),
+        },
+        _ => CommitterParts::default(),
+    };
+    // The disk's part: the group commits' fsyncs alone (bucket upper
+    // bounds), and how many took `SLOW_SYNC` (100 ms) or more; absent on
+    // a store without them (PostgreSQL).
+    let fsync_alone = match (&metrics_before, &metrics_after) {
+        (Some(b), Some(a)) => Quantiles::between(b, a, "pigeon_store_sync_seconds").map(|q| {
+            let slow =
+                a.get("pigeon_store_slow_syncs_total") - b.get("pigeon_store_slow_syncs_total");
+            (q, slow)
+        }),
+        _ => None,
+    };
     // Where the store's single committer thread spent the run: on a CPU,
     // waiting for one, or blocked (fsync, or no work queued).
     let committer = match (&threads_before, target.thread_times()) {
@@ -426,6 +449,21 @@ async fn measure(target: &Target, args: &Args, plan: Plan) -> anyhow::Result<Rep
             ),
         );
     }
+    for (key, q) in [
+        ("write wait (buckets)", &committer_parts.write_wait),
+        ("group commit (buckets)", &committer_parts.batch),
+        ("apply + fsync (buckets)", &committer_parts.apply_and_fsync),
+    ] {
+        if let Some(q) = q {
+            t.kv(key, q.line());
+        }
+    }
+    if let Some((q, slow)) = fsync_alone {
+        t.kv(
+            "fsync alone (buckets)",
+            format!("{}; {} of 100 ms or more", q.line(), thousands(slow)),
+        );
+    }
     if let Some((run, wait, blocked)) = committer {
         t.kv(
             "store committer thread",
@@ -517,6 +555,13 @@ async fn measure(target: &Target, args: &Args, plan: Plan) -> anyhow::Result<Rep
             "server_send_ms_bucket_upper_bounds": server_send.map(|(a, b, c)| json!({
                 "p50": a, "p99": b, "p999": c,
             })),
+            "committer_ms_bucket_upper_bounds": json!({
+                "write_wait": committer_parts.write_wait.map(Quantiles::json),
+                "batch": committer_parts.batch.map(Quantiles::json),
+                "apply_and_fsync": committer_parts.apply_and_fsync.map(Quantiles::json),
+            }),
+            "fsync_alone_ms_bucket_upper_bounds": fsync_alone.map(|(q, _)| q.json()),
+            "slow_fsyncs": fsync_alone.map(|(.., slow)| slow),
             "storage_write_bytes_per_message": storage_per_message,
             "pushes_applied": pushes_applied,
             "syncs_after_notice": syncs,
@@ -537,6 +582,44 @@ async fn measure(target: &Target, args: &Args, plan: Plan) -> anyhow::Result<Rep
             ("acknowledgement".into(), ack),
         ],
     })
+}
+
+/// p50, p99 and p99.9 of a server histogram between two scrapes, in
+/// milliseconds, as bucket upper bounds.
+#[derive(Clone, Copy)]
+struct Quantiles([Option<f64>; 3]);
+
+impl Quantiles {
+    /// `None` when the histogram counted nothing in between (or the store
+    /// does not have it).
+    fn between(before: &Metrics, after: &Metrics, name: &str) -> Option<Quantiles> {
+        let q = |q| {
+            after
+                .bucket_quantile(before, name, "", q)
+                .map(|s| s * 1000.0)
+        };
+        q(0.5)?;
+        Some(Quantiles([q(0.5), q(0.99), q(0.999)]))
+    }
+
+    fn line(&self) -> String {
+        let f = |v: Option<f64>| v.map_or("-".to_string(), |ms| format!("≤ {ms} ms"));
+        let [p50, p99, p999] = self.0;
+        format!("p50 {}, p99 {}, p99.9 {}", f(p50), f(p99), f(p999))
+    }
+
+    fn json(self) -> serde_json::Value {
+        let [p50, p99, p999] = self.0;
+        json!({ "p50": p50, "p99": p99, "p999": p999 })
+    }
+}
+
+/// The committer's part of a send ([`Quantiles`] of its histograms).
+#[derive(Default)]
+struct CommitterParts {
+    write_wait: Option<Quantiles>,
+    batch: Option<Quantiles>,
+    apply_and_fsync: Option<Quantiles>,
 }
 
 /// Bytes of one length-prefixed send request as this scenario sends it.
