@@ -100,7 +100,7 @@ fn direct_at_a_fixed_rate() {
         "--messages",
         "400",
         "--rate",
-        "2000",
+        "400",
         "--no-baseline",
     ]) else {
         return;
@@ -113,11 +113,11 @@ fn direct_at_a_fixed_rate() {
         let (a, b) = (sent[q].as_f64().unwrap(), slot[q].as_f64().unwrap());
         assert!(b >= a, "{q}: from the slot {b} ms, from the send {a} ms");
     }
-    // At 500 msg/s per sender every send waits for its slot, bar a few
-    // held up by a slow answer.
+    // At 100 msg/s per sender with 32 in flight nearly every send waits
+    // for its slot: one goes late only when the server is 320 ms behind.
     let paced = res["pacing_lateness"]["count"].as_u64().unwrap();
     assert!(
-        (300..=400).contains(&paced),
+        (200..=400).contains(&paced),
         "{paced} sends waited for their slot"
     );
 }
