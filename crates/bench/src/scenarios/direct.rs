@@ -300,13 +300,12 @@ async fn measure(target: &Target, args: &Args, plan: Plan) -> anyhow::Result<Rep
     // bucket upper bounds: what is beyond it was spent on sockets and in
     // scheduling, on either side.
     let server_send = match (&metrics_before, &metrics_after) {
-        (Some(b), Some(a)) => {
-            let q = |q| {
-                a.bucket_quantile(b, "pigeon_request_duration_seconds", "type=\"send\",", q)
-                    .map(|s| s * 1000.0)
-            };
-            Some((q(0.5), q(0.99), q(0.999)))
-        }
+        (Some(b), Some(a)) => Some(Quantiles::of(
+            b,
+            a,
+            "pigeon_request_duration_seconds",
+            "type=\"send\",",
+        )),
         _ => None,
     };
     // The committer's part of a send, from the server's histograms: how
@@ -430,12 +429,8 @@ async fn measure(target: &Target, args: &Args, plan: Plan) -> anyhow::Result<Rep
             .with_context(|| format!("writing {}", path.display()))?;
     }
     t.kv("acknowledgement", stats::line(&ack));
-    if let Some((p50, p99, p999)) = server_send {
-        let f = |v: Option<f64>| v.map_or("-".to_string(), |ms| format!("≤ {ms} ms"));
-        t.kv(
-            "server-side send (buckets)",
-            format!("p50 {}, p99 {}, p99.9 {}", f(p50), f(p99), f(p999)),
-        );
+    if let Some(q) = server_send {
+        t.kv("server-side send (buckets)", q.line());
     }
     if let Some(c) = commit {
         t.kv(
@@ -552,9 +547,7 @@ async fn measure(target: &Target, args: &Args, plan: Plan) -> anyhow::Result<Rep
             }),
             "ack": stats::summary(&ack),
             "fsync": commit,
-            "server_send_ms_bucket_upper_bounds": server_send.map(|(a, b, c)| json!({
-                "p50": a, "p99": b, "p999": c,
-            })),
+            "server_send_ms_bucket_upper_bounds": server_send.map(Quantiles::json),
             "committer_ms_bucket_upper_bounds": json!({
                 "write_wait": committer_parts.write_wait.map(Quantiles::json),
                 "batch": committer_parts.batch.map(Quantiles::json),
@@ -590,16 +583,22 @@ async fn measure(target: &Target, args: &Args, plan: Plan) -> anyhow::Result<Rep
 struct Quantiles([Option<f64>; 3]);
 
 impl Quantiles {
-    /// `None` when the histogram counted nothing in between (or the store
-    /// does not have it).
-    fn between(before: &Metrics, after: &Metrics, name: &str) -> Option<Quantiles> {
+    /// Of the series of `name` with `labels` (the text before `le`, e.g.
+    /// `type="send",`); each `None` when it counted nothing in between.
+    fn of(before: &Metrics, after: &Metrics, name: &str, labels: &str) -> Quantiles {
         let q = |q| {
             after
-                .bucket_quantile(before, name, "", q)
+                .bucket_quantile(before, name, labels, q)
                 .map(|s| s * 1000.0)
         };
-        q(0.5)?;
-        Some(Quantiles([q(0.5), q(0.99), q(0.999)]))
+        Quantiles([q(0.5), q(0.99), q(0.999)])
+    }
+
+    /// Of an unlabelled histogram; `None` when it counted nothing in
+    /// between (or the store does not have it).
+    fn between(before: &Metrics, after: &Metrics, name: &str) -> Option<Quantiles> {
+        let q = Quantiles::of(before, after, name, "");
+        q.0[0].is_some().then_some(q)
     }
 
     fn line(&self) -> String {
