@@ -3,16 +3,19 @@
 //! One task per connection: a loop that owns the connection state and the
 //! socket, and waits in one `select!` for whichever comes first: a frame
 //! from the peer, room to write queued frames, a push, the answer of a
-//! request running as a task, shutdown, or a deadline. Requests that touch
-//! the device's sync position (sync, login, logout) and pushes are handled
-//! here in order; the others run as tasks, at most `inflight_requests_max`
-//! at a time, so a pipelining client gets its sends into one group commit.
+//! the answer of a request running alongside, shutdown, or a deadline.
+//! Requests that touch the device's sync position (sync, login, logout) and
+//! pushes are handled here in order; the others run as futures inside this
+//! task (not tasks of their own: a send's commit then wakes the one task
+//! that writes its answer), at most `inflight_requests_max` at a time, so a
+//! pipelining client gets its sends into one group commit.
 //!
 //! An idle connection is kept small: no channels (pushes, close flags and
 //! answers arrive in one mailbox, created when first needed, whose queues
 //! hold no memory while empty), no read or write buffer between frames (see
 //! `transport.rs`), and the work of a frame, whose futures are large, runs
-//! boxed, so the task's own future holds only what waiting needs.
+//! boxed, so the task's own future holds only what waiting needs. The set
+//! of running requests is made on the first one.
 //!
 //! Only this loop queues frames for the socket, and it never waits for room:
 //! a full queue means the peer does not read, and the connection is closed
@@ -20,11 +23,15 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::{FutureExt, future};
 use pigeon_core::config::{HISTORY_PAGE_CEILING, SYNC_BATCH_EVENTS_CEILING};
 use pigeon_core::{CoreError, Position, PushBatch, Session};
 use pigeon_proto::Body;
@@ -99,9 +106,8 @@ pub(crate) fn run(
             transport,
             write_deadline: None,
         },
-        inflight: 0,
         mailbox: None,
-        requests: Vec::new(),
+        requests: None,
         gw,
         session: None,
         registration: None,
@@ -118,6 +124,16 @@ pub(crate) fn run(
         crate::metrics::connection(1);
         let close = conn.serve().await;
         conn.close(close);
+        if let Some(running) = conn
+            .requests
+            .take()
+            .and_then(|r| r.running)
+            .filter(|r| !r.is_empty())
+        {
+            // Requests still running finish without their connection: a
+            // send already handed to the store still tells its recipients.
+            tokio::spawn(running.for_each(|_| future::ready(())));
+        }
         let write_timeout = conn.gw.config.write_timeout;
         // Boxed: only closing connections need its state.
         Box::pin(conn.link.finish(write_timeout)).await;
@@ -232,32 +248,10 @@ impl Link {
     }
 }
 
-/// A request task's promise to answer: if the task ends without answering
-/// (it panicked), the client still gets an error for its request id.
-struct Answer {
-    mailbox: Option<Arc<Mailbox>>,
-    id: u64,
-}
-
-impl Answer {
-    fn give(mut self, frame: Frame) {
-        if let Some(mailbox) = self.mailbox.take() {
-            mailbox.answer(frame);
-        }
-    }
-}
-
-impl Drop for Answer {
-    fn drop(&mut self) {
-        if let Some(mailbox) = self.mailbox.take() {
-            mailbox.answer(Frame::error(
-                self.id,
-                ErrorCode::Internal,
-                "internal server error",
-            ));
-        }
-    }
-}
+/// Requests running inside the connection's task, each ending in its
+/// answer (boxed, like frames read: a frame held in the loop's future would
+/// make every idle connection's as large).
+type Running = FuturesUnordered<Pin<Box<dyn Future<Output = Box<Frame>> + Send>>>;
 
 struct Conn {
     gw: Arc<Gateway>,
@@ -286,21 +280,29 @@ struct Conn {
     packed: bool,
     /// When the socket was accepted (or the WebSocket upgraded).
     accepted: Instant,
-    /// Requests running as tasks or answered and not yet queued for the
-    /// socket (at most `inflight_requests_max`).
-    inflight: u32,
-    /// Where request tasks leave their answers and, once registered, the
-    /// registry its pushes: created when first needed.
+    /// Where the registry leaves the connection's pushes and flags, once
+    /// registered: created when first needed.
     mailbox: Option<Arc<Mailbox>>,
-    /// Requests read and not yet answered (at most `inflight_requests_max`
-    /// and the one being read; no allocation when there are none).
-    requests: Vec<Request>,
+    /// Requests read and not yet answered, and those running: none while
+    /// there are none, since most connections are idle most of the time.
+    requests: Option<Box<Requests>>,
 }
 
 /// Batches waiting for the one before them, since `since`.
 struct Held {
     batches: Vec<Arc<PushBatch>>,
     since: Instant,
+}
+
+/// A connection's requests.
+#[derive(Default)]
+struct Requests {
+    /// Read and not yet answered (at most `inflight_requests_max` and the
+    /// one being read).
+    read: Vec<Request>,
+    /// Running alongside the loop (at most `inflight_requests_max`): made
+    /// on the first.
+    running: Option<Running>,
 }
 
 /// A request read and not yet answered: its type and arrival, so that every
@@ -310,8 +312,6 @@ struct Request {
     kind: &'static str,
     at: std::time::Instant,
     priority: Priority,
-    /// Running as a task.
-    running: bool,
 }
 
 /// The outcome of queueing a frame: a full queue ends the connection.
@@ -343,12 +343,12 @@ impl Conn {
     fn send(&mut self, frame: Frame) -> Sent {
         let frame = self.fit(frame);
         if frame.request_id != 0
-            && let Some(i) = self.requests.iter().position(|r| r.id == frame.request_id)
+            && let Some(requests) = self.requests.as_mut()
+            && let Some(i) = requests.read.iter().position(|r| r.id == frame.request_id)
         {
-            let request = self.requests.swap_remove(i);
-            if self.requests.is_empty() {
-                // Free the storage: most connections are idle most of the time.
-                self.requests = Vec::new();
+            let request = requests.read.swap_remove(i);
+            if requests.read.is_empty() && requests.running.as_ref().is_none_or(|r| r.is_empty()) {
+                self.requests = None;
             }
             let took = request.at.elapsed();
             crate::metrics::answered(request.kind, &frame, took);
@@ -430,12 +430,21 @@ impl Conn {
             let step = tokio::select! {
                 () = stopping.as_mut() => return Box::pin(self.drain()).await,
                 () = mail(self.mailbox.as_deref()) => {
-                    // One commit wakes many request tasks and mailboxes at
-                    // once: let them deliver before this takes the mail, so
-                    // their answers and pushes share one write.
+                    // One commit wakes many connections at once: let them
+                    // deliver before this takes the mail, so the pushes
+                    // share one write.
                     tokio::task::yield_now().await;
                     self.on_mailbox()
                 }
+                frame = poll_fn(|cx| poll_answered(&mut self.requests, cx)) => match self.send(*frame) {
+                    Ok(()) => {
+                        // The same: the commit that finished this request
+                        // finished others, here and on other connections.
+                        tokio::task::yield_now().await;
+                        self.on_answers()
+                    }
+                    Err(close) => Err(close),
+                },
                 io = poll_fn(|cx| self.link.poll_io(cx, gw.config.write_timeout)) => match io {
                     Io::Inbound(inbound) => {
                         idle_deadline = Instant::now() + gw.config.idle_timeout;
@@ -606,20 +615,22 @@ impl Conn {
             .body
             .as_ref()
             .map_or(Priority::Normal, admission::priority);
-        if id != 0 && self.requests.iter().any(|r| r.id == id) {
-            return Err(bye(
-                ErrorCode::BadRequestId,
-                format!("request_id {id} is already in flight"),
-            ));
-        }
-        if id != 0 && self.requests.len() <= self.gw.config.inflight_requests_max {
-            self.requests.push(Request {
-                id,
-                kind: pigeon_proto::body_name(frame.body.as_ref()),
-                at: std::time::Instant::now(),
-                priority,
-                running: false,
-            });
+        if id != 0 {
+            let requests = self.requests.get_or_insert_default();
+            if requests.read.iter().any(|r| r.id == id) {
+                return Err(bye(
+                    ErrorCode::BadRequestId,
+                    format!("request_id {id} is already in flight"),
+                ));
+            }
+            if requests.read.len() <= self.gw.config.inflight_requests_max {
+                requests.read.push(Request {
+                    id,
+                    kind: pigeon_proto::body_name(frame.body.as_ref()),
+                    at: std::time::Instant::now(),
+                    priority,
+                });
+            }
         }
         let Some(body) = frame.body else {
             // A body this version does not know. With an id it is a request
@@ -776,13 +787,14 @@ impl Conn {
         }
     }
 
-    /// Runs a request as a task under the in-flight limit.
+    /// Starts a request under the in-flight limit; its answer is queued
+    /// when it is done (see [`poll_answered`]).
     fn spawn(
         &mut self,
         id: u64,
         work: impl Future<Output = Result<Body, CoreError>> + Send + 'static,
     ) -> Sent {
-        if self.inflight as usize >= self.gw.config.inflight_requests_max {
+        if self.inflight() >= self.gw.config.inflight_requests_max {
             return self.send(Frame::error(
                 id,
                 ErrorCode::TooManyRequests,
@@ -792,25 +804,29 @@ impl Conn {
                 ),
             ));
         }
-        self.inflight += 1;
-        if let Some(r) = self.requests.iter_mut().find(|r| r.id == id) {
-            r.running = true;
+        self.requests
+            .get_or_insert_default()
+            .running
+            .get_or_insert_default()
+            .push(Box::pin(answer(id, work)));
+        Ok(())
+    }
+
+    /// Requests running.
+    fn inflight(&self) -> usize {
+        self.requests
+            .as_ref()
+            .and_then(|r| r.running.as_ref())
+            .map_or(0, |r| r.len())
+    }
+
+    /// Queues the answers of the requests done, without waiting.
+    fn on_answers(&mut self) -> Sent {
+        while let Some(running) = self.requests.as_mut().and_then(|r| r.running.as_mut())
+            && let Some(Some(frame)) = running.next().now_or_never()
+        {
+            self.send(*frame)?;
         }
-        let answer = Answer {
-            mailbox: Some(self.mailbox().clone()),
-            id,
-        };
-        tokio::spawn(async move {
-            let frame = match work.await {
-                Ok(body) => Frame::new(id, body),
-                Err(e) => error_frame(id, &e),
-            };
-            // The request counts as in flight until the loop queues its
-            // answer for the socket, so a client that waits for answers
-            // never exceeds the limit, and the answers waiting never exceed
-            // it either.
-            answer.give(frame);
-        });
         Ok(())
     }
 
@@ -821,22 +837,11 @@ impl Conn {
             .get_or_insert_with(|| Arc::new(Mailbox::new(capacity)))
     }
 
-    /// Queues the answers of requests that ran as tasks.
-    fn on_answers(&mut self, mailbox: &Mailbox) -> Sent {
-        for frame in mailbox.take_answers() {
-            self.inflight -= 1;
-            self.send(frame)?;
-        }
-        Ok(())
-    }
-
-    /// Takes what the mailbox holds: answers, then the registry's flags and
-    /// pushes.
+    /// Takes what the mailbox holds: the registry's flags and pushes.
     fn on_mailbox(&mut self) -> Sent {
         let Some(mailbox) = self.mailbox.clone() else {
             return Ok(());
         };
-        self.on_answers(&mailbox)?;
         if mailbox.revoked.load(Ordering::SeqCst) {
             return Err(bye(ErrorCode::TokenRevoked, "the session was revoked"));
         }
@@ -955,14 +960,11 @@ impl Conn {
     async fn drain(&mut self) -> Close {
         let deadline = Instant::now() + DRAIN_WAIT_MAX;
         let write_timeout = self.gw.config.write_timeout;
-        while self.inflight > 0 {
-            let Some(mailbox) = self.mailbox.clone() else {
-                break;
-            };
+        while self.inflight() > 0 {
             // Queued frames keep going out meanwhile.
             tokio::select! {
-                () = mailbox.wake.notified() => {
-                    if self.on_answers(&mailbox).is_err() {
+                frame = poll_fn(|cx| poll_answered(&mut self.requests, cx)) => {
+                    if self.send(*frame).and_then(|()| self.on_answers()).is_err() {
                         return Close::Silent;
                     }
                 }
@@ -984,6 +986,30 @@ impl Conn {
             redirect_to: self.gw.redirect_to(),
             retry_after_ms,
         }))))
+    }
+}
+
+/// The answer to request `id` once `work` is done. A request that panics
+/// fails alone: its client gets an `INTERNAL` error for it, and the
+/// connection goes on.
+async fn answer(id: u64, work: impl Future<Output = Result<Body, CoreError>>) -> Box<Frame> {
+    Box::new(match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(Ok(body)) => Frame::new(id, body),
+        Ok(Err(e)) => error_frame(id, &e),
+        Err(_) => {
+            tracing::error!(request_id = id, "a request panicked");
+            Frame::error(id, ErrorCode::Internal, "internal server error")
+        }
+    })
+}
+
+/// The answer of the next request to finish; pending while none runs (a
+/// request started wakes nothing: the loop goes round and polls again).
+fn poll_answered(requests: &mut Option<Box<Requests>>, cx: &mut Context<'_>) -> Poll<Box<Frame>> {
+    let running = requests.as_mut().and_then(|r| r.running.as_mut());
+    match running.map(|r| r.poll_next_unpin(cx)) {
+        Some(Poll::Ready(Some(frame))) => Poll::Ready(frame),
+        _ => Poll::Pending,
     }
 }
 
@@ -1278,6 +1304,33 @@ mod tests {
         assert!(
             size <= IDLE_FUTURE_BYTES_MAX,
             "a connection's future is {size} bytes, more than {IDLE_FUTURE_BYTES_MAX}"
+        );
+    }
+
+    /// Checks that a request's answer carries its id, and that a request
+    /// that panics is answered with `INTERNAL` rather than taking its
+    /// connection down.
+    #[tokio::test]
+    async fn a_request_that_panics_is_answered_with_an_error() {
+        let ok = answer(7, async { Ok(Body::Pong(Pong::default())) }).await;
+        assert_eq!(ok.request_id, 7);
+        assert!(matches!(ok.body, Some(Body::Pong(_))));
+        let refused = answer(8, async { Err(CoreError::UsernameTaken) }).await;
+        assert!(
+            matches!(&refused.body, Some(Body::Error(e)) if e.code == ErrorCode::UsernameTaken as i32),
+            "{refused:?}"
+        );
+        let panicked = answer(9, async {
+            if true {
+                panic!("a bug in a request");
+            }
+            Ok(Body::Pong(Pong::default()))
+        })
+        .await;
+        assert_eq!(panicked.request_id, 9);
+        assert!(
+            matches!(&panicked.body, Some(Body::Error(e)) if e.code == ErrorCode::Internal as i32),
+            "{panicked:?}"
         );
     }
 

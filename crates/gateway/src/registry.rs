@@ -12,13 +12,12 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use pigeon_core::{Notifier, PushBatch, UserId};
-use pigeon_proto::{Body, Frame};
+use pigeon_proto::Body;
 use tokio::sync::Notify;
 
 /// What other tasks hand one connection, behind one allocation and one
-/// wake-up: the registry's pushes and the flags that close it, and the
-/// answers of the connection's own requests that ran as tasks. The queues
-/// hold no memory while empty, so an idle connection's mailbox is a few
+/// wake-up: the registry's pushes and the flags that close it. The queue
+/// holds no memory while empty, so an idle connection's mailbox is a few
 /// words.
 #[derive(Debug)]
 pub struct Mailbox {
@@ -26,9 +25,6 @@ pub struct Mailbox {
     pushes: Mutex<VecDeque<Push>>,
     /// Pushes the queue may hold.
     capacity: usize,
-    /// Answers not yet taken by the connection (bounded by the requests it
-    /// lets run at a time); the registry never touches them.
-    answers: Mutex<Vec<Frame>>,
     /// A push batch was dropped because the queue was full.
     pub lagged: AtomicBool,
     /// The session was revoked elsewhere; close the connection.
@@ -46,7 +42,6 @@ impl Mailbox {
         Mailbox {
             pushes: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
-            answers: Mutex::new(Vec::new()),
             lagged: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
             close_code: AtomicI32::new(0),
@@ -68,20 +63,6 @@ impl Mailbox {
     /// storage freed).
     pub fn take(&self) -> VecDeque<Push> {
         std::mem::take(&mut *self.pushes.lock().expect("mailbox lock poisoned"))
-    }
-
-    /// Leaves the answer of a request and wakes the connection.
-    pub fn answer(&self, frame: Frame) {
-        self.answers
-            .lock()
-            .expect("mailbox lock poisoned")
-            .push(frame);
-        self.wake.notify_one();
-    }
-
-    /// Takes every answer left, leaving none (and the storage freed).
-    pub fn take_answers(&self) -> Vec<Frame> {
-        std::mem::take(&mut *self.answers.lock().expect("mailbox lock poisoned"))
     }
 }
 

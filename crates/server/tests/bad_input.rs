@@ -608,3 +608,66 @@ async fn slow_reader_is_disconnected() {
     assert_eq!(events.len(), 400);
     assert!(server.log().contains("too slow"), "the server logs why");
 }
+
+/// A client that sends and hangs up at once, without waiting for the
+/// answers: every send the server read is still carried out, stored and
+/// pushed to the online recipient (the requests of a closed connection run
+/// to the end rather than being dropped with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_of_a_client_that_hangs_up_are_carried_out() {
+    const SENDS: usize = 20;
+    let server = Server::start("");
+    let url = server.tcp_url();
+    let alice_token = register_and_login(&url, "alice").await;
+    let bob = connect(&url, &register_and_login(&url, "bob").await).await;
+    let (_, key) = sync_all(&bob, &[]).await;
+    let mut alice = Raw::connect(&server.tcp).await;
+    assert!(matches!(
+        alice.hello(&alice_token).await.body,
+        Some(Body::Welcome(_))
+    ));
+    // All the sends in one write, then the end of the stream.
+    let mut bytes = Vec::new();
+    for i in 0..SENDS {
+        let send = v1::SendRequest {
+            client_msg_id: format!("gone-{i}"),
+            target: Some(to_user("bob")),
+            content: Some(content(&format!("before hanging up {i}"))),
+        };
+        bytes.extend(pigeon_proto::encode_frame_prefixed(&Frame {
+            request_id: 2 + i as u64,
+            body: Some(Body::SendRequest(send)),
+        }));
+    }
+    alice.bytes(&bytes).await;
+    alice.stream.shutdown().await.unwrap();
+    drop(alice);
+    // Bob, online all along, gets them pushed (a push that follows on from
+    // his key, or a notice and a sync).
+    let mut got = Vec::new();
+    let mut key = key;
+    within(async {
+        while got.len() < SENDS {
+            match bob.next_push().await {
+                Some(Body::EventsPush(p)) if p.prev_key == key => {
+                    got.extend(texts(&p.events));
+                    key = p.key;
+                }
+                Some(Body::EventsPush(_) | Body::SyncNotice(_)) => {
+                    let (events, k) = sync_all(&bob, &key).await;
+                    got.extend(texts(&events));
+                    key = k;
+                }
+                Some(_) => {}
+                None => panic!("bob was disconnected"),
+            }
+        }
+    })
+    .await;
+    let expected: Vec<String> = (0..SENDS)
+        .map(|i| format!("before hanging up {i}"))
+        .collect();
+    got.sort_by_key(|t| t.rsplit(' ').next().and_then(|n| n.parse::<usize>().ok()));
+    assert_eq!(got, expected);
+    still_serving(&server).await;
+}
