@@ -429,19 +429,18 @@ impl Conn {
             }
             let step = tokio::select! {
                 () = stopping.as_mut() => return Box::pin(self.drain()).await,
+                // One commit finishes many requests, here and on other
+                // connections, at once: whichever of its answers and pushes
+                // wakes the loop, it lets the others be delivered, then
+                // takes them all, so they share one write.
                 () = mail(self.mailbox.as_deref()) => {
-                    // One commit wakes many connections at once: let them
-                    // deliver before this takes the mail, so the pushes
-                    // share one write.
                     tokio::task::yield_now().await;
-                    self.on_mailbox()
+                    self.on_woken()
                 }
                 frame = poll_fn(|cx| poll_answered(&mut self.requests, cx)) => match self.send(*frame) {
                     Ok(()) => {
-                        // The same: the commit that finished this request
-                        // finished others, here and on other connections.
                         tokio::task::yield_now().await;
-                        self.on_answers()
+                        self.on_woken()
                     }
                     Err(close) => Err(close),
                 },
@@ -828,6 +827,17 @@ impl Conn {
             self.send(*frame)?;
         }
         Ok(())
+    }
+
+    /// Takes the answers done and what the mailbox holds.
+    fn on_woken(&mut self) -> Sent {
+        if let Some(mailbox) = &self.mailbox {
+            // The mail is taken now: a wake-up left for it would only turn
+            // the loop once more for nothing.
+            let _ = mailbox.wake.notified().now_or_never();
+        }
+        self.on_answers()?;
+        self.on_mailbox()
     }
 
     /// The connection's mailbox, created on first use.
