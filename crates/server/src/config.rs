@@ -37,6 +37,10 @@ pub(crate) struct Config {
     /// store keeps in memory for readers (each); past it they are emptied
     /// and load again from disk.
     pub(crate) store_heads_cached_max: usize,
+    /// MiB of journal the embedded store keeps before it flushes the tables
+    /// with data in its oldest file: more smooths latency under load, less
+    /// shortens the replay after a crash.
+    pub(crate) store_journal_mib: u64,
     /// Whether anyone may register.
     pub(crate) open_registration: bool,
     /// Session lifetime after login.
@@ -168,6 +172,11 @@ impl std::fmt::Debug for StoreUrl {
 /// The shortest admin token accepted, so a guessable one is refused.
 pub(crate) const ADMIN_TOKEN_BYTES_MIN: usize = 16;
 
+/// The largest `store_journal_mib` accepted: a start after a crash replays
+/// up to this much journal (about 15 MB a second of replay on 2 cores, so
+/// at most a few minutes).
+pub(crate) const STORE_JOURNAL_MIB_CEILING: u64 = 4096;
+
 impl Default for Config {
     fn default() -> Self {
         let gw = GatewayConfig::default();
@@ -181,6 +190,7 @@ impl Default for Config {
             store: StoreUrl::default(),
             store_pool_size: pigeon_store_pg::PgConfig::default().pool_size,
             store_heads_cached_max: StoreConfig::default().heads_cached_max,
+            store_journal_mib: StoreConfig::default().journal_bytes_max >> 20,
             open_registration: core.open_registration,
             session_ttl_secs: (core.session_ttl_ms / 1000) as u64,
             frame_bytes_max: gw.frame_bytes_max,
@@ -320,6 +330,13 @@ impl Config {
             bail!(
                 "store must be empty (the embedded store in `data`) or a postgres:// URL, got {:?}",
                 crate::backend::redact(url)
+            );
+        }
+        let journal_min = pigeon_store::embedded::JOURNAL_BYTES_MIN >> 20;
+        if !(journal_min..=STORE_JOURNAL_MIB_CEILING).contains(&self.store_journal_mib) {
+            bail!(
+                "store_journal_mib must be from {journal_min} to {STORE_JOURNAL_MIB_CEILING}, got {}",
+                self.store_journal_mib
             );
         }
         if self.store_pool_size == 0 {
@@ -511,6 +528,7 @@ impl Config {
         StoreConfig {
             log_retain_events: self.sync_log_retain_events,
             heads_cached_max: self.store_heads_cached_max,
+            journal_bytes_max: self.store_journal_mib << 20,
             ..StoreConfig::default()
         }
     }
@@ -607,6 +625,30 @@ mod tests {
             err.contains("store_heads_cached_max must be at least 1"),
             "{err}"
         );
+    }
+
+    /// Checks the journal size reaches the store in bytes, with the default
+    /// when not set, and that sizes fjall refuses or past the ceiling are
+    /// refused with the key's name and range.
+    #[test]
+    fn store_journal_mib_reaches_the_store() {
+        assert_eq!(
+            Config::default().store().journal_bytes_max,
+            pigeon_store::embedded::JOURNAL_BYTES_MAX
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pigeon.toml");
+        std::fs::write(&file, "store_journal_mib = 128\n").unwrap();
+        let c = Config::load(Some(&file), |_| None).unwrap();
+        assert_eq!(c.store().journal_bytes_max, 128 << 20);
+        for bad in [0, 63, STORE_JOURNAL_MIB_CEILING + 1] {
+            std::fs::write(&file, format!("store_journal_mib = {bad}\n")).unwrap();
+            let err = Config::load(Some(&file), |_| None).unwrap_err().to_string();
+            assert!(
+                err.contains("store_journal_mib must be from 64 to 4096"),
+                "{err}"
+            );
+        }
     }
 
     /// Checks TLS is off by default, on with both files (from the file or

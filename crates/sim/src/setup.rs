@@ -67,6 +67,7 @@ pub(crate) fn store_config(plan: &Plan) -> StoreConfig {
         // Far below the users and conversations a run has, so the readers'
         // marks are emptied and loaded again all through the run.
         heads_cached_max: 2,
+        ..StoreConfig::default()
     }
 }
 

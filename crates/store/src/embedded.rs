@@ -16,8 +16,23 @@ use crate::engine::{Engine, Entries, Op, Table};
 use crate::freeing::{FREE_PAUSE, Freeing};
 use crate::writeback::Writeback;
 
-/// The journal size at which fjall flushes and starts a new journal.
-pub const JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// The default journal size past which fjall flushes the tables that
+/// still have data in the oldest journal file, so that it can be deleted
+/// (`store_journal_mib`). fjall starts a new journal file about every
+/// 64 MB, and the tables written most flush on their own every
+/// [`MEMTABLE_BYTES_MAX`]. At 64 MiB, fjall's floor, sends at 25,000 msg/s
+/// stalled for 100-200 ms around those flushes (fjall's workers took 375 ms
+/// of CPU in 600 ms on 2 cores); at 256 MiB the p99 was lower in 9
+/// alternating runs of 9, and full rate higher in 3 of 3 (BENCHMARKS.md,
+/// fifth session of 2026-11-24). The price is recovery: a start after a
+/// crash replays the journal left, measured after `kill -9` under full
+/// load: 1.5 s with two journal files (the 64 MiB limit), 2.4 s with three
+/// and 4.5 s with five (this limit).
+pub const JOURNAL_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+/// The smallest journal size fjall accepts (a smaller one fails an
+/// assertion at start).
+pub const JOURNAL_BYTES_MIN: u64 = 64 * 1024 * 1024;
 
 /// The memtable size at which a table's memtable is flushed to a table
 /// file. fjall starts a new journal only when a memtable is flushed, so
@@ -148,8 +163,17 @@ fn io(e: fjall::Error) -> StoreError {
 }
 
 impl FjallEngine {
-    /// Opens (creating if needed) the database in `dir` and recovers it.
+    /// Opens (creating if needed) the database in `dir` and recovers it,
+    /// with the default journal size.
     pub fn open(dir: &Path) -> Result<FjallEngine, StoreError> {
+        FjallEngine::open_with(dir, JOURNAL_BYTES_MAX)
+    }
+
+    /// Opens (creating if needed) the database in `dir` and recovers it;
+    /// the journal may hold `journal_bytes_max` (at least
+    /// [`JOURNAL_BYTES_MIN`]) before the tables with data in its oldest
+    /// file are flushed.
+    pub fn open_with(dir: &Path, journal_bytes_max: u64) -> Result<FjallEngine, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
         // We persist explicitly after every group commit, so fjall must not
@@ -159,7 +183,7 @@ impl FjallEngine {
         // most this much.
         let db = Database::builder(dir.join("db"))
             .manual_journal_persist(true)
-            .max_journaling_size(JOURNAL_BYTES_MAX)
+            .max_journaling_size(journal_bytes_max.max(JOURNAL_BYTES_MIN))
             .open()
             .map_err(io)?;
         let keyspaces = Table::ALL
@@ -360,6 +384,22 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         assert!(written < 64 * 1024 * 1024);
+    }
+
+    /// Checks a journal limit below fjall's floor is raised to it rather
+    /// than failing fjall's assertion at start, and that the engine opened
+    /// so works.
+    #[test]
+    fn a_journal_limit_below_the_floor_is_raised_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open_with(dir.path(), 1 << 20).unwrap();
+        let mut one = vec![Op::Put(Table::Users, b"k".to_vec(), b"v".to_vec())];
+        engine.apply(&mut one).unwrap();
+        engine.sync().unwrap();
+        assert_eq!(
+            engine.get(Table::Users, b"k").unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
     }
 
     /// Size of each value [`fill_timeline`] writes.

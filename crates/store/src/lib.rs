@@ -40,7 +40,7 @@ pub fn open_embedded(
     dir: &std::path::Path,
     config: StoreConfig,
 ) -> Result<LogStore, pigeon_core::StoreError> {
-    let engine = FjallEngine::open(dir)?;
+    let engine = FjallEngine::open_with(dir, config.journal_bytes_max)?;
     Ok(LogStore::start(std::sync::Arc::new(engine), config))
 }
 

@@ -113,6 +113,10 @@ pub struct StoreConfig {
     /// memory for readers: when either holds more, it is emptied after a
     /// commit, and entries load again from the store when next used.
     pub heads_cached_max: usize,
+    /// The embedded engine's journal size limit (see
+    /// [`crate::embedded::JOURNAL_BYTES_MAX`]); the in-memory engine has
+    /// no journal.
+    pub journal_bytes_max: u64,
 }
 
 /// The default of [`StoreConfig::heads_cached_max`]: each entry is about
@@ -125,6 +129,7 @@ impl Default for StoreConfig {
             seq_step: 1000,
             log_retain_events: 100_000,
             heads_cached_max: HEADS_CACHED_MAX,
+            journal_bytes_max: crate::embedded::JOURNAL_BYTES_MAX,
         }
     }
 }
