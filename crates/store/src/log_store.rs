@@ -10,12 +10,13 @@
 //! write, a rule checked inside a job (a permission, a uniqueness, a window)
 //! holds for the write it guards.
 //!
-//! The two threads are a pipeline one batch deep: while the syncer makes
-//! batch N durable, the committer runs the jobs of batch N+1 (reading N's
-//! writes, which the engine already holds, and N's heads from
-//! `Committer::inflight`) and applies it; it hands N+1 over only once N is
-//! answered. If N's commit fails, N+1 fails with it, since its jobs may have
-//! read N's writes. In a simulation the committer syncs each batch itself.
+//! The two threads are a pipeline: while the syncer makes batch N durable,
+//! the committer runs the jobs of the next batches (reading N's writes,
+//! which the engine already holds, and N's heads from
+//! `Committer::inflight`) and applies them; at most
+//! [`SYNC_QUEUE_BATCHES`] applied batches wait for the syncer. If N's commit
+//! fails, every batch after it fails too, since their jobs may have read
+//! N's writes. In a simulation the committer syncs each batch itself.
 //!
 //! Sequence numbers are allocated in memory, as WeChat's seqsvr does: per
 //! user log, per conversation and for the shared stream of large groups, the
@@ -361,10 +362,9 @@ impl LogStore {
         else {
             unreachable!("a committer starts with its syncer inline")
         };
-        // A rendezvous: the committer hands a batch over only when the
-        // syncer is done with the one before, so at most one batch is
-        // applied and not yet durable besides the one being built.
-        let (to_syncer, from_committer) = std::sync::mpsc::sync_channel(0);
+        // Bounded: a hand-over waits while SYNC_QUEUE_BATCHES batches wait
+        // for the syncer (see `Committer::inflight`).
+        let (to_syncer, from_committer) = std::sync::mpsc::sync_channel(SYNC_QUEUE_BATCHES);
         let syncer = std::thread::Builder::new()
             .name("pigeon-syncer".into())
             .spawn(move || syncer.run(from_committer))
@@ -430,7 +430,7 @@ impl LogStore {
                 slow: SlowSyncs::default(),
                 failed: None,
             }),
-            inflight: None,
+            inflight: std::collections::VecDeque::new(),
             config,
             user_alloc: HashMap::new(),
             conv_alloc: HashMap::new(),
@@ -1251,16 +1251,27 @@ enum Durability {
 }
 
 impl Durability {
-    /// Hands an applied batch over; `inflight` becomes its heads while the
-    /// syncer thread has it.
-    fn hand_over(&mut self, shared: &Shared, a: Applied, inflight: &mut Option<Arc<AfterCommit>>) {
+    /// Hands an applied batch over and notes its heads first in
+    /// `inflight`, which keeps every batch the syncer may not have
+    /// published yet.
+    fn hand_over(
+        &mut self,
+        shared: &Shared,
+        a: Applied,
+        inflight: &mut std::collections::VecDeque<Arc<AfterCommit>>,
+    ) {
         match self {
             Durability::Inline(syncer) => syncer.finish(a),
             Durability::Thread { to_syncer, .. } => {
                 let publish = a.publish.clone();
-                // Returns once the syncer has finished the batch before.
+                // Returns once the batch has a place in the queue: the
+                // syncer has taken the one handed over before, so it has
+                // finished (published) the one before that.
                 match to_syncer.send(a) {
-                    Ok(()) => *inflight = Some(publish),
+                    Ok(()) => {
+                        inflight.push_front(publish);
+                        inflight.truncate(SYNC_QUEUE_BATCHES + 1);
+                    }
                     // The syncer thread is gone (it panicked): nothing
                     // more can be made durable.
                     Err(std::sync::mpsc::SendError(a)) => Durability::lost(shared, a),
@@ -1287,18 +1298,26 @@ impl Durability {
         }
     }
 
-    /// Waits until every batch handed over is answered.
-    fn drain(&mut self, shared: &Shared, inflight: &mut Option<Arc<AfterCommit>>) {
+    /// Waits until every batch handed over is answered: once a batch of
+    /// nothing handed over after them has been taken by the syncer.
+    fn drain(
+        &mut self,
+        shared: &Shared,
+        inflight: &mut std::collections::VecDeque<Arc<AfterCommit>>,
+    ) {
         if let Durability::Thread { .. } = self {
-            self.hand_over(shared, Applied::nothing(), inflight);
+            for _ in 0..=SYNC_QUEUE_BATCHES {
+                self.hand_over(shared, Applied::nothing(), inflight);
+            }
         }
-        *inflight = None;
+        inflight.clear();
     }
 
     /// Lets the syncer thread finish and waits for it.
     fn close(&mut self) {
-        if let Durability::Thread { to_syncer, syncer } =
-            std::mem::replace(self, Durability::Closed)
+        if let Durability::Thread {
+            to_syncer, syncer, ..
+        } = std::mem::replace(self, Durability::Closed)
         {
             drop(to_syncer);
             let _ = syncer.join();
@@ -1311,10 +1330,10 @@ struct Committer {
     shared: Arc<Shared>,
     /// Where applied batches are made durable, published and answered.
     durability: Durability,
-    /// The heads of the batch handed to the syncer thread and perhaps not
-    /// yet published: a job of the next batch reads its heads here before
-    /// the published ones.
-    inflight: Option<Arc<AfterCommit>>,
+    /// The heads of the batches handed to the syncer thread that it may
+    /// not have published yet (at most [`SYNC_QUEUE_BATCHES`] + 1, newest
+    /// first): a job reads heads here before the published ones.
+    inflight: std::collections::VecDeque<Arc<AfterCommit>>,
     config: StoreConfig,
     user_alloc: HashMap<UserId, Alloc>,
     conv_alloc: HashMap<String, Alloc>,
@@ -1373,6 +1392,15 @@ impl SlowSyncs {
         self.unlogged = 0;
     }
 }
+
+/// Applied batches that may wait for the syncer thread while it syncs
+/// another: the committer goes on to the next batch meanwhile. With none
+/// (a rendezvous) it waited for each batch to be answered before it could
+/// hand over the next, and at full rate made smaller batches with more
+/// fsyncs (234 against 280 jobs per commit) and lost about a tenth of the
+/// throughput; with one, it kept most of it (BENCHMARKS.md, session of
+/// 2026-11-24 (sixth)).
+pub const SYNC_QUEUE_BATCHES: usize = 1;
 
 /// Most writes a batch's buffers may have room for and still be kept for
 /// the next batch (a larger one, e.g. a big group change, is let go).
@@ -1576,7 +1604,7 @@ impl Committer {
         if let Some(&h) = tx.heads.get(&user) {
             return Ok(h);
         }
-        if let Some(&h) = self.inflight.as_ref().and_then(|p| p.log_heads.get(&user)) {
+        if let Some(&h) = self.inflight.iter().find_map(|p| p.log_heads.get(&user)) {
             return Ok(h);
         }
         // Registers the user's committed mark before we write to the log
@@ -1590,7 +1618,7 @@ impl Committer {
         if let Some(&h) = tx.publish.conv_heads.get(conv) {
             return Ok(h);
         }
-        if let Some(&h) = self.inflight.as_ref().and_then(|p| p.conv_heads.get(conv)) {
+        if let Some(&h) = self.inflight.iter().find_map(|p| p.conv_heads.get(conv)) {
             return Ok(h);
         }
         self.shared.conv_head(conv)
@@ -2062,37 +2090,47 @@ mod tests {
             .await
     }
 
-    /// Checks the committer builds the next batch while the syncer thread
-    /// makes the one before durable, and that the next batch follows the
-    /// one in flight (its seqs, not the published ones), while readers see
-    /// neither before it is durable.
+    /// Checks the committer builds the next batches while the syncer thread
+    /// makes one durable (one waits in the queue, the next is built), and
+    /// that they follow the batches in flight (their seqs, not the
+    /// published ones), while readers see none of it before it is durable.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_next_batch_is_built_while_one_syncs() {
+    async fn the_next_batches_are_built_while_one_syncs() {
         let engine = Arc::new(Sluggish::default());
         engine.sync_ms.store(300, Ordering::Relaxed);
         let store = Arc::new(LogStore::start(engine.clone(), StoreConfig::default()));
-        let first = tokio::spawn({
+        let answered = |user| {
             let store = store.clone();
-            async move {
-                let r = timed_append(&store, 7).await;
-                (r, std::time::Instant::now())
-            }
-        });
+            tokio::spawn(async move {
+                let (a, ran) = timed_append(&store, user).await.unwrap();
+                (a, ran, std::time::Instant::now())
+            })
+        };
+        // Batch 1 (user 7) syncs for 300 ms; batch 2 (user 8) waits for the
+        // syncer; batch 3 (users 7 and 8) is built meanwhile.
+        let first = answered(7);
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert_eq!(store.log_head(7).await.unwrap(), 0, "not durable yet");
-        let (second, second_ran) = timed_append(&store, 7).await.unwrap();
-        let (first, first_answered) = first.await.unwrap();
-        let (first, _) = first.unwrap();
+        let second = answered(8);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (third_7, third_8) = tokio::join!(timed_append(&store, 7), timed_append(&store, 8));
+        let ((third_7, ran_7), (third_8, ran_8)) = (third_7.unwrap(), third_8.unwrap());
+        let (first, _, first_answered) = first.await.unwrap();
+        let (second, _, _) = second.await.unwrap();
         assert!(
-            second_ran < first_answered,
-            "the second job ran while the first batch synced"
+            ran_7 < first_answered && ran_8 < first_answered,
+            "the third batch's jobs ran while the first batch synced"
         );
         assert_eq!(
-            second.prev_seq, first.events[0].seq,
-            "the second batch follows the one in flight"
+            third_7.prev_seq, first.events[0].seq,
+            "follows the first batch, two back"
         );
-        assert!(second.events[0].seq > first.events[0].seq);
-        assert_eq!(store.log_head(7).await.unwrap(), second.events[0].seq);
+        assert_eq!(
+            third_8.prev_seq, second.events[0].seq,
+            "follows the second batch, waiting in the queue"
+        );
+        assert_eq!(store.log_head(7).await.unwrap(), third_7.events[0].seq);
+        assert_eq!(store.log_head(8).await.unwrap(), third_8.events[0].seq);
         store.shutdown().await;
     }
 
