@@ -195,9 +195,7 @@ pub enum DeliveryStatus {
 pub struct Appended {
     /// Whose log.
     pub user_id: UserId,
-    /// The log's seq before these events (0: none). That event is durable
-    /// by the time these are answered: it was committed before them, in
-    /// their group commit, or in the one before, which is answered first.
+    /// The last committed seq of the log before these events (0: none).
     pub prev_seq: u64,
     /// The events, in seq order.
     pub events: Vec<Event>,

@@ -3,20 +3,11 @@
 //! Writes go through one committer thread (in a simulation, one tokio task:
 //! [`LogStore::start_in_task`]). It takes every queued job (up to
 //! [`WRITE_BATCH_COMMANDS_MAX`]), applies their effects as one atomic engine
-//! batch, and hands the batch to the syncer thread, which fsyncs once and
-//! only then publishes the batch's heads and answers its jobs: group commit,
-//! so the cost of an acknowledgement is one fsync shared by everyone who
-//! arrived while the previous one ran. Because one thread applies every
-//! write, a rule checked inside a job (a permission, a uniqueness, a window)
-//! holds for the write it guards.
-//!
-//! The two threads are a pipeline: while the syncer makes batch N durable,
-//! the committer runs the jobs of the next batches (reading N's writes,
-//! which the engine already holds, and N's heads from
-//! `Committer::inflight`) and applies them; at most
-//! [`SYNC_QUEUE_BATCHES`] applied batches wait for the syncer. If N's commit
-//! fails, every batch after it fails too, since their jobs may have read
-//! N's writes. In a simulation the committer syncs each batch itself.
+//! batch, fsyncs once, and only then answers them all: group commit, so the
+//! cost of an acknowledgement is one fsync shared by everyone who arrived
+//! while the previous one ran. Because one thread applies every write, a
+//! rule checked inside a job (a permission, a uniqueness, a window) holds
+//! for the write it guards.
 //!
 //! Sequence numbers are allocated in memory, as WeChat's seqsvr does: per
 //! user log, per conversation and for the shared stream of large groups, the
@@ -26,7 +17,7 @@
 //! the persisted mark, so seqs only grow, possibly with a gap.
 //!
 //! Visibility: readers see a user's log, a conversation's timeline and the
-//! shared stream only up to committed watermarks, which the syncer
+//! shared stream only up to committed watermarks, which the committer
 //! advances after the fsync. So nothing is readable before it is durable,
 //! and because one thread commits in seq order, a reader never sees seq N+1
 //! while N is in flight.
@@ -169,9 +160,9 @@ struct Shared {
     /// Committed marks of logs touched since start. A user is added (from
     /// the engine) before the committer first writes to their log, under this
     /// lock, so a reader that loads a missing entry sees only durable data.
-    /// Only the committer removes entries, and only once the syncer has
-    /// answered everything handed to it (so everything written is durable),
-    /// so that stays true: a log missing here has no write in flight.
+    /// Only the committer removes entries, and only between batches (when
+    /// everything it wrote is durable), so that stays true: a log missing
+    /// here has no write in flight.
     logs: Mutex<HashMap<UserId, LogMark>>,
     /// Committed heads of conversation timelines, same protocol.
     convs: Mutex<HashMap<String, u64>>,
@@ -179,8 +170,6 @@ struct Shared {
     stream_head: AtomicU64,
     /// A commit failed.
     failed: std::sync::atomic::AtomicBool,
-    /// Why, once `failed` is set.
-    failure: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -356,20 +345,7 @@ impl std::fmt::Debug for LogStore {
 impl LogStore {
     /// Starts the committer thread over `engine`.
     pub fn start<E: Engine>(engine: Arc<E>, config: StoreConfig) -> LogStore {
-        let (store, mut committer, rx) = LogStore::open(engine, config);
-        let Durability::Inline(syncer) =
-            std::mem::replace(&mut committer.durability, Durability::Closed)
-        else {
-            unreachable!("a committer starts with its syncer inline")
-        };
-        // Bounded: a hand-over waits while SYNC_QUEUE_BATCHES batches wait
-        // for the syncer (see `Committer::inflight`).
-        let (to_syncer, from_committer) = std::sync::mpsc::sync_channel(SYNC_QUEUE_BATCHES);
-        let syncer = std::thread::Builder::new()
-            .name("pigeon-syncer".into())
-            .spawn(move || syncer.run(from_committer))
-            .expect("spawning the syncer thread");
-        committer.durability = Durability::Thread { to_syncer, syncer };
+        let (store, committer, rx) = LogStore::open(engine, config);
         let handle = std::thread::Builder::new()
             .name("pigeon-committer".into())
             .spawn(move || committer.run_blocking(rx))
@@ -417,20 +393,12 @@ impl LogStore {
             convs: Mutex::default(),
             stream_head: AtomicU64::new(stream_head),
             failed: Default::default(),
-            failure: Mutex::default(),
         });
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_COMMANDS_MAX);
         let stats = Arc::new(StoreStats::default());
         let committer = Committer {
             stats: stats.clone(),
             shared: shared.clone(),
-            durability: Durability::Inline(Syncer {
-                shared: shared.clone(),
-                stats: stats.clone(),
-                slow: SlowSyncs::default(),
-                failed: None,
-            }),
-            inflight: std::collections::VecDeque::new(),
             config,
             user_alloc: HashMap::new(),
             conv_alloc: HashMap::new(),
@@ -440,6 +408,7 @@ impl LogStore {
             member_cache: HashMap::new(),
             failed: None,
             spare: Spare::default(),
+            slow: SlowSyncs::default(),
         };
         let store = LogStore {
             tx,
@@ -1130,210 +1099,9 @@ impl Tx<'_> {
     }
 }
 
-/// A batch applied to the engine and not yet durable: what the syncer
-/// needs to make it durable, publish its heads and answer its jobs.
-struct Applied {
-    /// The engine's apply (an error: nothing to sync, every job fails).
-    applied: Result<(), StoreError>,
-    /// Whether the batch wrote anything (else there is nothing to sync).
-    wrote: bool,
-    started: std::time::Instant,
-    apply_took: std::time::Duration,
-    replies: Replies,
-    publish: Arc<AfterCommit>,
-}
-
-impl Applied {
-    /// Nothing: handing it over waits until the batch before is answered.
-    fn nothing() -> Applied {
-        Applied {
-            applied: Ok(()),
-            wrote: false,
-            started: std::time::Instant::now(),
-            apply_took: std::time::Duration::ZERO,
-            replies: Replies::default(),
-            publish: Arc::default(),
-        }
-    }
-}
-
-/// Makes applied batches durable, in the order they were applied, then
-/// publishes their heads (readers see them from then on) and answers
-/// their jobs.
-struct Syncer {
-    shared: Arc<Shared>,
-    stats: Arc<StoreStats>,
-    /// When a slow sync was last logged, and how many were not since.
-    slow: SlowSyncs,
-    /// Set once a commit failed: every later batch is answered with it,
-    /// synced or not, since its jobs may have read the failed one's writes.
-    failed: Option<String>,
-}
-
-impl Syncer {
-    /// The syncer thread's loop: ends when the committer lets go.
-    fn run(mut self, batches: std::sync::mpsc::Receiver<Applied>) {
-        while let Ok(batch) = batches.recv() {
-            self.finish(batch);
-        }
-    }
-
-    fn finish(&mut self, a: Applied) {
-        let result = match (&self.failed, a.applied) {
-            (Some(why), _) => Err(StoreError::Io(format!("an earlier commit failed: {why}"))),
-            (None, Err(e)) => Err(e),
-            (None, Ok(())) if !a.wrote => Ok(()),
-            (None, Ok(())) => {
-                let synced = std::time::Instant::now();
-                let r = self.shared.engine.sync();
-                let took = synced.elapsed();
-                metrics::histogram!(SYNC_SECONDS).record(took.as_secs_f64());
-                metrics::histogram!(COMMIT_SECONDS).record(a.started.elapsed().as_secs_f64());
-                self.slow
-                    .note(&self.stats, took, a.apply_took, a.replies.0.len());
-                r
-            }
-        };
-        self.stats
-            .commands
-            .fetch_add(a.replies.0.len() as u64, Ordering::Relaxed);
-        match &result {
-            Ok(()) => self.publish(&a.publish),
-            Err(e) if self.failed.is_none() => {
-                tracing::error!(error = %e, "group commit failed; refusing further writes");
-                let why = format!("a commit failed: {e}");
-                *self.shared.failure.lock().expect("failure lock poisoned") = Some(why.clone());
-                self.shared.failed.store(true, Ordering::SeqCst);
-                self.failed = Some(why);
-            }
-            Err(_) => {}
-        }
-        for reply in a.replies.0 {
-            reply(result.as_ref().err());
-        }
-    }
-
-    /// Lets readers see a durable batch's writes.
-    fn publish(&self, publish: &AfterCommit) {
-        let mut logs = self.shared.logs.lock().expect("log marks lock poisoned");
-        for (&user, &head) in &publish.log_heads {
-            logs.entry(user).or_default().head = head;
-        }
-        drop(logs);
-        let mut convs = self.shared.convs.lock().expect("conv heads lock poisoned");
-        for (conv, &head) in &publish.conv_heads {
-            match convs.get_mut(conv) {
-                Some(h) => *h = head,
-                None => {
-                    convs.insert(conv.clone(), head);
-                }
-            }
-        }
-        drop(convs);
-        self.shared
-            .stream_head
-            .fetch_max(publish.stream_head, Ordering::SeqCst);
-    }
-}
-
-/// Where the committer's batches are made durable.
-enum Durability {
-    /// On the committer itself, after each apply (a simulation's task, and
-    /// a committer not yet started).
-    Inline(Syncer),
-    /// On the syncer thread, while the committer builds the next batch.
-    Thread {
-        to_syncer: std::sync::mpsc::SyncSender<Applied>,
-        syncer: std::thread::JoinHandle<()>,
-    },
-    /// Closed: the committer has stopped.
-    Closed,
-}
-
-impl Durability {
-    /// Hands an applied batch over and notes its heads first in
-    /// `inflight`, which keeps every batch the syncer may not have
-    /// published yet.
-    fn hand_over(
-        &mut self,
-        shared: &Shared,
-        a: Applied,
-        inflight: &mut std::collections::VecDeque<Arc<AfterCommit>>,
-    ) {
-        match self {
-            Durability::Inline(syncer) => syncer.finish(a),
-            Durability::Thread { to_syncer, .. } => {
-                let publish = a.publish.clone();
-                // Returns once the batch has a place in the queue: the
-                // syncer has taken the one handed over before, so it has
-                // finished (published) the one before that.
-                match to_syncer.send(a) {
-                    Ok(()) => {
-                        inflight.push_front(publish);
-                        inflight.truncate(SYNC_QUEUE_BATCHES + 1);
-                    }
-                    // The syncer thread is gone (it panicked): nothing
-                    // more can be made durable.
-                    Err(std::sync::mpsc::SendError(a)) => Durability::lost(shared, a),
-                }
-            }
-            Durability::Closed => Durability::lost(shared, a),
-        }
-    }
-
-    /// Fails a batch nobody can make durable any more, and every later
-    /// write.
-    fn lost(shared: &Shared, a: Applied) {
-        const WHY: &str = "the store's syncer thread stopped";
-        tracing::error!("{WHY}; refusing further writes");
-        shared
-            .failure
-            .lock()
-            .expect("failure lock poisoned")
-            .get_or_insert_with(|| WHY.into());
-        shared.failed.store(true, Ordering::SeqCst);
-        let e = StoreError::Io(WHY.into());
-        for reply in a.replies.0 {
-            reply(Some(&e));
-        }
-    }
-
-    /// Waits until every batch handed over is answered: once a batch of
-    /// nothing handed over after them has been taken by the syncer.
-    fn drain(
-        &mut self,
-        shared: &Shared,
-        inflight: &mut std::collections::VecDeque<Arc<AfterCommit>>,
-    ) {
-        if let Durability::Thread { .. } = self {
-            for _ in 0..=SYNC_QUEUE_BATCHES {
-                self.hand_over(shared, Applied::nothing(), inflight);
-            }
-        }
-        inflight.clear();
-    }
-
-    /// Lets the syncer thread finish and waits for it.
-    fn close(&mut self) {
-        if let Durability::Thread {
-            to_syncer, syncer, ..
-        } = std::mem::replace(self, Durability::Closed)
-        {
-            drop(to_syncer);
-            let _ = syncer.join();
-        }
-    }
-}
-
 struct Committer {
     stats: Arc<StoreStats>,
     shared: Arc<Shared>,
-    /// Where applied batches are made durable, published and answered.
-    durability: Durability,
-    /// The heads of the batches handed to the syncer thread that it may
-    /// not have published yet (at most [`SYNC_QUEUE_BATCHES`] + 1, newest
-    /// first): a job reads heads here before the published ones.
-    inflight: std::collections::VecDeque<Arc<AfterCommit>>,
     config: StoreConfig,
     user_alloc: HashMap<UserId, Alloc>,
     conv_alloc: HashMap<String, Alloc>,
@@ -1347,6 +1115,8 @@ struct Committer {
     failed: Option<String>,
     /// The last batch's buffers, emptied, for the next one.
     spare: Spare,
+    /// When a slow sync was last logged, and how many were not since.
+    slow: SlowSyncs,
 }
 
 /// Slow syncs, logged at most once per [`SLOW_SYNC_WARN_EVERY`].
@@ -1392,15 +1162,6 @@ impl SlowSyncs {
         self.unlogged = 0;
     }
 }
-
-/// Applied batches that may wait for the syncer thread while it syncs
-/// another: the committer goes on to the next batch meanwhile. With none
-/// (a rendezvous) it waited for each batch to be answered before it could
-/// hand over the next, and at full rate made smaller batches with more
-/// fsyncs (234 against 280 jobs per commit) and lost about a tenth of the
-/// throughput; with one, it kept most of it (BENCHMARKS.md, session of
-/// 2026-11-24 (sixth)).
-pub const SYNC_QUEUE_BATCHES: usize = 1;
 
 /// Most writes a batch's buffers may have room for and still be kept for
 /// the next batch (a larger one, e.g. a big group change, is let go).
@@ -1452,13 +1213,12 @@ impl Committer {
         loop {
             cmds.clear();
             if rx.blocking_recv_many(&mut cmds, WRITE_BATCH_COMMANDS_MAX) == 0 {
-                break;
+                return;
             }
             if self.batch(&rx, &mut cmds) {
-                break;
+                return;
             }
         }
-        self.durability.close();
     }
 
     /// The same loop as a tokio task (see [`LogStore::start_in_task`]).
@@ -1475,9 +1235,8 @@ impl Committer {
         }
     }
 
-    /// Runs the jobs in `cmds` as one group commit and hands it on to be
-    /// made durable and answered. True when a shutdown was among them: the
-    /// loop ends (once everything before it is answered).
+    /// Runs the jobs in `cmds` as one group commit and answers them. True
+    /// when a shutdown was among them: the loop ends.
     fn batch(&mut self, rx: &mpsc::Receiver<Cmd>, cmds: &mut Vec<Cmd>) -> bool {
         metrics::gauge!(WRITE_QUEUE_JOBS).set(rx.len() as f64);
         metrics::histogram!(COMMIT_JOBS).record(cmds.len() as f64);
@@ -1485,10 +1244,6 @@ impl Committer {
         if let Some(Cmd::Job(_, queued)) = cmds.first() {
             let waited = started.saturating_duration_since(*queued);
             metrics::histogram!(WRITE_WAIT_SECONDS).record(waited.as_secs_f64());
-        }
-        if self.failed.is_none() && self.shared.failed.load(Ordering::SeqCst) {
-            let why = self.shared.failure.lock().expect("failure lock poisoned");
-            self.failed = Some(why.clone().unwrap_or_else(|| "a commit failed".into()));
         }
         let mut stop = None;
         let engine = self.shared.engine.clone();
@@ -1512,10 +1267,6 @@ impl Committer {
             }
         }
         self.commit(tx);
-        if stop.is_some() {
-            self.durability.drain(&self.shared, &mut self.inflight);
-        }
-        self.forget_heads_past_bound();
         metrics::histogram!(BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         match stop {
             Some(reply) => {
@@ -1526,10 +1277,6 @@ impl Committer {
         }
     }
 
-    /// Applies the batch to the engine (not yet durable) and hands it to
-    /// the syncer, which makes it durable, publishes its heads and answers
-    /// its jobs; on its own thread, while this one goes on to the next
-    /// batch.
     fn commit(&mut self, tx: Tx<'_>) {
         let Tx {
             mut b,
@@ -1538,90 +1285,58 @@ impl Committer {
             head_undo,
             ..
         } = tx;
-        let started = std::time::Instant::now();
-        let wrote = !b.ops.is_empty();
-        let applied = if wrote {
+        let result = if b.ops.is_empty() {
+            Ok(())
+        } else {
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(COMMITS_TOTAL).increment(1);
-            self.shared.engine.apply(&mut b.ops)
-        } else {
-            Ok(())
+            let started = std::time::Instant::now();
+            let r = self.shared.engine.apply(&mut b.ops).and_then(|()| {
+                let applied = std::time::Instant::now();
+                let r = self.shared.engine.sync();
+                let took = applied.elapsed();
+                metrics::histogram!(SYNC_SECONDS).record(took.as_secs_f64());
+                let jobs = after.0.len();
+                self.slow.note(&self.stats, took, applied - started, jobs);
+                r
+            });
+            metrics::histogram!(COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+            r
         };
         self.spare.keep(b, head_undo);
-        let publish = Arc::new(publish);
-        self.durability.hand_over(
-            &self.shared,
-            Applied {
-                applied,
-                wrote,
-                started,
-                apply_took: started.elapsed(),
-                replies: after,
-                publish: publish.clone(),
-            },
-            &mut self.inflight,
-        );
-    }
-
-    /// Forgets the cached heads when either map holds more than
-    /// [`StoreConfig::heads_cached_max`], once nothing is in flight: a
-    /// reader that then loads a head from the engine must find only
-    /// durable writes there (see [`Shared::logs`]).
-    fn forget_heads_past_bound(&mut self) {
-        let max = self.config.heads_cached_max;
-        let over = self
-            .shared
-            .logs
-            .lock()
-            .expect("log marks lock poisoned")
-            .len()
-            > max
-            || self
-                .shared
-                .convs
-                .lock()
-                .expect("conv heads lock poisoned")
-                .len()
-                > max;
-        if !over {
-            return;
+        self.stats
+            .commands
+            .fetch_add(after.0.len() as u64, Ordering::Relaxed);
+        match &result {
+            Ok(()) => {
+                let max = self.config.heads_cached_max;
+                let mut logs = self.shared.logs.lock().expect("log marks lock poisoned");
+                for (user, head) in publish.log_heads {
+                    logs.entry(user).or_default().head = head;
+                }
+                if logs.len() > max {
+                    logs.clear();
+                }
+                drop(logs);
+                let mut convs = self.shared.convs.lock().expect("conv heads lock poisoned");
+                convs.extend(publish.conv_heads);
+                if convs.len() > max {
+                    convs.clear();
+                }
+                drop(convs);
+                self.shared
+                    .stream_head
+                    .fetch_max(publish.stream_head, Ordering::SeqCst);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "group commit failed; refusing further writes");
+                self.failed = Some(format!("a commit failed: {e}"));
+                self.shared.failed.store(true, Ordering::SeqCst);
+            }
         }
-        self.durability.drain(&self.shared, &mut self.inflight);
-        let mut logs = self.shared.logs.lock().expect("log marks lock poisoned");
-        if logs.len() > max {
-            logs.clear();
+        for reply in after.0 {
+            reply(result.as_ref().err());
         }
-        drop(logs);
-        let mut convs = self.shared.convs.lock().expect("conv heads lock poisoned");
-        if convs.len() > max {
-            convs.clear();
-        }
-    }
-
-    /// The newest seq of `user`'s log written so far: in this batch, in
-    /// the one in flight, or committed.
-    fn log_head(&self, tx: &Tx<'_>, user: UserId) -> Result<u64, StoreError> {
-        if let Some(&h) = tx.heads.get(&user) {
-            return Ok(h);
-        }
-        if let Some(&h) = self.inflight.iter().find_map(|p| p.log_heads.get(&user)) {
-            return Ok(h);
-        }
-        // Registers the user's committed mark before we write to the log
-        // (see `Shared::logs`).
-        Ok(self.shared.log_mark(user)?.head)
-    }
-
-    /// The newest message of conversation `conv` written so far: in this
-    /// batch, in the one in flight, or committed.
-    fn conv_head(&self, tx: &Tx<'_>, conv: &str) -> Result<u64, StoreError> {
-        if let Some(&h) = tx.publish.conv_heads.get(conv) {
-            return Ok(h);
-        }
-        if let Some(&h) = self.inflight.iter().find_map(|p| p.conv_heads.get(conv)) {
-            return Ok(h);
-        }
-        self.shared.conv_head(conv)
     }
 
     fn create_user(
@@ -1755,7 +1470,12 @@ impl Committer {
         now_ms: i64,
         kind: event::Kind,
     ) -> Result<Appended, StoreError> {
-        let prev_seq = self.log_head(tx, user)?;
+        let prev_seq = match tx.heads.get(&user) {
+            Some(h) => *h,
+            // Registers the user's committed mark before we write to the log
+            // (see `Shared::logs`).
+            None => self.shared.log_mark(user)?.head,
+        };
         let seq = self.next_log_seq(&mut tx.b, user)?;
         assert!(seq > prev_seq, "log seqs only grow: {seq} after {prev_seq}");
         let event = Event {
@@ -2036,8 +1756,6 @@ mod tests {
         inner: MemoryEngine,
         apply_ms: AtomicU64,
         sync_ms: AtomicU64,
-        /// How many of the next syncs fail (after their sleep).
-        failing_syncs: AtomicU64,
     }
 
     impl Engine for Sluggish {
@@ -2065,99 +1783,8 @@ mod tests {
         fn sync(&self) -> Result<(), StoreError> {
             let ms = self.sync_ms.load(Ordering::Relaxed);
             std::thread::sleep(std::time::Duration::from_millis(ms));
-            let fail = self
-                .failing_syncs
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            if fail {
-                return Err(StoreError::Io("the disk is gone".into()));
-            }
             self.inner.sync()
         }
-    }
-
-    /// Appends an event to `user`'s log as one job; answers with the
-    /// append and when the job ran.
-    async fn timed_append(
-        store: &LogStore,
-        user: UserId,
-    ) -> Result<(Appended, std::time::Instant), StoreError> {
-        store
-            .exec(move |c, tx| {
-                let ran = std::time::Instant::now();
-                c.append_event(tx, user, 1, flags("x")).map(|a| (a, ran))
-            })
-            .await
-    }
-
-    /// Checks the committer builds the next batches while the syncer thread
-    /// makes one durable (one waits in the queue, the next is built), and
-    /// that they follow the batches in flight (their seqs, not the
-    /// published ones), while readers see none of it before it is durable.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_next_batches_are_built_while_one_syncs() {
-        let engine = Arc::new(Sluggish::default());
-        engine.sync_ms.store(300, Ordering::Relaxed);
-        let store = Arc::new(LogStore::start(engine.clone(), StoreConfig::default()));
-        let answered = |user| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let (a, ran) = timed_append(&store, user).await.unwrap();
-                (a, ran, std::time::Instant::now())
-            })
-        };
-        // Batch 1 (user 7) syncs for 300 ms; batch 2 (user 8) waits for the
-        // syncer; batch 3 (users 7 and 8) is built meanwhile.
-        let first = answered(7);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        assert_eq!(store.log_head(7).await.unwrap(), 0, "not durable yet");
-        let second = answered(8);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let (third_7, third_8) = tokio::join!(timed_append(&store, 7), timed_append(&store, 8));
-        let ((third_7, ran_7), (third_8, ran_8)) = (third_7.unwrap(), third_8.unwrap());
-        let (first, _, first_answered) = first.await.unwrap();
-        let (second, _, _) = second.await.unwrap();
-        assert!(
-            ran_7 < first_answered && ran_8 < first_answered,
-            "the third batch's jobs ran while the first batch synced"
-        );
-        assert_eq!(
-            third_7.prev_seq, first.events[0].seq,
-            "follows the first batch, two back"
-        );
-        assert_eq!(
-            third_8.prev_seq, second.events[0].seq,
-            "follows the second batch, waiting in the queue"
-        );
-        assert_eq!(store.log_head(7).await.unwrap(), third_7.events[0].seq);
-        assert_eq!(store.log_head(8).await.unwrap(), third_8.events[0].seq);
-        store.shutdown().await;
-    }
-
-    /// Checks a batch built while the one before it synced is failed when
-    /// that sync fails, though its own would have succeeded (its jobs may
-    /// have read the failed batch's writes), and so is every later write.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failed_sync_fails_the_batch_built_behind_it() {
-        let engine = Arc::new(Sluggish::default());
-        let store = Arc::new(LogStore::start(engine.clone(), StoreConfig::default()));
-        engine.sync_ms.store(300, Ordering::Relaxed);
-        engine.failing_syncs.store(1, Ordering::SeqCst);
-        let first = tokio::spawn({
-            let store = store.clone();
-            async move { timed_append(&store, 7).await }
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let second = timed_append(&store, 7).await;
-        let first = first.await.unwrap();
-        assert!(first.is_err(), "the failed sync's batch is failed");
-        let e = second.expect_err("the batch behind it is failed too");
-        assert!(e.to_string().contains("the disk is gone"), "{e}");
-        assert_eq!(engine.failing_syncs.load(Ordering::SeqCst), 0);
-        assert!(!store.healthy());
-        assert!(timed_append(&store, 8).await.is_err(), "later writes fail");
-        assert_eq!(store.log_head(7).await.unwrap(), 0, "nothing was published");
-        store.shutdown().await;
     }
 
     /// Checks the committer counts a group commit whose sync took

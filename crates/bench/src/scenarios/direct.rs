@@ -331,23 +331,22 @@ async fn measure(target: &Target, args: &Args, plan: Plan) -> anyhow::Result<Rep
         }),
         _ => None,
     };
-    // Where the store's committer and syncer threads spent the run: on a
-    // CPU, waiting for one, or blocked (fsync, a hand-over, or no work).
-    let threads_after = target.thread_times();
-    let share = |name: &str| match (&threads_before, &threads_after) {
-        (Some(b), Some(a)) => match (b.get(name), a.get(name)) {
-            (Some(b), Some(a)) => {
-                let run = (a.0 - b.0) as f64 / 1e9 / wall;
-                let wait = (a.1 - b.1) as f64 / 1e9 / wall;
-                Some((run, wait, (1.0 - run - wait).max(0.0)))
+    // Where the store's single committer thread spent the run: on a CPU,
+    // waiting for one, or blocked (fsync, or no work queued).
+    let committer = match (&threads_before, target.thread_times()) {
+        (Some(b), Some(a)) => {
+            let name = "pigeon-committe";
+            match (b.get(name), a.get(name)) {
+                (Some(b), Some(a)) => {
+                    let run = (a.0 - b.0) as f64 / 1e9 / wall;
+                    let wait = (a.1 - b.1) as f64 / 1e9 / wall;
+                    Some((run, wait, (1.0 - run - wait).max(0.0)))
+                }
+                _ => None,
             }
-            _ => None,
-        },
+        }
         _ => None,
     };
-    // Thread names as the kernel keeps them (15 bytes).
-    let committer = share("pigeon-committe");
-    let syncer = share("pigeon-syncer");
     let storage_per_message = match (written_before, target.storage_write_bytes()) {
         (Some(b), Some(a)) => Some((a.saturating_sub(b) as f64 / total as f64).round()),
         _ => None,
@@ -460,22 +459,17 @@ async fn measure(target: &Target, args: &Args, plan: Plan) -> anyhow::Result<Rep
             format!("{}; {} of 100 ms or more", q.line(), thousands(slow)),
         );
     }
-    for (label, thread) in [
-        ("store committer thread", committer),
-        ("store syncer thread", syncer),
-    ] {
-        if let Some((run, wait, blocked)) = thread {
-            t.kv(
-                label,
-                format!(
-                    "on a CPU {:.0} %, waiting for a CPU {:.0} %, blocked {:.0} % ({:.0} µs CPU per message)",
-                    100.0 * run,
-                    100.0 * wait,
-                    100.0 * blocked,
-                    run * wall * 1e6 / total as f64
-                ),
-            );
-        }
+    if let Some((run, wait, blocked)) = committer {
+        t.kv(
+            "store committer thread",
+            format!(
+                "on a CPU {:.0} %, waiting for a CPU {:.0} %, blocked {:.0} % ({:.0} µs CPU per message)",
+                100.0 * run,
+                100.0 * wait,
+                100.0 * blocked,
+                run * wall * 1e6 / total as f64
+            ),
+        );
     }
     if let Some(bytes) = storage_per_message {
         t.kv(
@@ -567,8 +561,11 @@ async fn measure(target: &Target, args: &Args, plan: Plan) -> anyhow::Result<Rep
             "baseline": baseline,
             "ratio_to_baseline": ratio.map(stats::round3),
             "server_cores": server_cores,
-            "committer_share": committer.map(thread_share_json),
-            "syncer_share": syncer.map(thread_share_json),
+            "committer_share": committer.map(|(r, w, b)| json!({
+                "on_cpu": stats::round3(r),
+                "waiting_for_cpu": stats::round3(w),
+                "blocked": stats::round3(b),
+            })),
             "server_cpu_us_per_message": server_us_per_message.map(f64::round),
             "bench_cores": own_cores,
         }),
@@ -577,15 +574,6 @@ async fn measure(target: &Target, args: &Args, plan: Plan) -> anyhow::Result<Rep
             ("end-to-end (send → push)".into(), e2e),
             ("acknowledgement".into(), ack),
         ],
-    })
-}
-
-/// A thread's share of the run: on a CPU, waiting for one, blocked.
-fn thread_share_json((run, wait, blocked): (f64, f64, f64)) -> serde_json::Value {
-    json!({
-        "on_cpu": stats::round3(run),
-        "waiting_for_cpu": stats::round3(wait),
-        "blocked": stats::round3(blocked),
     })
 }
 

@@ -172,7 +172,10 @@ impl Committer {
         };
         let conv = m.conversation_id.clone();
         // Registers the committed head before the timeline is written.
-        let prev_head = self.conv_head(tx, &conv)?;
+        let prev_head = match tx.publish.conv_heads.get(&conv) {
+            Some(h) => *h,
+            None => self.shared.conv_head(&conv)?,
+        };
         let conv_seq = self.next_conv_seq(&mut tx.b, &conv)?;
         let message = Message {
             conversation_id: conv.clone(),
@@ -348,7 +351,13 @@ impl Committer {
         };
         // The newest stored message (allocated seqs may run ahead of it
         // after a restart).
-        let head = |c: &mut Self, tx: &Tx<'_>| c.conv_head(tx, &conv);
+        let head = |c: &mut Self, tx: &Tx<'_>| {
+            tx.publish
+                .conv_heads
+                .get(&conv)
+                .copied()
+                .map_or_else(|| c.shared.conv_head(&conv), Ok)
+        };
         // The newest message this user may see.
         let last = match (&group, &member) {
             (Some(g), Some(m)) if g.large => match m.left_conv {
