@@ -37,12 +37,15 @@ pub const BACKGROUND_NICE: i32 = 10;
 /// A table with this many memtables sealed and not yet flushed means the
 /// workers are behind (fjall halts writes at 4).
 pub const BEHIND_SEALED: usize = 2;
-/// A table with this many level-0 runs means compaction is behind (fjall
-/// slows writes from 20 and halts them at 30).
-pub const BEHIND_L0_RUNS: usize = 12;
+/// A table with this many level-0 runs means compaction is behind: four
+/// flushes past the point where it should have started
+/// ([`crate::embedded::L0_COMPACTION_RUNS`]); fjall slows writes from 20
+/// and halts them at 30.
+pub const BEHIND_L0_RUNS: usize = crate::embedded::L0_COMPACTION_RUNS as usize + 4;
 /// Level-0 runs below which, with at most one sealed memtable per table,
-/// the workers count as caught up again.
-pub const CAUGHT_UP_L0_RUNS: usize = 8;
+/// the workers count as caught up again: a compaction has taken level 0.
+pub const CAUGHT_UP_L0_RUNS: usize = crate::embedded::L0_COMPACTION_RUNS as usize;
+const _: () = assert!(BEHIND_L0_RUNS < 20, "fjall slows writes from 20 runs");
 
 /// fjall names its worker threads so; it offers no hook where they start.
 pub(crate) const WORKER_THREAD: &str = "fjall:worker";

@@ -42,6 +42,19 @@ pub const JOURNAL_BYTES_MIN: u64 = 64 * 1024 * 1024;
 /// created: one made with another size keeps it.
 pub const MEMTABLE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
+/// Level-0 runs (flushed memtables) a table gathers before fjall compacts
+/// them into level 1 (fjall's default is 4). Our keys interleave (every
+/// user's log, every conversation's timeline), so each level-0 table
+/// overlaps all of level 1 and each of those compactions rewrites it:
+/// three times fewer of them wrote 15 % fewer bytes per message and took
+/// less CPU. Over 40 s at 25,000 msg/s the p99 was 10.5 / 11.1 ms against
+/// 29.1 / 23.7 (8 gave 11.2 / 17.9), and full rate was higher in 3 pairs
+/// of 3 (BENCHMARKS.md, sixth session of 2026-11-24). Reads look in more
+/// tables, but a point read's miss is a bloom filter's. Like the memtable
+/// size, fixed when a database is created: fjall keeps a table's
+/// compaction settings, so a database made before keeps 4.
+pub const L0_COMPACTION_RUNS: u8 = 12;
+
 pub use crate::background::BACKGROUND_NICE;
 
 /// How often the reclaim thread looks for memtables only it still holds
@@ -190,7 +203,12 @@ impl FjallEngine {
             .iter()
             .map(|t| {
                 db.keyspace(t.name(), || {
-                    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES_MAX)
+                    KeyspaceCreateOptions::default()
+                        .max_memtable_size(MEMTABLE_BYTES_MAX)
+                        .compaction_strategy(Arc::new(
+                            fjall::compaction::Leveled::default()
+                                .with_l0_threshold(L0_COMPACTION_RUNS),
+                        ))
                 })
                 .map_err(io)
             })
@@ -399,6 +417,44 @@ mod tests {
         assert_eq!(
             engine.get(Table::Users, b"k").unwrap().as_deref(),
             Some(&b"v"[..])
+        );
+    }
+
+    /// Checks a new database's tables gather more level-0 runs than
+    /// fjall's default (4) before they are compacted (with 4, one run is
+    /// left of six such flushes), and that a reopened database keeps
+    /// the setting.
+    #[test]
+    fn level_0_gathers_our_run_count_before_compaction() {
+        // Two sets of five flushes stay under the threshold.
+        const { assert!(L0_COMPACTION_RUNS > 10) };
+        let dir = tempfile::tempdir().unwrap();
+        let flush_five = |engine: &FjallEngine, from: u64| {
+            let timeline = engine.ks(Table::Timeline);
+            for n in from..from + 5 {
+                // Each flush spans the same keys, so each is a run of its own.
+                let mut ops: Vec<Op> = [0u64, 3, 1000 + n]
+                    .iter()
+                    .map(|k| Op::Put(Table::Timeline, k.to_be_bytes().to_vec(), vec![1; 64]))
+                    .collect();
+                engine.apply(&mut ops).unwrap();
+                timeline.rotate_memtable_and_wait().unwrap();
+            }
+            // Time for a compaction fjall would start.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            timeline.tree.l0_run_count()
+        };
+        // (fjall may fold a flush into the run before it.)
+        let engine = FjallEngine::open(dir.path()).unwrap();
+        let runs = flush_five(&engine, 0);
+        assert!(runs >= 4, "{runs} runs: compacted (at 4 one is left)");
+        drop(engine);
+        let engine = FjallEngine::open(dir.path()).unwrap();
+        let more = flush_five(&engine, 100);
+        assert!(more >= runs + 4, "{more} runs after {runs}: compacted");
+        assert_eq!(
+            engine.get(Table::Timeline, &3u64.to_be_bytes()).unwrap(),
+            Some(vec![1; 64])
         );
     }
 
