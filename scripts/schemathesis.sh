@@ -21,9 +21,8 @@ if [ -z "$bin" ]; then
   bin="$target/debug/pigeon"
 fi
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=scripts/lib/ports.sh
+. scripts/lib/ports.sh
 tcp_port=$(free_port)
 http_port=$(free_port)
 token=$(python3 -c 'import secrets; print(secrets.token_hex(24))')

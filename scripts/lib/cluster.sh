@@ -8,7 +8,8 @@
 #                      nats_pid
 #   cluster_down       stops both (also safe to call twice or after a failure)
 #
-# Needs: free_port, fail (defined by the caller), $target_dir.
+# Needs: free_port (scripts/lib/ports.sh), fail (defined by the caller),
+# $target_dir.
 
 pg_bin=/usr/lib/postgresql/15/bin
 pg_data=
