@@ -524,6 +524,19 @@ pub struct Totals {
 /// this id.
 pub const SYSTEM_ACTOR: UserId = 0;
 
+/// A log is trimmed once it holds this many events beyond its retention (or
+/// an eighth of the retention, if less), so each trim deletes a short run:
+/// logs that grow in step (users under even load) never all delete a large
+/// run at once.
+pub const TRIM_RUN_MAX: u64 = 256;
+
+/// Whether a log whose newest seq is `head` and whose oldest entries are
+/// trimmed through `trimmed` is due a trim under a retention of `retain`
+/// events (0 keeps everything). Both stores follow this rule.
+pub fn trim_due(head: u64, trimmed: u64, retain: u64) -> bool {
+    retain > 0 && head.saturating_sub(trimmed) > retain + (retain / 8).min(TRIM_RUN_MAX)
+}
+
 /// Why [`Store::read_log`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LogReadError {

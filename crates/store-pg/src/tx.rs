@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use deadpool_postgres::Transaction;
 use pigeon_core::UserId;
-use pigeon_core::store::Appended;
+use pigeon_core::store::{Appended, trim_due};
 use pigeon_proto::v1::{Event, Message, event};
 use prost::Message as _;
 use tokio_postgres::Row;
@@ -123,7 +123,7 @@ impl<'t> W<'t> {
             let trimmed = u(r.get(2));
             let n = u(counts[&user]);
             next.insert(user, head - n);
-            if self.retain > 0 && head.saturating_sub(trimmed) > self.retain + self.retain / 8 {
+            if trim_due(head, trimmed, self.retain) {
                 let through = (head - self.retain).min(trimmed + TRIM_DELETES_PER_TX_MAX);
                 trims.push((user, trimmed, through));
             }

@@ -47,7 +47,7 @@ use pigeon_core::store::{
     AppendMessage, AppendOutcome, Appended, ChangeOutcome, Delivered, Delivery, GroupOp,
     GroupOutcome, GroupRecord, HistoryQuery, LogRead, LogReadError, MarkReadOutcome, MemberRecord,
     MessageChange, NewSession, ReadMark, SessionRecord, StreamRead, Totals, UserChange, UserPrefs,
-    UserRecord,
+    UserRecord, trim_due,
 };
 use pigeon_core::{Store, StoreError, UserId};
 use pigeon_proto::v1::{ConversationSummary, Event, Message, ReceiptSummary, event};
@@ -91,8 +91,9 @@ const SHUT_DOWN: &str = "store is shut down";
 pub const WRITE_BATCH_COMMANDS_MAX: usize = 1024;
 /// Most jobs waiting for the committer; senders wait beyond it.
 pub const WRITE_QUEUE_COMMANDS_MAX: usize = 16 * 1024;
-/// Most log entries deleted by one trim step (trimming continues on later
-/// commits).
+/// Log entries one commit may delete when trimming, beyond one per event
+/// it appends (so trimming keeps pace with any rate of appends); logs over
+/// their retention when it runs out are trimmed on a later append.
 pub const TRIM_DELETES_PER_COMMIT_MAX: usize = 4096;
 /// Most conversations a list request considers.
 pub const CONVERSATIONS_SCAN_MAX: usize = 10_000;
@@ -1005,6 +1006,9 @@ struct Tx<'e> {
     /// began, newest last: a job that fails rolls back its own, so a
     /// savepoint costs two lengths, not copies of the batch's maps.
     head_undo: Vec<HeadUndo>,
+    /// Log entries this batch may still delete (see
+    /// [`TRIM_DELETES_PER_COMMIT_MAX`]).
+    trim_budget: usize,
 }
 
 /// A change to `Tx::heads` or `Tx::publish`, as what was there before.
@@ -1253,6 +1257,7 @@ impl Committer {
             publish: AfterCommit::default(),
             heads: HashMap::new(),
             head_undo: std::mem::take(&mut self.spare.head_undo),
+            trim_budget: TRIM_DELETES_PER_COMMIT_MAX,
         };
         for cmd in cmds.drain(..) {
             match cmd {
@@ -1491,7 +1496,7 @@ impl Committer {
             stored::encode_event(&event),
         );
         tx.set_log_head(user, seq);
-        self.trim(&mut tx.b, user, seq)?;
+        self.trim(tx, user, seq)?;
         Ok(Appended {
             user_id: user,
             prev_seq,
@@ -1534,33 +1539,36 @@ impl Committer {
     }
 
     /// Drops the oldest entries of a log that holds more than the retained
-    /// count (plus 1/8 slack, so deletions come in runs).
-    fn trim(&mut self, b: &mut Batch<'_>, user: UserId, head: u64) -> Result<(), StoreError> {
+    /// count plus a short run ([`trim_due`]), within the batch's
+    /// budget ([`TRIM_DELETES_PER_COMMIT_MAX`]). Called once per append.
+    fn trim(&mut self, tx: &mut Tx<'_>, user: UserId, head: u64) -> Result<(), StoreError> {
         let retain = self.config.log_retain_events;
         if retain == 0 {
             return Ok(());
         }
+        tx.trim_budget += 1;
         let mark = self.shared.log_mark(user)?;
-        if head.saturating_sub(mark.trimmed_through) <= retain + retain / 8 {
+        if !trim_due(head, mark.trimmed_through, retain) {
             return Ok(());
         }
         let through = head - retain;
-        let doomed = b.engine.scan(
+        let doomed = tx.b.engine.scan(
             Table::Log,
             &keys::log(user, mark.trimmed_through + 1),
             &keys::log(user, through + 1),
             false,
-            TRIM_DELETES_PER_COMMIT_MAX,
+            tx.trim_budget,
         )?;
-        let reached = if doomed.len() == TRIM_DELETES_PER_COMMIT_MAX {
+        let reached = if doomed.len() == tx.trim_budget {
             doomed.last().map_or(through, |(k, _)| keys::log_seq(k))
         } else {
             through
         };
+        tx.trim_budget -= doomed.len();
         for (k, _) in doomed {
-            b.delete(Table::Log, k);
+            tx.b.delete(Table::Log, k);
         }
-        b.put(Table::Meta, keys::trimmed(user), keys::u64_value(reached));
+        tx.b.put(Table::Meta, keys::trimmed(user), keys::u64_value(reached));
         // Raise the readers' trim point before the deletions are applied:
         // a reader then answers "resync" slightly early, never skips silently.
         self.shared
@@ -1625,6 +1633,7 @@ fn allocate(b: &mut Batch<'_>, key: Vec<u8>, mut a: Alloc, step: u64) -> (u64, A
 #[cfg(test)]
 mod tests {
     use pigeon_core::Store as _;
+    use pigeon_core::store::TRIM_RUN_MAX;
     use pigeon_proto::v1::{FlagsChanged, event};
 
     use super::*;
@@ -1750,12 +1759,13 @@ mod tests {
     }
 
     /// The memory engine, with its apply and its sync made as slow as a
-    /// test asks.
+    /// test asks, and the most deletions one apply carried.
     #[derive(Default)]
     struct Sluggish {
         inner: MemoryEngine,
         apply_ms: AtomicU64,
         sync_ms: AtomicU64,
+        most_deletes: AtomicU64,
     }
 
     impl Engine for Sluggish {
@@ -1777,6 +1787,9 @@ mod tests {
         fn apply(&self, ops: &mut Vec<Op>) -> Result<(), StoreError> {
             let ms = self.apply_ms.load(Ordering::Relaxed);
             std::thread::sleep(std::time::Duration::from_millis(ms));
+            let deletes = ops.iter().filter(|op| matches!(op, Op::Delete(..))).count();
+            self.most_deletes
+                .fetch_max(deletes as u64, Ordering::Relaxed);
             self.inner.apply(ops)
         }
 
@@ -1902,5 +1915,124 @@ mod tests {
             0,
             "the failed job's log stays empty"
         );
+    }
+
+    /// How many entries `user`'s log holds in the engine.
+    fn log_len(engine: &dyn Engine, user: UserId) -> usize {
+        engine
+            .scan(
+                Table::Log,
+                &keys::log(user, 0),
+                &keys::log(user, u64::MAX),
+                false,
+                usize::MAX,
+            )
+            .unwrap()
+            .len()
+    }
+
+    /// Checks a log is trimmed in short runs: it never holds more than
+    /// [`TRIM_RUN_MAX`] events beyond its retention, and no commit deletes
+    /// more than one run, however large the retention (an eighth of it
+    /// would be 500 here).
+    #[tokio::test(flavor = "current_thread")]
+    async fn logs_trim_in_short_runs() {
+        let retain = 4000;
+        let engine = Arc::new(Sluggish::default());
+        let config = StoreConfig {
+            log_retain_events: retain,
+            ..StoreConfig::default()
+        };
+        let store = LogStore::start_in_task(engine.clone(), config);
+        let mut longest = 0;
+        for job in 0..60 {
+            store
+                .exec(move |c, tx| {
+                    for n in 0..100 {
+                        c.append_event(tx, 7, job * 100 + n, flags("x"))?;
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            longest = longest.max(log_len(&*engine, 7));
+        }
+        let len = log_len(&*engine, 7) as u64;
+        assert!((retain..=retain + TRIM_RUN_MAX).contains(&len), "{len}");
+        assert!(longest as u64 <= retain + TRIM_RUN_MAX, "{longest}");
+        assert_eq!(
+            engine.most_deletes.load(Ordering::Relaxed),
+            TRIM_RUN_MAX + 1,
+            "one run per commit"
+        );
+        let log = store.read_log(7, 1, 10, 1 << 20).await;
+        let oldest = 6000 - len;
+        assert!(
+            matches!(log, Err(LogReadError::Trimmed { trimmed_through }) if trimmed_through == oldest),
+            "{log:?}: the trimmed part answers resync"
+        );
+    }
+
+    /// Checks logs far over their retention are trimmed within a budget
+    /// per commit ([`TRIM_DELETES_PER_COMMIT_MAX`] plus one per append),
+    /// not all at once, and all are trimmed by later appends.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_commit_trims_within_its_budget() {
+        let engine = Arc::new(Sluggish::default());
+        let keep_all = StoreConfig {
+            log_retain_events: 0,
+            ..StoreConfig::default()
+        };
+        let users: Vec<UserId> = (1..=40).collect();
+        let store = LogStore::start_in_task(engine.clone(), keep_all);
+        for &user in &users {
+            store
+                .exec(move |c, tx| {
+                    for n in 0..300 {
+                        c.append_event(tx, user, n, flags("old"))?;
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        store.shutdown().await;
+        assert_eq!(engine.most_deletes.load(Ordering::Relaxed), 0);
+
+        let retain = 10;
+        let config = StoreConfig {
+            log_retain_events: retain,
+            ..StoreConfig::default()
+        };
+        let store = LogStore::start_in_task(engine.clone(), config);
+        let append_all = |users: Vec<UserId>| {
+            store.exec(move |c, tx| {
+                for &user in &users {
+                    c.append_event(tx, user, 1, flags("new"))?;
+                }
+                Ok(())
+            })
+        };
+        append_all(users.clone()).await.unwrap();
+        let most = engine.most_deletes.load(Ordering::Relaxed);
+        assert_eq!(
+            most,
+            (TRIM_DELETES_PER_COMMIT_MAX + users.len()) as u64,
+            "the first commit spends its whole budget"
+        );
+        let over = users
+            .iter()
+            .filter(|&&u| log_len(&*engine, u) as u64 > retain)
+            .count();
+        assert!(over > 0, "some logs wait for a later commit");
+        for _ in 0..3 {
+            append_all(users.clone()).await.unwrap();
+        }
+        // After the restart seqs resume past a gap (`seq_step`), so the
+        // retained range holds only the four new events.
+        for &user in &users {
+            assert_eq!(log_len(&*engine, user), 4, "user {user}");
+        }
+        assert_eq!(engine.most_deletes.load(Ordering::Relaxed), most);
     }
 }
