@@ -14,6 +14,7 @@ use pigeon_core::StoreError;
 use crate::background::{self, Backlog, Mode, Workers};
 use crate::engine::{Engine, Entries, Op, Table};
 use crate::freeing::{FREE_PAUSE, Freeing};
+use crate::retiring::Retiring;
 use crate::writeback::Writeback;
 
 /// The default journal size past which fjall flushes the tables that
@@ -59,7 +60,8 @@ pub use crate::background::BACKGROUND_NICE;
 
 /// How often the reclaim thread looks for memtables only it still holds
 /// when no write hands it one (after a burst, the last flushes finish
-/// while nothing is written), and at the flush and compaction backlog
+/// while nothing is written), at the files of the database
+/// ([`crate::retiring`]), and at the flush and compaction backlog
 /// ([`crate::background`]).
 pub(crate) const RECLAIM_POLL: Duration = Duration::from_secs(1);
 
@@ -74,6 +76,8 @@ pub struct FjallEngine {
     /// To the reclaim thread; `None` once the engine is being dropped.
     reclaim: Option<mpsc::Sender<Vec<Arc<Memtable>>>>,
     reclaim_thread: Option<std::thread::JoinHandle<()>>,
+    /// Deleted files the reclaim thread freed ([`crate::retiring`]).
+    retired: Arc<std::sync::atomic::AtomicU64>,
     /// How fjall's workers were scheduled at open (`None`: by niceness
     /// only).
     workers_mode: Option<Mode>,
@@ -121,6 +125,10 @@ impl Keeper {
 /// The reclaim thread's part of the engine.
 struct Reclaim {
     keeper: Arc<Mutex<Keeper>>,
+    /// Deleted files, freed here.
+    retiring: Retiring,
+    /// Files freed by `retiring` so far.
+    retired: Arc<std::sync::atomic::AtomicU64>,
     rx: mpsc::Receiver<Vec<Arc<Memtable>>>,
     nice: i32,
     workers: Workers,
@@ -129,15 +137,16 @@ struct Reclaim {
 
 /// Frees what it is handed, and every [`RECLAIM_POLL`] what the keeper
 /// alone still holds, a piece at a time with a pause between pieces
-/// ([`crate::freeing`]); every [`RECLAIM_POLL`] too, keeps fjall's workers
-/// in the scheduling mode their backlog calls for. Ends when the engine is
-/// dropped (freeing what is left at once).
+/// ([`crate::freeing`]); frees the blocks of files fjall deleted, one
+/// file per pause ([`crate::retiring`]); every [`RECLAIM_POLL`] too, keeps
+/// fjall's workers in the scheduling mode their backlog calls for. Ends
+/// when the engine is dropped (freeing what is left at once).
 fn reclaim_loop(mut r: Reclaim) {
     background::lower_priority(rustix::thread::gettid(), r.nice);
     let mut watched = Instant::now();
     let mut freeing = Freeing::default();
     loop {
-        let wait = if freeing.is_empty() {
+        let wait = if freeing.is_empty() && r.retiring.is_empty() {
             RECLAIM_POLL
         } else {
             FREE_PAUSE
@@ -148,10 +157,14 @@ fn reclaim_loop(mut r: Reclaim) {
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         freeing.step();
+        if r.retiring.step() {
+            r.retired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if watched.elapsed() >= RECLAIM_POLL {
             watched = Instant::now();
             let released = r.keeper.lock().expect("keeper lock poisoned").released();
             released.into_iter().for_each(|m| freeing.push(m));
+            r.retiring.look();
             r.workers.watch(backlog(&r.keyspaces));
         }
     }
@@ -221,8 +234,11 @@ impl FjallEngine {
             ..Keeper::default()
         }));
         let (reclaim, rx) = mpsc::channel();
+        let retired = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let r = Reclaim {
             keeper: keeper.clone(),
+            retiring: Retiring::new(&dir.join("db")),
+            retired: retired.clone(),
             rx,
             nice,
             workers,
@@ -248,6 +264,7 @@ impl FjallEngine {
             keeper,
             reclaim: Some(reclaim),
             reclaim_thread: Some(reclaim_thread),
+            retired,
             workers_mode,
             writeback,
         })
@@ -287,6 +304,12 @@ impl FjallEngine {
     /// ([`crate::background`]).
     pub fn background_mode(&self) -> Option<Mode> {
         self.workers_mode
+    }
+
+    /// Files fjall deleted whose blocks the reclaim thread freed so far
+    /// ([`crate::retiring`]).
+    pub fn files_freed(&self) -> u64 {
+        self.retired.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes of table files written back ahead of their fsync so far
@@ -642,5 +665,59 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+    /// Checks the engine's reclaim thread frees the files of tables a
+    /// compaction replaced ([`crate::retiring`]): it held them, so fjall's
+    /// deletion only removed their names, and a few polls later our
+    /// descriptors on them are closed.
+    #[test]
+    fn the_reclaim_thread_frees_compacted_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path()).unwrap();
+        let timeline = engine.ks(Table::Timeline);
+        for n in 0..3u8 {
+            let mut ops: Vec<Op> = (0..100u64)
+                .map(|k| Op::Put(Table::Timeline, k.to_be_bytes().to_vec(), vec![n; 64]))
+                .collect();
+            engine.apply(&mut ops).unwrap();
+            timeline.rotate_memtable_and_wait().unwrap();
+        }
+        let folder = timeline.path().join(lsm_tree::file::TABLES_FOLDER);
+        let old: Vec<_> = timeline
+            .tree
+            .current_version()
+            .iter_tables()
+            .map(|t| folder.join(t.id().to_string()))
+            .collect();
+        assert_eq!(old.len(), 3);
+        assert!(old.iter().all(|f| f.exists()));
+        // The reclaim thread has looked at the three tables.
+        std::thread::sleep(RECLAIM_POLL + RECLAIM_POLL / 2);
+        timeline.major_compact().unwrap();
+        // Flushes, whose clean-ups drop the versions naming the old tables
+        // (as writes under load do), until fjall has deleted them.
+        let deadline = Instant::now() + RECLAIM_POLL * 8;
+        let mut flushes = 0;
+        while old.iter().any(|f| f.exists()) {
+            assert!(Instant::now() < deadline, "the old tables are not deleted");
+            let mut ops = vec![Op::Put(Table::Timeline, b"k".to_vec(), vec![flushes])];
+            engine.apply(&mut ops).unwrap();
+            timeline.rotate_memtable_and_wait().unwrap();
+            flushes += 1;
+            std::thread::sleep(RECLAIM_POLL / 4);
+        }
+        let deadline = Instant::now() + RECLAIM_POLL * 3;
+        while engine.files_freed() < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "{} files freed",
+                engine.files_freed()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            engine.get(Table::Timeline, &99u64.to_be_bytes()).unwrap(),
+            Some(vec![2; 64])
+        );
     }
 }

@@ -28,6 +28,7 @@ pub mod freeing;
 pub mod keys;
 pub mod log_store;
 pub mod memory;
+pub mod retiring;
 pub mod writeback;
 
 pub use embedded::FjallEngine;
