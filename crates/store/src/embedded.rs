@@ -77,7 +77,7 @@ pub struct FjallEngine {
     reclaim: Option<mpsc::Sender<Vec<Arc<Memtable>>>>,
     reclaim_thread: Option<std::thread::JoinHandle<()>>,
     /// Deleted files the reclaim thread freed ([`crate::retiring`]).
-    retired: Arc<std::sync::atomic::AtomicU64>,
+    files_freed: Arc<std::sync::atomic::AtomicU64>,
     /// How fjall's workers were scheduled at open (`None`: by niceness
     /// only).
     workers_mode: Option<Mode>,
@@ -128,7 +128,7 @@ struct Reclaim {
     /// Deleted files, freed here.
     retiring: Retiring,
     /// Files freed by `retiring` so far.
-    retired: Arc<std::sync::atomic::AtomicU64>,
+    files_freed: Arc<std::sync::atomic::AtomicU64>,
     rx: mpsc::Receiver<Vec<Arc<Memtable>>>,
     nice: i32,
     workers: Workers,
@@ -158,7 +158,8 @@ fn reclaim_loop(mut r: Reclaim) {
         }
         freeing.step();
         if r.retiring.step() {
-            r.retired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            r.files_freed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if watched.elapsed() >= RECLAIM_POLL {
             watched = Instant::now();
@@ -234,11 +235,11 @@ impl FjallEngine {
             ..Keeper::default()
         }));
         let (reclaim, rx) = mpsc::channel();
-        let retired = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let files_freed = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let r = Reclaim {
             keeper: keeper.clone(),
             retiring: Retiring::new(&dir.join("db")),
-            retired: retired.clone(),
+            files_freed: files_freed.clone(),
             rx,
             nice,
             workers,
@@ -264,7 +265,7 @@ impl FjallEngine {
             keeper,
             reclaim: Some(reclaim),
             reclaim_thread: Some(reclaim_thread),
-            retired,
+            files_freed,
             workers_mode,
             writeback,
         })
@@ -309,7 +310,7 @@ impl FjallEngine {
     /// Files fjall deleted whose blocks the reclaim thread freed so far
     /// ([`crate::retiring`]).
     pub fn files_freed(&self) -> u64 {
-        self.retired.load(std::sync::atomic::Ordering::Relaxed)
+        self.files_freed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes of table files written back ahead of their fsync so far
@@ -666,6 +667,7 @@ mod tests {
             }
         }
     }
+
     /// Checks the engine's reclaim thread frees the files of tables a
     /// compaction replaced ([`crate::retiring`]): it held them, so fjall's
     /// deletion only removed their names, and a few polls later our
