@@ -21,8 +21,8 @@ use crate::flags::{self, Flag};
 use crate::groups::{self, GroupAction};
 use crate::notify::{Notifier, PushBatch};
 use crate::store::{
-    AppendMessage, Appended, Delivered, GroupRecord, HistoryQuery, LogReadError, MemberRecord,
-    NewSession, ReadMark, Store, content_bytes,
+    AppendMessage, Appended, Delivered, GroupRecord, HistoryQuery, LogFrom, LogReadError,
+    MemberRecord, NewSession, ReadMark, Store, content_bytes,
 };
 use crate::sync_key::{Position, SyncKeys};
 use crate::{Clock, DeviceId, UserId};
@@ -460,6 +460,15 @@ impl Service {
             return Err(CoreError::InvalidSyncKey("key is too long"));
         }
         let after = self.keys.decode(session.user_id, key)?;
+        // Only the empty key (a new device) starts at whatever the log still
+        // holds. Every key the server gave out, even one given while the log
+        // was empty, is a position: if events after it were trimmed, the
+        // device must resync rather than silently miss them.
+        let from = if key.is_empty() {
+            LogFrom::Oldest
+        } else {
+            LogFrom::After(after.seq)
+        };
         let max = self
             .config
             .sync_batch_events_max
@@ -468,7 +477,7 @@ impl Service {
         let bytes_max = self.config.sync_batch_bytes_max;
         let read = self
             .store
-            .read_log(session.user_id, after.seq, limit, bytes_max)
+            .read_log(session.user_id, from, limit, bytes_max)
             .await
             .map_err(|e| match e {
                 LogReadError::Trimmed { .. } => CoreError::ResyncRequired,

@@ -230,6 +230,18 @@ pub struct SentAck {
     pub sent_at_ms: i64,
 }
 
+/// Where [`Store::read_log`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFrom {
+    /// At the oldest event the log still retains: a new device (the empty
+    /// sync key).
+    Oldest,
+    /// After this seq (0: before the first event). A position the log no
+    /// longer retains fails with [`LogReadError::Trimmed`]: a device that
+    /// held it would miss the trimmed events.
+    After(u64),
+}
+
 /// The result of [`Store::read_log`].
 #[derive(Debug, Clone)]
 pub struct LogRead {
@@ -316,14 +328,14 @@ pub trait Store: Send + Sync + 'static {
     /// participant's log; a repeated `(sender, client_msg_id)` returns the
     /// first outcome with `duplicate` set and stores nothing.
     async fn append_message(&self, msg: AppendMessage) -> Result<AppendOutcome, StoreError>;
-    /// Committed events of `user` with seq > `after`, at most `limit` and
-    /// about `bytes_max` encoded bytes (always at least one if any).
-    /// Fails with [`LogReadError::Trimmed`] if events after `after` were
+    /// Committed events of `user` from `from`, at most `limit` and about
+    /// `bytes_max` encoded bytes (always at least one if any). Fails with
+    /// [`LogReadError::Trimmed`] if events after `LogFrom::After(seq)` were
     /// trimmed away.
     async fn read_log(
         &self,
         user: UserId,
-        after: u64,
+        from: LogFrom,
         limit: usize,
         bytes_max: usize,
     ) -> Result<LogRead, LogReadError>;

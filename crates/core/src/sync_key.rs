@@ -64,11 +64,11 @@ impl SyncKeys {
         out
     }
 
-    /// The key for `user` at `pos` (the empty key for the start).
+    /// The key for `user` at `pos`. Never empty, even at the start: the
+    /// empty key is a new device's, which reads from the oldest retained
+    /// event, while a key at seq 0 is a device that has seen the log empty
+    /// and so must not skip events trimmed since.
     pub fn encode(&self, user: UserId, pos: Position) -> Vec<u8> {
-        if pos == Position::default() {
-            return Vec::new();
-        }
         let mut k = Vec::with_capacity(KEY_V2_BYTES);
         k.push(KEY_VERSION_2);
         k.extend_from_slice(&user.to_be_bytes());
@@ -79,7 +79,9 @@ impl SyncKeys {
         k
     }
 
-    /// The position a key from `user` holds. An empty key is the start.
+    /// The position a key from `user` holds. The empty key (a new device's)
+    /// is read as the start; `Service::sync` tells it apart from a key at
+    /// seq 0.
     pub fn decode(&self, user: UserId, key: &[u8]) -> Result<Position, CoreError> {
         if key.is_empty() {
             return Ok(Position::default());
@@ -129,7 +131,13 @@ mod tests {
         let k = keys.encode(42, pos);
         assert_eq!(keys.decode(42, &k).unwrap(), pos);
         assert_eq!(keys.decode(42, &[]).unwrap(), Position::default());
-        assert!(keys.encode(42, Position::default()).is_empty());
+        let start = keys.encode(42, Position::default());
+        assert_eq!(
+            start.len(),
+            KEY_V2_BYTES,
+            "the start is a key like any other"
+        );
+        assert_eq!(keys.decode(42, &start).unwrap(), Position::default());
         assert!(keys.decode(43, &k).is_err(), "another user's key");
         let mut tampered = k.clone();
         tampered[16] ^= 1;

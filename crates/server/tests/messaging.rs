@@ -298,6 +298,49 @@ async fn stale_key_must_resync() {
     assert!(tail.len() < 31);
 }
 
+/// A key handed out while the log was empty is a position like any other,
+/// not the empty key: pushes follow on from it, and once the events after it
+/// are trimmed it gets RESYNC_REQUIRED instead of silently reading from the
+/// oldest retained event (which would skip the trimmed ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_given_for_an_empty_log_must_resync_once_trimmed() {
+    let server = Server::start("sync_log_retain_events = 8");
+    let url = server.tcp_url();
+    let alice = connect(&url, &register_and_login(&url, "alice").await).await;
+    let bob = connect(&url, &register_and_login(&url, "bob").await).await;
+    let (events, empty_log_key) = sync_all(&bob, &[]).await;
+    assert!(events.is_empty());
+    assert!(
+        !empty_log_key.is_empty(),
+        "the empty key is a new device's; the server never hands it out"
+    );
+    alice
+        .send("first", to_user("bob"), content("first"))
+        .await
+        .unwrap();
+    let push = loop {
+        match within(bob.next_push()).await {
+            Some(Body::EventsPush(p)) => break p,
+            Some(_) => continue,
+            None => panic!("bob's connection closed"),
+        }
+    };
+    assert_eq!(push.prev_key, empty_log_key, "the push follows on from it");
+    assert_eq!(texts(&push.events), vec!["first"]);
+    for i in 0..30 {
+        alice
+            .send(&format!("m{i}"), to_user("bob"), content(&i.to_string()))
+            .await
+            .unwrap();
+    }
+    // Another device of bob's that synced the empty log and went away.
+    let err = bob.sync(&empty_log_key, 0).await.unwrap_err();
+    assert_eq!(err.code(), Some(v1::ErrorCode::ResyncRequired), "{err}");
+    // A new device still reads the retained tail.
+    let (tail, _) = sync_all(&bob, &[]).await;
+    assert_eq!(text(tail.last().unwrap()), "29");
+}
+
 /// Logging out revokes the token for every connection using it: the
 /// connection is closed and the token no longer opens a connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

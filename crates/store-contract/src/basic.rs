@@ -2,7 +2,9 @@
 //! trimming, read bounds, secrets and the webhook outbox.
 
 use pigeon_core::StoreError;
-use pigeon_core::store::{AppendMessage, HistoryQuery, LogReadError, NewSession, ReadMark};
+use pigeon_core::store::{
+    AppendMessage, HistoryQuery, LogFrom, LogReadError, NewSession, ReadMark,
+};
 use pigeon_proto::v1::{Content, ConversationSummary, event};
 
 use crate::{Factory, Settings};
@@ -136,7 +138,11 @@ pub async fn messages_reach_both_logs_and_the_timeline(f: &dyn Factory) {
     let conv_seqs: Vec<u64> = acks.iter().map(|o| o.conv_seq).collect();
     assert!(conv_seqs.windows(2).all(|w| w[0] < w[1]), "{conv_seqs:?}");
     for user in [a.id, c.id] {
-        let read = b.store.read_log(user, 0, 100, 1 << 20).await.unwrap();
+        let read = b
+            .store
+            .read_log(user, LogFrom::Oldest, 100, 1 << 20)
+            .await
+            .unwrap();
         let texts: Vec<String> = read.events.iter().map(text_of).collect();
         assert_eq!(texts, vec!["hi 0", "hi 1", "hi 2", "hi 3", "hi 4"]);
         assert!(!read.has_more);
@@ -155,7 +161,7 @@ pub async fn messages_reach_both_logs_and_the_timeline(f: &dyn Factory) {
         // Reading after the second event gives the last three.
         let tail = b
             .store
-            .read_log(user, read.events[1].seq, 100, 1 << 20)
+            .read_log(user, LogFrom::After(read.events[1].seq), 100, 1 << 20)
             .await
             .unwrap();
         assert_eq!(tail.events.len(), 3);
@@ -233,7 +239,7 @@ pub async fn retries_with_the_same_client_id_store_nothing_twice(f: &dyn Factory
     );
     assert_eq!(
         b.store
-            .read_log(c.id, 0, 100, 1 << 20)
+            .read_log(c.id, LogFrom::Oldest, 100, 1 << 20)
             .await
             .unwrap()
             .events
@@ -259,7 +265,7 @@ pub async fn retries_with_the_same_client_id_store_nothing_twice(f: &dyn Factory
     assert!(x.duplicate != y.duplicate);
     assert_eq!(
         b.store
-            .read_log(c.id, 0, 100, 1 << 20)
+            .read_log(c.id, LogFrom::Oldest, 100, 1 << 20)
             .await
             .unwrap()
             .events
@@ -301,7 +307,11 @@ pub async fn concurrent_sends_keep_every_log_strictly_ordered(f: &dyn Factory) {
     }
     let mut total = 0;
     for u in &users {
-        let read = b.store.read_log(u.id, 0, 1000, 1 << 24).await.unwrap();
+        let read = b
+            .store
+            .read_log(u.id, LogFrom::Oldest, 1000, 1 << 24)
+            .await
+            .unwrap();
         assert!(read.events.windows(2).all(|w| w[0].seq < w[1].seq));
         total += read.events.len();
     }
@@ -487,11 +497,25 @@ pub async fn trimmed_logs_answer_resync(f: &dyn Factory) {
             .await
             .unwrap();
     }
-    match b.store.read_log(c.id, first_seq, 10, 1 << 20).await {
+    match b
+        .store
+        .read_log(c.id, LogFrom::After(first_seq), 10, 1 << 20)
+        .await
+    {
         Err(LogReadError::Trimmed { trimmed_through }) => assert!(trimmed_through > first_seq),
         other => panic!("expected Trimmed, got {other:?}"),
     }
-    let tail = b.store.read_log(c.id, 0, 100, 1 << 20).await.unwrap();
+    // After seq 0 is a position too (a device that saw the log empty), not
+    // "wherever the log now starts".
+    match b.store.read_log(c.id, LogFrom::After(0), 10, 1 << 20).await {
+        Err(LogReadError::Trimmed { .. }) => {}
+        other => panic!("expected Trimmed after seq 0, got {other:?}"),
+    }
+    let tail = b
+        .store
+        .read_log(c.id, LogFrom::Oldest, 100, 1 << 20)
+        .await
+        .unwrap();
     assert!(
         tail.events.len() >= 16 && tail.events.len() < 40,
         "{}",
@@ -517,17 +541,33 @@ pub async fn reads_are_bounded_by_count_and_bytes(f: &dyn Factory) {
             .await
             .unwrap();
     }
-    let r = b.store.read_log(c.id, 0, 4, 1 << 20).await.unwrap();
+    let r = b
+        .store
+        .read_log(c.id, LogFrom::Oldest, 4, 1 << 20)
+        .await
+        .unwrap();
     assert_eq!((r.events.len(), r.has_more), (4, true));
-    let r = b.store.read_log(c.id, 0, 100, 3500).await.unwrap();
+    let r = b
+        .store
+        .read_log(c.id, LogFrom::Oldest, 100, 3500)
+        .await
+        .unwrap();
     assert_eq!((r.events.len(), r.has_more), (3, true));
-    let r = b.store.read_log(c.id, 0, 100, 10).await.unwrap();
+    let r = b
+        .store
+        .read_log(c.id, LogFrom::Oldest, 100, 10)
+        .await
+        .unwrap();
     assert_eq!(
         r.events.len(),
         1,
         "at least one event even if larger than the byte bound"
     );
-    let r = b.store.read_log(c.id, 0, 10, 1 << 20).await.unwrap();
+    let r = b
+        .store
+        .read_log(c.id, LogFrom::Oldest, 10, 1 << 20)
+        .await
+        .unwrap();
     assert_eq!((r.events.len(), r.has_more), (10, false));
     let conv = format!("d:{}:{}", a.id.min(c.id), a.id.max(c.id));
     let (page, more) = b.store.history(hq(&conv, 0, 100, 3500)).await.unwrap();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use pigeon_core::Store;
 use pigeon_core::store::{
-    AppendMessage, GroupChangeRequest, GroupLimits, GroupOp, MessageChange, MessageChangeKind,
-    UserRecord,
+    AppendMessage, GroupChangeRequest, GroupLimits, GroupOp, LogFrom, MessageChange,
+    MessageChangeKind, UserRecord,
 };
 use pigeon_proto::v1::{Content, Event, GroupChangeKind, GroupRole, GroupSettings, event};
 
@@ -114,7 +114,11 @@ fn change_kinds(events: &[Event]) -> Vec<GroupChangeKind> {
 }
 
 async fn log(store: &Arc<dyn Store>, user: u64) -> Vec<Event> {
-    store.read_log(user, 0, 1000, 1 << 24).await.unwrap().events
+    store
+        .read_log(user, LogFrom::Oldest, 1000, 1 << 24)
+        .await
+        .unwrap()
+        .events
 }
 
 async fn streams(store: &Arc<dyn Store>, user: u64, after: u64) -> Vec<Event> {

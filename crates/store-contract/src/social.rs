@@ -2,7 +2,7 @@
 //! preferences and contacts.
 
 use pigeon_core::CoreError;
-use pigeon_core::store::{Delivered, MessageChange, MessageChangeKind, UserPrefs};
+use pigeon_core::store::{Delivered, LogFrom, MessageChange, MessageChangeKind, UserPrefs};
 use pigeon_proto::v1::{Content, Message, ReceiptKind, event};
 
 use crate::groups::{group_limits, group_msg, make_group, users};
@@ -72,7 +72,11 @@ pub async fn receipts_and_read_marks_reach_senders(f: &dyn Factory) {
     let to_sender = read.appended.iter().find(|x| x.user_id == a.id).unwrap();
     let r = receipt_of(&to_sender.events[0]).unwrap();
     assert_eq!((r.kind(), r.up_to), (ReceiptKind::Read, seqs[2]));
-    let sender_log = s.read_log(a.id, 0, 100, 1 << 20).await.unwrap().events;
+    let sender_log = s
+        .read_log(a.id, LogFrom::Oldest, 100, 1 << 20)
+        .await
+        .unwrap()
+        .events;
     assert_eq!(sender_log.iter().filter_map(receipt_of).count(), 2);
 }
 
@@ -225,7 +229,10 @@ pub async fn messages_are_recalled_edited_and_deleted_for_me(f: &dyn Factory) {
     // A later sync serves both message events as the messages are now: the
     // edited text, and the recalled one without its content.
     for user in [a.id, c.id] {
-        let log = s.read_log(user, 0, 100, 1 << 20).await.unwrap();
+        let log = s
+            .read_log(user, LogFrom::Oldest, 100, 1 << 20)
+            .await
+            .unwrap();
         let messages: Vec<&Message> = log
             .events
             .iter()

@@ -59,9 +59,9 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use pigeon_core::store::{
     AppendMessage, AppendOutcome, Appended, ChangeOutcome, Delivered, Delivery, GroupOp,
-    GroupOutcome, GroupRecord, HistoryQuery, LogRead, LogReadError, MarkReadOutcome, MemberRecord,
-    MessageChange, NewSession, ReadMark, SessionRecord, StreamRead, Totals, UserChange, UserPrefs,
-    UserRecord,
+    GroupOutcome, GroupRecord, HistoryQuery, LogFrom, LogRead, LogReadError, MarkReadOutcome,
+    MemberRecord, MessageChange, NewSession, ReadMark, SessionRecord, StreamRead, Totals,
+    UserChange, UserPrefs, UserRecord,
 };
 use pigeon_core::{CoreError, Store, StoreError, UserId};
 use pigeon_proto::v1::{ConversationSummary, Message, ReceiptSummary};
@@ -539,11 +539,11 @@ impl Store for PgStore {
     async fn read_log(
         &self,
         user: UserId,
-        after: u64,
+        from: LogFrom,
         limit: usize,
         bytes_max: usize,
     ) -> Result<LogRead, LogReadError> {
-        reads::read_log(self, user, after, limit, bytes_max).await
+        reads::read_log(self, user, from, limit, bytes_max).await
     }
 
     async fn log_head(&self, user: UserId) -> Result<u64, StoreError> {

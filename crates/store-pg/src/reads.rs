@@ -9,7 +9,7 @@ use pigeon_core::UserId;
 use pigeon_core::conversation::ConversationId;
 use pigeon_core::groups;
 use pigeon_core::store::{
-    Delivery, DeliveryStatus, HistoryQuery, HookKind, LogRead, LogReadError, MemberRecord,
+    Delivery, DeliveryStatus, HistoryQuery, HookKind, LogFrom, LogRead, LogReadError, MemberRecord,
     StreamRead,
 };
 use pigeon_proto::v1::{ConversationSummary, Event, GroupRole, Message, ReceiptSummary, event};
@@ -51,13 +51,15 @@ pub(crate) async fn log_mark(s: &PgStore, user: UserId) -> Result<(u64, u64)> {
 pub(crate) async fn read_log(
     s: &PgStore,
     user: UserId,
-    after: u64,
+    from: LogFrom,
     limit: usize,
     bytes_max: usize,
 ) -> Result<LogRead, LogReadError> {
     let (head, trimmed) = log_mark(s, user).await?;
-    // An empty key (after = 0) means "from the oldest retained event".
-    let after = if after == 0 { trimmed } else { after };
+    let after = match from {
+        LogFrom::Oldest => trimmed,
+        LogFrom::After(seq) => seq,
+    };
     if after < trimmed {
         return Err(LogReadError::Trimmed {
             trimmed_through: trimmed,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use pigeon_core::Store;
-use pigeon_core::store::UserRecord;
+use pigeon_core::store::{LogFrom, UserRecord};
 use pigeon_proto::v1::{Event, event};
 use pigeon_store_contract::groups::{group_limits, group_msg, make_group, users};
 use pigeon_store_contract::msg;
@@ -48,7 +48,10 @@ async fn follow(store: Arc<dyn Store>, user: u64, done: Arc<AtomicBool>) -> Vec<
     loop {
         let finished = done.load(Ordering::SeqCst);
         loop {
-            let r = store.read_log(user, after, 50, 1 << 20).await.unwrap();
+            let r = store
+                .read_log(user, LogFrom::After(after), 50, 1 << 20)
+                .await
+                .unwrap();
             for e in &r.events {
                 assert_eq!(e.seq, after + 1, "user {user}: a gap or reorder in the log");
                 after = e.seq;
@@ -136,7 +139,11 @@ async fn two_nodes_writing_at_once_keep_every_log_gapless_and_ordered() {
     let total = 2 * 4 * PER_TASK;
     let mut timelines: HashMap<String, BTreeSet<u64>> = HashMap::new();
     for x in &u {
-        let log = a.read_log(x.id, 0, 100_000, 1 << 30).await.unwrap().events;
+        let log = a
+            .read_log(x.id, LogFrom::Oldest, 100_000, 1 << 30)
+            .await
+            .unwrap()
+            .events;
         assert!(
             log.iter().enumerate().all(|(k, e)| e.seq == k as u64 + 1),
             "gapless from 1"
@@ -290,7 +297,11 @@ async fn batched_sends_from_two_nodes_stay_gapless_ordered_and_idempotent() {
 
     let mut timelines: HashMap<String, BTreeSet<u64>> = HashMap::new();
     for x in &u[..6] {
-        let log = b.read_log(x.id, 0, 100_000, 1 << 30).await.unwrap().events;
+        let log = b
+            .read_log(x.id, LogFrom::Oldest, 100_000, 1 << 30)
+            .await
+            .unwrap()
+            .events;
         assert!(
             log.iter().enumerate().all(|(k, e)| e.seq == k as u64 + 1),
             "user {}: gapless from 1",
@@ -324,7 +335,7 @@ async fn batched_sends_from_two_nodes_stay_gapless_ordered_and_idempotent() {
         );
     }
     assert!(
-        b.read_log(outsider.id, 0, 10, 1 << 20)
+        b.read_log(outsider.id, LogFrom::Oldest, 10, 1 << 20)
             .await
             .unwrap()
             .events
@@ -403,7 +414,7 @@ async fn concurrent_delivery_records_merge_and_only_move_forward() {
             .max()
             .unwrap();
         let receipts: Vec<u64> = a
-            .read_log(s.id, 0, 1000, 1 << 24)
+            .read_log(s.id, LogFrom::Oldest, 1000, 1 << 24)
             .await
             .unwrap()
             .events
@@ -450,7 +461,11 @@ async fn a_send_the_database_rejects_fails_alone() {
             }
         }
     }
-    let log = store.read_log(y.0, 0, 1000, 1 << 24).await.unwrap().events;
+    let log = store
+        .read_log(y.0, LogFrom::Oldest, 1000, 1 << 24)
+        .await
+        .unwrap()
+        .events;
     assert_eq!(messages(&log).len(), 3 * 19);
 }
 
@@ -478,7 +493,11 @@ async fn retries_racing_on_two_nodes_store_once() {
         assert_eq!(one.conv_seq, two.conv_seq);
         assert!(one.duplicate != two.duplicate, "exactly one stored");
     }
-    let log = b.read_log(y.id, 0, 1000, 1 << 24).await.unwrap().events;
+    let log = b
+        .read_log(y.id, LogFrom::Oldest, 1000, 1 << 24)
+        .await
+        .unwrap()
+        .events;
     assert_eq!(messages(&log).len(), SENDS);
 }
 
@@ -588,7 +607,11 @@ async fn data_survives_a_node_and_a_server_restart() {
     let second = PgStore::connect(&url, PgConfig::default()).await.unwrap();
     assert_eq!(second.user_by_name("carol").await.unwrap(), Some(c.clone()));
     assert_eq!(second.secret("k").await.unwrap(), secret);
-    let log = second.read_log(c.id, 0, 10, 1 << 20).await.unwrap().events;
+    let log = second
+        .read_log(c.id, LogFrom::Oldest, 10, 1 << 20)
+        .await
+        .unwrap()
+        .events;
     assert_eq!(
         messages(&log),
         vec![(sent.conversation_id.clone(), sent.conv_seq)]

@@ -45,9 +45,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use pigeon_core::store::{
     AppendMessage, AppendOutcome, Appended, ChangeOutcome, Delivered, Delivery, GroupOp,
-    GroupOutcome, GroupRecord, HistoryQuery, LogRead, LogReadError, MarkReadOutcome, MemberRecord,
-    MessageChange, NewSession, ReadMark, SessionRecord, StreamRead, Totals, UserChange, UserPrefs,
-    UserRecord, trim_due,
+    GroupOutcome, GroupRecord, HistoryQuery, LogFrom, LogRead, LogReadError, MarkReadOutcome,
+    MemberRecord, MessageChange, NewSession, ReadMark, SessionRecord, StreamRead, Totals,
+    UserChange, UserPrefs, UserRecord, trim_due,
 };
 use pigeon_core::{Store, StoreError, UserId};
 use pigeon_proto::v1::{ConversationSummary, Event, Message, ReceiptSummary, event};
@@ -565,11 +565,11 @@ impl Store for LogStore {
     async fn read_log(
         &self,
         user: UserId,
-        after: u64,
+        from: LogFrom,
         limit: usize,
         bytes_max: usize,
     ) -> Result<LogRead, LogReadError> {
-        self.shared.read_log(user, after, limit, bytes_max)
+        self.shared.read_log(user, from, limit, bytes_max)
     }
 
     async fn log_head(&self, user: UserId) -> Result<u64, StoreError> {
@@ -1753,7 +1753,10 @@ mod tests {
         }
         for &(user, head) in &heads {
             assert_eq!(store.log_head(user).await.unwrap(), head);
-            let log = store.read_log(user, 0, 10, 1 << 20).await.unwrap();
+            let log = store
+                .read_log(user, LogFrom::Oldest, 10, 1 << 20)
+                .await
+                .unwrap();
             assert_eq!(log.events.len(), user as usize);
         }
     }
@@ -1899,7 +1902,10 @@ mod tests {
             next.prev_seq, head,
             "the next event follows the committed one"
         );
-        let log = store.read_log(7, 0, 10, 1 << 20).await.unwrap();
+        let log = store
+            .read_log(7, LogFrom::Oldest, 10, 1 << 20)
+            .await
+            .unwrap();
         let names: Vec<&str> = log
             .events
             .iter()
@@ -1965,7 +1971,7 @@ mod tests {
             TRIM_RUN_MAX + 1,
             "one run per commit"
         );
-        let log = store.read_log(7, 1, 10, 1 << 20).await;
+        let log = store.read_log(7, LogFrom::After(1), 10, 1 << 20).await;
         let oldest = 6000 - len;
         assert!(
             matches!(log, Err(LogReadError::Trimmed { trimmed_through }) if trimmed_through == oldest),

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use pigeon_core::Store;
+use pigeon_core::store::LogFrom;
 use pigeon_store::{LogStore, StoreConfig, open_embedded, open_memory};
 use pigeon_store_contract::{Backend, Factory, Settings, msg};
 
@@ -124,7 +125,10 @@ async fn embedded_store_recovers_after_restart() {
     assert_eq!(store.user_by_name("alice").await.unwrap().unwrap(), a);
     assert_eq!(store.secret("k").await.unwrap(), secret);
     assert_eq!(store.log_head(c.id).await.unwrap(), head);
-    let read = store.read_log(c.id, 0, 100, 1 << 20).await.unwrap();
+    let read = store
+        .read_log(c.id, LogFrom::Oldest, 100, 1 << 20)
+        .await
+        .unwrap();
     assert_eq!(read.events.len(), 10);
     let dup = store
         .append_message(msg((a.id, "alice"), (c.id, "carol"), "m0", "again", 99))
@@ -187,7 +191,7 @@ async fn concurrent_writes_share_commits(store: LogStore) {
     );
     assert_eq!(
         b.store
-            .read_log(c.id, 0, 1000, 1 << 24)
+            .read_log(c.id, LogFrom::Oldest, 1000, 1 << 24)
             .await
             .unwrap()
             .events

@@ -109,7 +109,15 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     let mut round_trips = 0u32;
     let mut sample: Option<v1::Event> = None;
     loop {
-        let r = reader.sync(&key, args.limit).await?;
+        let r = reader.sync(&key, args.limit).await.with_context(|| {
+            format!(
+                "catching up {} messages: the server keeps the newest \
+                 `sync_log_retain_events` events of each user's log (100,000 by default), and a \
+                 device offline for more must resync (RESYNC_REQUIRED); use fewer --messages, \
+                 or start the server with `--set sync_log_retain_events=0`",
+                args.messages
+            )
+        })?;
         round_trips += 1;
         for e in r.events {
             if users::message(&e).is_some() {
@@ -128,13 +136,7 @@ pub(crate) async fn run(options: &Options, args: &Args) -> anyhow::Result<Report
     let done = Instant::now();
     let sync_bytes = reader.bytes_read - bytes_before_sync;
     if messages != args.messages {
-        bail!(
-            "synced {messages} messages, expected {}: the server keeps the newest \
-             `sync_log_retain_events` events of each user's log (100,000 by default), and a \
-             device offline for more reads only those; use fewer --messages, or start the \
-             server with `--set sync_log_retain_events=0`",
-            args.messages
-        );
+        bail!("synced {messages} messages, expected {}", args.messages);
     }
     let k = args.messages as f64;
     let sync_ms = (done - connected).as_secs_f64() * 1000.0;

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use pigeon_core::conversation::ConversationId;
 use pigeon_core::groups;
-use pigeon_core::store::{HistoryQuery, LogRead, LogReadError, MemberRecord, StreamRead};
+use pigeon_core::store::{HistoryQuery, LogFrom, LogRead, LogReadError, MemberRecord, StreamRead};
 use pigeon_core::{StoreError, UserId};
 use pigeon_proto::v1::{ConversationSummary, Event, GroupRole, Message, ReceiptSummary, event};
 
@@ -21,16 +21,14 @@ impl Shared {
     pub(super) fn read_log(
         &self,
         user: UserId,
-        after: u64,
+        from: LogFrom,
         limit: usize,
         bytes_max: usize,
     ) -> Result<LogRead, LogReadError> {
         let mark = self.log_mark(user)?;
-        // An empty key (after = 0) means "from the oldest retained event".
-        let after = if after == 0 {
-            mark.trimmed_through
-        } else {
-            after
+        let after = match from {
+            LogFrom::Oldest => mark.trimmed_through,
+            LogFrom::After(seq) => seq,
         };
         if after < mark.trimmed_through {
             return Err(LogReadError::Trimmed {
