@@ -7,14 +7,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use fjall::compaction::filter::Factory;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use lsm_tree::{AbstractTree, Memtable, MemtableId};
-use pigeon_core::StoreError;
+use pigeon_core::{StoreError, UserId};
 
 use crate::background::{self, Backlog, Mode, Workers};
 use crate::engine::{Engine, Entries, Op, Table};
 use crate::freeing::{FREE_PAUSE, Freeing};
 use crate::retiring::Retiring;
+use crate::trims::{LogFilterFactory, Trims};
 use crate::writeback::Writeback;
 
 /// The default journal size past which fjall flushes the tables that
@@ -72,6 +74,8 @@ const _: () = assert!(Table::ALL.len() <= 64);
 pub struct FjallEngine {
     db: Database,
     keyspaces: Vec<Keyspace>,
+    /// Durable trim points, for the log table's compaction filter.
+    trims: Arc<Trims>,
     keeper: Arc<Mutex<Keeper>>,
     /// To the reclaim thread; `None` once the engine is being dropped.
     reclaim: Option<mpsc::Sender<Vec<Arc<Memtable>>>>,
@@ -208,9 +212,18 @@ impl FjallEngine {
         // A smaller journal than fjall's default (512 MiB) makes it flush
         // memtables to tables sooner, so recovery after a crash replays at
         // most this much.
+        // Trimmed log entries are dropped by the log table's compactions
+        // (`crate::trims`); installed on every open, since fjall keeps
+        // no filter with a table.
+        let trims = Arc::new(Trims::default());
+        let filters = trims.clone();
         let db = Database::builder(dir.join("db"))
             .manual_journal_persist(true)
             .max_journaling_size(journal_bytes_max.max(JOURNAL_BYTES_MIN))
+            .with_compaction_filter_factories(Arc::new(move |name: &str| {
+                (name == Table::Log.name())
+                    .then(|| Arc::new(LogFilterFactory(filters.clone())) as Arc<dyn Factory>)
+            }))
             .open()
             .map_err(io)?;
         let keyspaces = Table::ALL
@@ -262,6 +275,7 @@ impl FjallEngine {
         Ok(FjallEngine {
             db,
             keyspaces,
+            trims,
             keeper,
             reclaim: Some(reclaim),
             reclaim_thread: Some(reclaim_thread),
@@ -401,11 +415,16 @@ impl Engine for FjallEngine {
     fn sync(&self) -> Result<(), StoreError> {
         self.db.persist(PersistMode::SyncAll).map_err(io)
     }
+
+    fn log_trimmed(&self, user: UserId, through: u64) {
+        self.trims.set(user, through);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys;
 
     /// Checks a table's memtable is flushed to a table file once it holds
     /// [`MEMTABLE_BYTES_MAX`], well before fjall's default of 64 MiB: that
@@ -666,6 +685,62 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+
+    /// Checks the log table's compactions destroy exactly the entries at
+    /// or below the trim points the engine was handed ([`crate::trims`]),
+    /// of each user's own log, and that the filter is there again after a
+    /// reopen.
+    #[test]
+    fn compactions_drop_what_durable_trim_points_cover() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_keys = |engine: &FjallEngine, user: UserId| -> Vec<u64> {
+            engine
+                .scan(
+                    Table::Log,
+                    &keys::log(user, 0),
+                    &keys::log(user + 1, 0),
+                    false,
+                    1000,
+                )
+                .unwrap()
+                .iter()
+                .map(|(k, _)| keys::log_seq(k))
+                .collect()
+        };
+        {
+            let engine = FjallEngine::open(dir.path()).unwrap();
+            let log = engine.ks(Table::Log);
+            for user in [1, 2] {
+                let mut ops: Vec<Op> = (1..=100u64)
+                    .map(|seq| Op::Put(Table::Log, keys::log(user, seq), vec![7; 32]))
+                    .collect();
+                engine.apply(&mut ops).unwrap();
+            }
+            engine.sync().unwrap();
+            log.rotate_memtable_and_wait().unwrap();
+            engine.log_trimmed(1, 60);
+            log.major_compact().unwrap();
+            assert_eq!(log_keys(&engine, 1), (61..=100).collect::<Vec<_>>());
+            assert_eq!(log_keys(&engine, 2), (1..=100).collect::<Vec<_>>());
+            // A point not handed over (not yet durable) drops nothing.
+            engine.log_trimmed(2, 0);
+            let mut ops = vec![Op::Put(Table::Log, keys::log(2, 101), vec![7; 32])];
+            engine.apply(&mut ops).unwrap();
+            log.rotate_memtable_and_wait().unwrap();
+            log.major_compact().unwrap();
+            assert_eq!(log_keys(&engine, 2).len(), 101);
+        }
+        // Reopened, the filter is installed again (fjall keeps none).
+        let engine = FjallEngine::open(dir.path()).unwrap();
+        assert_eq!(log_keys(&engine, 1), (61..=100).collect::<Vec<_>>());
+        engine.log_trimmed(2, 90);
+        let log = engine.ks(Table::Log);
+        let mut ops = vec![Op::Put(Table::Log, keys::log(2, 102), vec![7; 32])];
+        engine.apply(&mut ops).unwrap();
+        log.rotate_memtable_and_wait().unwrap();
+        log.major_compact().unwrap();
+        assert_eq!(log_keys(&engine, 2), (91..=102).collect::<Vec<_>>());
     }
 
     /// Checks the engine's reclaim thread frees the files of tables a

@@ -2,7 +2,7 @@
 //! matter for correctness: [`Engine::apply`] makes a set of writes visible
 //! atomically, and [`Engine::sync`] makes everything applied so far durable.
 
-use pigeon_core::StoreError;
+use pigeon_core::{StoreError, UserId};
 
 /// The record families; each is an ordered key space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -129,4 +129,9 @@ pub trait Engine: Send + Sync + 'static {
     fn apply(&self, ops: &mut Vec<Op>) -> Result<(), StoreError>;
     /// Makes every applied write durable (fsync).
     fn sync(&self) -> Result<(), StoreError>;
+    /// `user`'s log entries up to seq `through` will never be read again,
+    /// and the trim point that says so is durable: the engine may drop
+    /// them. The embedded engine's compactions do, without a tombstone
+    /// ([`crate::trims`]); the memory engine deletes them at once.
+    fn log_trimmed(&self, user: UserId, through: u64);
 }

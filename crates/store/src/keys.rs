@@ -62,6 +62,19 @@ pub fn trimmed(user: UserId) -> Vec<u8> {
     format!("trim/{user}").into_bytes()
 }
 
+/// The Meta keys [`trimmed`] makes lie in `start..end`.
+pub fn trimmed_range() -> (Vec<u8>, Vec<u8>) {
+    (b"trim/".to_vec(), b"trim0".to_vec())
+}
+
+/// The user of a key made by [`trimmed`].
+pub fn trimmed_user(key: &[u8]) -> Option<UserId> {
+    std::str::from_utf8(key.strip_prefix(b"trim/")?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// Meta key of a user's device counter.
 pub fn devices(user: UserId) -> Vec<u8> {
     format!("dev/{user}").into_bytes()

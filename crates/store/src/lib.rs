@@ -29,6 +29,7 @@ pub mod keys;
 pub mod log_store;
 pub mod memory;
 pub mod retiring;
+pub mod trims;
 pub mod writeback;
 
 pub use embedded::FjallEngine;

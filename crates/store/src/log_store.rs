@@ -57,6 +57,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::{Engine, Entries, Op, Table};
 use crate::keys;
+use crate::trims::TRIMS_HELD_MAX;
 
 /// Group commits that wrote something (one fsync each).
 pub const COMMITS_TOTAL: &str = "pigeon_store_commits_total";
@@ -91,10 +92,6 @@ const SHUT_DOWN: &str = "store is shut down";
 pub const WRITE_BATCH_COMMANDS_MAX: usize = 1024;
 /// Most jobs waiting for the committer; senders wait beyond it.
 pub const WRITE_QUEUE_COMMANDS_MAX: usize = 16 * 1024;
-/// Log entries one commit may delete when trimming, beyond one per event
-/// it appends (so trimming keeps pace with any rate of appends); logs over
-/// their retention when it runs out are trimmed on a later append.
-pub const TRIM_DELETES_PER_COMMIT_MAX: usize = 4096;
 /// Most conversations a list request considers.
 pub const CONVERSATIONS_SCAN_MAX: usize = 10_000;
 /// Most groups (current and former) one sync looks at for shared streams.
@@ -382,6 +379,10 @@ impl LogStore {
             // ones; the next start tries again.
             tracing::error!(error = %e, "indexing existing sessions failed");
         }
+        if let Err(e) = hand_over_trims(&*engine) {
+            // Trimmed entries stay on the disk until their log trims again.
+            tracing::error!(error = %e, "reading the logs' trim points failed");
+        }
         let stream_head = engine
             .get(Table::Meta, keys::STREAM_HEAD)
             .ok()
@@ -494,6 +495,19 @@ impl LogStore {
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
+}
+
+/// Tells the engine the trim points on the disk (durable, as everything
+/// found at a start is), so that compactions drop what they cover; at most
+/// [`TRIMS_HELD_MAX`], as many as it keeps.
+fn hand_over_trims(engine: &dyn Engine) -> Result<(), StoreError> {
+    let (start, end) = keys::trimmed_range();
+    for (k, v) in engine.scan(Table::Meta, &start, &end, false, TRIMS_HELD_MAX)? {
+        if let (Some(user), Some(through)) = (keys::trimmed_user(&k), keys::read_u64(&v)) {
+            engine.log_trimmed(user, through);
+        }
+    }
+    Ok(())
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -993,6 +1007,9 @@ struct AfterCommit {
     log_heads: HashMap<UserId, u64>,
     conv_heads: HashMap<String, u64>,
     stream_head: u64,
+    /// Trim points written: the engine may drop what they cover once
+    /// they are durable ([`Engine::log_trimmed`]).
+    trims: Vec<(UserId, u64)>,
 }
 
 /// One group commit in the making.
@@ -1006,9 +1023,6 @@ struct Tx<'e> {
     /// began, newest last: a job that fails rolls back its own, so a
     /// savepoint costs two lengths, not copies of the batch's maps.
     head_undo: Vec<HeadUndo>,
-    /// Log entries this batch may still delete (see
-    /// [`TRIM_DELETES_PER_COMMIT_MAX`]).
-    trim_budget: usize,
 }
 
 /// A change to `Tx::heads` or `Tx::publish`, as what was there before.
@@ -1047,6 +1061,7 @@ impl Replies {
 struct Savepoint {
     ops: usize,
     head_undo: usize,
+    trims: usize,
 }
 
 /// Puts `previous` back as `key`'s value in `map` (removes it if none).
@@ -1062,11 +1077,13 @@ impl Tx<'_> {
         Savepoint {
             ops: self.b.ops.len(),
             head_undo: self.head_undo.len(),
+            trims: self.publish.trims.len(),
         }
     }
 
     fn rollback(&mut self, s: Savepoint) {
         self.b.truncate(s.ops);
+        self.publish.trims.truncate(s.trims);
         while self.head_undo.len() > s.head_undo {
             match self.head_undo.pop().expect("head undo entries") {
                 HeadUndo::Log(user, head, published) => {
@@ -1257,7 +1274,6 @@ impl Committer {
             publish: AfterCommit::default(),
             heads: HashMap::new(),
             head_undo: std::mem::take(&mut self.spare.head_undo),
-            trim_budget: TRIM_DELETES_PER_COMMIT_MAX,
         };
         for cmd in cmds.drain(..) {
             match cmd {
@@ -1332,6 +1348,9 @@ impl Committer {
                 self.shared
                     .stream_head
                     .fetch_max(publish.stream_head, Ordering::SeqCst);
+                for (user, through) in publish.trims {
+                    self.shared.engine.log_trimmed(user, through);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed; refusing further writes");
@@ -1538,39 +1557,26 @@ impl Committer {
         Ok(seq)
     }
 
-    /// Drops the oldest entries of a log that holds more than the retained
-    /// count plus a short run ([`trim_due`]), within the batch's
-    /// budget ([`TRIM_DELETES_PER_COMMIT_MAX`]). Called once per append.
+    /// Moves the trim point of a log that holds more than the retained
+    /// count plus a short run ([`trim_due`]) up to the retention. Called
+    /// once per append.
     fn trim(&mut self, tx: &mut Tx<'_>, user: UserId, head: u64) -> Result<(), StoreError> {
         let retain = self.config.log_retain_events;
         if retain == 0 {
             return Ok(());
         }
-        tx.trim_budget += 1;
         let mark = self.shared.log_mark(user)?;
         if !trim_due(head, mark.trimmed_through, retain) {
             return Ok(());
         }
-        let through = head - retain;
-        let doomed = tx.b.engine.scan(
-            Table::Log,
-            &keys::log(user, mark.trimmed_through + 1),
-            &keys::log(user, through + 1),
-            false,
-            tx.trim_budget,
-        )?;
-        let reached = if doomed.len() == tx.trim_budget {
-            doomed.last().map_or(through, |(k, _)| keys::log_seq(k))
-        } else {
-            through
-        };
-        tx.trim_budget -= doomed.len();
-        for (k, _) in doomed {
-            tx.b.delete(Table::Log, k);
-        }
+        // Only the trim point is written: the entries it covers are dropped
+        // by the engine once it is durable (`crate::trims`).
+        let reached = head - retain;
         tx.b.put(Table::Meta, keys::trimmed(user), keys::u64_value(reached));
-        // Raise the readers' trim point before the deletions are applied:
-        // a reader then answers "resync" slightly early, never skips silently.
+        tx.publish.trims.push((user, reached));
+        // Raise the readers' trim point before the point is committed (and
+        // long before anything it covers is dropped): a reader then answers
+        // "resync" slightly early, never skips silently.
         self.shared
             .logs
             .lock()
@@ -1761,14 +1767,22 @@ mod tests {
         }
     }
 
+    /// A trim point as written: its Meta key and value.
+    type Point = (Vec<u8>, Vec<u8>);
+
     /// The memory engine, with its apply and its sync made as slow as a
-    /// test asks, and the most deletions one apply carried.
+    /// test asks, the most deletions one apply carried, and the trims it
+    /// was told of (user, through, whether that trim point had been
+    /// applied and synced by then).
     #[derive(Default)]
     struct Sluggish {
         inner: MemoryEngine,
         apply_ms: AtomicU64,
         sync_ms: AtomicU64,
         most_deletes: AtomicU64,
+        /// Trim points written: (applied, not yet synced; synced).
+        points: Mutex<(Vec<Point>, std::collections::HashSet<Point>)>,
+        trims: Mutex<Vec<(UserId, u64, bool)>>,
     }
 
     impl Engine for Sluggish {
@@ -1793,13 +1807,37 @@ mod tests {
             let deletes = ops.iter().filter(|op| matches!(op, Op::Delete(..))).count();
             self.most_deletes
                 .fetch_max(deletes as u64, Ordering::Relaxed);
+            let (start, end) = keys::trimmed_range();
+            self.points
+                .lock()
+                .unwrap()
+                .0
+                .extend(ops.iter().filter_map(|op| match op {
+                    Op::Put(Table::Meta, k, v)
+                        if (start.as_slice()..end.as_slice()).contains(&k.as_slice()) =>
+                    {
+                        Some((k.clone(), v.clone()))
+                    }
+                    _ => None,
+                }));
             self.inner.apply(ops)
         }
 
         fn sync(&self) -> Result<(), StoreError> {
             let ms = self.sync_ms.load(Ordering::Relaxed);
             std::thread::sleep(std::time::Duration::from_millis(ms));
+            let mut points = self.points.lock().unwrap();
+            let (applied, synced) = &mut *points;
+            synced.extend(applied.drain(..));
+            drop(points);
             self.inner.sync()
+        }
+
+        fn log_trimmed(&self, user: UserId, through: u64) {
+            let point = (keys::trimmed(user), keys::u64_value(through));
+            let durable = self.points.lock().unwrap().1.contains(&point);
+            self.trims.lock().unwrap().push((user, through, durable));
+            self.inner.log_trimmed(user, through);
         }
     }
 
@@ -1938,9 +1976,9 @@ mod tests {
     }
 
     /// Checks a log is trimmed in short runs: it never holds more than
-    /// [`TRIM_RUN_MAX`] events beyond its retention, and no commit deletes
-    /// more than one run, however large the retention (an eighth of it
-    /// would be 500 here).
+    /// [`TRIM_RUN_MAX`] events beyond its retention, however large the
+    /// retention (an eighth of it would be 500 here), and no commit writes
+    /// a tombstone for it (the engine drops what the trim point covers).
     #[tokio::test(flavor = "current_thread")]
     async fn logs_trim_in_short_runs() {
         let retain = 4000;
@@ -1968,8 +2006,8 @@ mod tests {
         assert!(longest as u64 <= retain + TRIM_RUN_MAX, "{longest}");
         assert_eq!(
             engine.most_deletes.load(Ordering::Relaxed),
-            TRIM_RUN_MAX + 1,
-            "one run per commit"
+            0,
+            "the engine drops what a trim point covers; commits write no tombstones"
         );
         let log = store.read_log(7, LogFrom::After(1), 10, 1 << 20).await;
         let oldest = 6000 - len;
@@ -1979,66 +2017,54 @@ mod tests {
         );
     }
 
-    /// Checks logs far over their retention are trimmed within a budget
-    /// per commit ([`TRIM_DELETES_PER_COMMIT_MAX`] plus one per append),
-    /// not all at once, and all are trimmed by later appends.
+    /// Checks a trim reaches the engine only once the commit that wrote
+    /// its point is durable, and not at all from a job that failed: the
+    /// embedded engine's compactions drop what a trim point covers, so a
+    /// point a crash or a rollback takes back must never get there.
     #[tokio::test(flavor = "current_thread")]
-    async fn a_commit_trims_within_its_budget() {
+    async fn trims_reach_the_engine_only_when_durable() {
         let engine = Arc::new(Sluggish::default());
-        let keep_all = StoreConfig {
-            log_retain_events: 0,
-            ..StoreConfig::default()
-        };
-        let users: Vec<UserId> = (1..=40).collect();
-        let store = LogStore::start_in_task(engine.clone(), keep_all);
-        for &user in &users {
-            store
-                .exec(move |c, tx| {
-                    for n in 0..300 {
-                        c.append_event(tx, user, n, flags("old"))?;
-                    }
-                    Ok(())
-                })
-                .await
-                .unwrap();
-        }
-        store.shutdown().await;
-        assert_eq!(engine.most_deletes.load(Ordering::Relaxed), 0);
-
-        let retain = 10;
         let config = StoreConfig {
-            log_retain_events: retain,
+            log_retain_events: 10,
             ..StoreConfig::default()
         };
         let store = LogStore::start_in_task(engine.clone(), config);
-        let append_all = |users: Vec<UserId>| {
-            store.exec(move |c, tx| {
-                for &user in &users {
-                    c.append_event(tx, user, 1, flags("new"))?;
+        let failed = store
+            .exec(|c, tx| {
+                for n in 0..300 {
+                    c.append_event(tx, 1, n, flags("x"))?;
+                }
+                Err::<(), _>(StoreError::Io("this job fails".into()))
+            })
+            .await;
+        assert!(failed.is_err());
+        assert!(
+            engine.trims.lock().unwrap().is_empty(),
+            "a failed job's trims"
+        );
+        store
+            .exec(|c, tx| {
+                for n in 0..300 {
+                    c.append_event(tx, 2, n, flags("x"))?;
                 }
                 Ok(())
             })
-        };
-        append_all(users.clone()).await.unwrap();
-        let most = engine.most_deletes.load(Ordering::Relaxed);
-        assert_eq!(
-            most,
-            (TRIM_DELETES_PER_COMMIT_MAX + users.len()) as u64,
-            "the first commit spends its whole budget"
+            .await
+            .unwrap();
+        let trims = engine.trims.lock().unwrap().clone();
+        assert!(!trims.is_empty());
+        assert!(
+            trims.iter().all(|&(user, _, durable)| user == 2 && durable),
+            "{trims:?}"
         );
-        let over = users
-            .iter()
-            .filter(|&&u| log_len(&*engine, u) as u64 > retain)
-            .count();
-        assert!(over > 0, "some logs wait for a later commit");
-        for _ in 0..3 {
-            append_all(users.clone()).await.unwrap();
-        }
-        // After the restart seqs resume past a gap (`seq_step`), so the
-        // retained range holds only the four new events.
-        for &user in &users {
-            assert_eq!(log_len(&*engine, user), 4, "user {user}");
-        }
-        assert_eq!(engine.most_deletes.load(Ordering::Relaxed), most);
+        let newest = trims.iter().map(|&(_, through, _)| through).max().unwrap();
+        assert!(newest >= 300 - 10 - 1, "{newest}");
+        assert_eq!(log_len(&*engine, 1), 0, "the failed job wrote nothing");
+        assert_eq!(log_len(&*engine, 2) as u64, 300 - newest);
+        assert_eq!(
+            engine.most_deletes.load(Ordering::Relaxed),
+            0,
+            "no tombstones"
+        );
     }
 }

@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
-use pigeon_core::StoreError;
+use pigeon_core::{StoreError, UserId};
 
 use crate::engine::{Engine, Entries, Op, Table};
+use crate::keys;
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -60,5 +61,17 @@ impl Engine for MemoryEngine {
 
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn log_trimmed(&self, user: UserId, through: u64) {
+        let mut tables = self.tables.write().expect("memory engine lock poisoned");
+        let log = &mut tables[Table::Log.index()];
+        let doomed: Vec<Vec<u8>> = log
+            .range(keys::log(user, 0)..=keys::log(user, through))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in doomed {
+            log.remove(&k);
+        }
     }
 }
