@@ -207,16 +207,16 @@ impl FjallEngine {
     pub fn open_with(dir: &Path, journal_bytes_max: u64) -> Result<FjallEngine, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
-        // We persist explicitly after every group commit, so fjall must not
-        // decide on its own when the journal reaches the OS.
-        // A smaller journal than fjall's default (512 MiB) makes it flush
-        // memtables to tables sooner, so recovery after a crash replays at
-        // most this much.
         // Trimmed log entries are dropped by the log table's compactions
         // (`crate::trims`); installed on every open, since fjall keeps
         // no filter with a table.
         let trims = Arc::new(Trims::default());
         let filters = trims.clone();
+        // We persist explicitly after every group commit, so fjall must not
+        // decide on its own when the journal reaches the OS.
+        // A smaller journal than fjall's default (512 MiB) makes it flush
+        // memtables to tables sooner, so recovery after a crash replays at
+        // most this much.
         let db = Database::builder(dir.join("db"))
             .manual_journal_persist(true)
             .max_journaling_size(journal_bytes_max.max(JOURNAL_BYTES_MIN))
@@ -723,8 +723,8 @@ mod tests {
             log.major_compact().unwrap();
             assert_eq!(log_keys(&engine, 1), (61..=100).collect::<Vec<_>>());
             assert_eq!(log_keys(&engine, 2), (1..=100).collect::<Vec<_>>());
-            // A point not handed over (not yet durable) drops nothing.
-            engine.log_trimmed(2, 0);
+            // No point was handed over for user 2: compacting again keeps
+            // all of their log.
             let mut ops = vec![Op::Put(Table::Log, keys::log(2, 101), vec![7; 32])];
             engine.apply(&mut ops).unwrap();
             log.rotate_memtable_and_wait().unwrap();

@@ -2017,6 +2017,26 @@ mod tests {
         );
     }
 
+    /// Checks a start hands the engine the trim points already on the
+    /// disk, so that compactions drop what they cover without waiting for
+    /// each log to trim again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_start_hands_over_the_trim_points_on_the_disk() {
+        let engine = Arc::new(Sluggish::default());
+        let mut ops = vec![
+            Op::Put(Table::Meta, keys::trimmed(5), keys::u64_value(40)),
+            Op::Put(Table::Meta, keys::trimmed(61), keys::u64_value(7)),
+            Op::Put(Table::Meta, b"trim0".to_vec(), keys::u64_value(9)),
+        ];
+        engine.apply(&mut ops).unwrap();
+        engine.sync().unwrap();
+        let store = LogStore::start_in_task(engine.clone(), StoreConfig::default());
+        let mut trims = engine.trims.lock().unwrap().clone();
+        trims.sort();
+        assert_eq!(trims, vec![(5, 40, true), (61, 7, true)]);
+        store.shutdown().await;
+    }
+
     /// Checks a trim reaches the engine only once the commit that wrote
     /// its point is durable, and not at all from a job that failed: the
     /// embedded engine's compactions drop what a trim point covers, so a
