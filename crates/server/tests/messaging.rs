@@ -285,17 +285,30 @@ async fn stale_key_must_resync() {
         .await
         .unwrap();
     let (_, old_key) = sync_all(&bob, &[]).await;
+    let tail = outgrow_and_resync(&alice, &bob, &old_key).await;
+    assert!(tail.len() < 31);
+}
+
+/// Sends bob 30 messages from alice (texts "0" to "29"), more than the
+/// retention of 8 these tests run with; checks `key` then gets
+/// RESYNC_REQUIRED and that the empty key (a new device) reads the retained
+/// tail, which it returns.
+async fn outgrow_and_resync(
+    alice: &pigeon_client::Connection,
+    bob: &pigeon_client::Connection,
+    key: &[u8],
+) -> Vec<v1::Event> {
     for i in 0..30 {
         alice
             .send(&format!("m{i}"), to_user("bob"), content(&i.to_string()))
             .await
             .unwrap();
     }
-    let err = bob.sync(&old_key, 0).await.unwrap_err();
+    let err = bob.sync(key, 0).await.unwrap_err();
     assert_eq!(err.code(), Some(v1::ErrorCode::ResyncRequired), "{err}");
-    let (tail, _) = sync_all(&bob, &[]).await;
+    let (tail, _) = sync_all(bob, &[]).await;
     assert_eq!(text(tail.last().unwrap()), "29");
-    assert!(tail.len() < 31);
+    tail
 }
 
 /// A key handed out while the log was empty is a position like any other,
@@ -327,18 +340,8 @@ async fn a_key_given_for_an_empty_log_must_resync_once_trimmed() {
     };
     assert_eq!(push.prev_key, empty_log_key, "the push follows on from it");
     assert_eq!(texts(&push.events), vec!["first"]);
-    for i in 0..30 {
-        alice
-            .send(&format!("m{i}"), to_user("bob"), content(&i.to_string()))
-            .await
-            .unwrap();
-    }
-    // Another device of bob's that synced the empty log and went away.
-    let err = bob.sync(&empty_log_key, 0).await.unwrap_err();
-    assert_eq!(err.code(), Some(v1::ErrorCode::ResyncRequired), "{err}");
-    // A new device still reads the retained tail.
-    let (tail, _) = sync_all(&bob, &[]).await;
-    assert_eq!(text(tail.last().unwrap()), "29");
+    // As another device of bob's that synced the empty log and went away.
+    outgrow_and_resync(&alice, &bob, &empty_log_key).await;
 }
 
 /// Logging out revokes the token for every connection using it: the

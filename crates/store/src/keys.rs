@@ -16,6 +16,11 @@ pub fn log(user: UserId, seq: u64) -> Vec<u8> {
     k
 }
 
+/// The user part of a log key.
+pub fn log_user(key: &[u8]) -> UserId {
+    u64::from_be_bytes(key[..8].try_into().expect("log keys are 16 bytes"))
+}
+
 /// The seq part of a log key.
 pub fn log_seq(key: &[u8]) -> u64 {
     u64::from_be_bytes(key[8..16].try_into().expect("log keys are 16 bytes"))

@@ -20,6 +20,8 @@ use std::sync::{Arc, RwLock};
 use fjall::compaction::filter::{CompactionFilter, Context, Factory, ItemAccessor, Verdict};
 use pigeon_core::UserId;
 
+use crate::keys;
+
 /// Users whose trim points are held for the compaction filter, at most.
 /// Past it the map is emptied and fills again as logs trim (each log trims
 /// every [`pigeon_core::store::TRIM_RUN_MAX`] events while it grows); the
@@ -78,10 +80,10 @@ pub(crate) struct LogFilter {
 impl LogFilter {
     /// What becomes of the entry with this key.
     fn verdict(&mut self, key: &[u8]) -> Verdict {
-        // A log key is the user and the seq, 8 bytes each, big-endian.
-        let (16, Some(user), Some(seq)) = (key.len(), word(key, 0), word(key, 8)) else {
+        if key.len() != 16 {
             return Verdict::Keep;
-        };
+        }
+        let (user, seq) = (keys::log_user(key), keys::log_seq(key));
         let through = match self.last {
             Some((u, t)) if u == user => t,
             _ => {
@@ -100,10 +102,6 @@ impl LogFilter {
     }
 }
 
-fn word(key: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_be_bytes(key.get(at..at + 8)?.try_into().ok()?))
-}
-
 impl CompactionFilter for LogFilter {
     fn filter_item(&mut self, item: ItemAccessor<'_>, _: &Context) -> lsm_tree::Result<Verdict> {
         Ok(self.verdict(item.key()))
@@ -113,7 +111,6 @@ impl CompactionFilter for LogFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys;
 
     /// Checks the filter destroys exactly the entries at or below their
     /// own log's trim point, and keeps keys that are not log keys.
