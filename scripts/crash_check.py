@@ -9,10 +9,15 @@ the run directory given as the argument:
   crash_writer.rs): `start <user> <pid> <next_n>`, `send <id> user:<name>`
   or `send <id> conv:<conversation_id>`, and
   `ack <id> <conversation_id> <conv_seq> [dup]`;
-- sync/<user>.jsonl: what `pigeon sync` printed for each user (JSON lines,
-  crates/cli/src/format.rs), draining their whole log after the run;
+- sync/<user>.jsonl: what each `pigeon sync` of a user printed (JSON lines,
+  crates/cli/src/format.rs), during the run and the last one draining
+  their log after it, each after a `# pigeon sync` line, with the CLI's
+  note where it was told to resync;
+- history/<user>/<conversation_id>.jsonl, with a log retention only: what
+  `pigeon history --conversation ID --all` printed after the run;
 - meta.json: {"cycles": N, "writer_kills": K, "users": {name: user_id},
-  "writers": [...], "group": "g:N" or null, "group_members": [...]}.
+  "writers": [...], "group": "g:N" or null, "group_members": [...],
+  "retain": the servers' sync_log_retain_events}.
 
 Checks (each failure is a violation; exit status 1 if any):
 - no acknowledged message lost: each is in the log of every participant
@@ -31,14 +36,20 @@ Checks (each failure is a violation; exit status 1 if any):
 - every stored message was sent by that writer (a `send` line), to that
   target, with its text equal to its client_msg_id;
 - a writer's acknowledged messages in a conversation are stored in the
-  order it sent them (it sends the next only after an acknowledgement).
+  order it sent them (it sends the next only after an acknowledgement);
+- with every event kept (retain 0), no sync is told to resync.
+
+With a retention the logs hold only their newest events: every check above
+on messages runs on the users' histories instead, and each user's log must
+agree with their history, have no gap between two resyncs, and reach each
+conversation's newest message at the end (check_logs_against_history).
 
 Messages sent but never acknowledged (the writer was killed with them in
 flight) may be stored or not; they are counted, not violations.
 
 `crash_check.py --self-test` runs the checker on small made-up runs, clean
 and with injected faults, and fails unless it accepts the clean one and
-reports each fault.
+reports each fault, with and without a retention.
 """
 
 import json
@@ -129,18 +140,63 @@ class Msg:
         self.sender, self.sender_id, self.mid, self.text = sender, sender_id, mid, text
 
 
+# What `pigeon sync` prints on stderr (merged into its output by the crash
+# test) when the stored key is no longer valid and it starts over from the
+# oldest retained event.
+RESYNC_NOTE = "note: the stored sync key is no longer valid"
+# The line the crash test writes before each `pigeon sync`'s output.
+SYNC_MARK = "# pigeon sync"
+
+
+def to_msg(user, ev, where, res):
+    """A message event or history line as a Msg."""
+    sender = sys.intern(str(ev.get("from", "")))
+    mid = str(ev.get("client_msg_id") or "")
+    if not mid:
+        if sender == user:
+            res.bad(
+                "client_msg_id missing",
+                f"{where}: the sender's own copy has no client_msg_id",
+            )
+        # Protocol version 2 tells other users no client_msg_id;
+        # the writers make the text equal to it.
+        mid = str(ev.get("text") or "")
+    return Msg(
+        where,
+        sys.intern(str(ev.get("conversation_id", ""))),
+        ev.get("conv_seq", 0),
+        sender,
+        ev.get("from_id"),
+        mid,
+        ev.get("text"),
+    )
+
+
 def parse_logs(run, res):
-    """Returns {user: [message dict in delivery order]} and other-event counts."""
-    logs, others = {}, 0
+    """Returns {user: [segment]}, each segment the messages in delivery
+    order between two resyncs, and the counts of other events, syncs and resyncs.
+
+    sync/<user>.jsonl holds the output of every `pigeon sync` of the user,
+    one after another (each continues from the key the previous one
+    stored), with the resync note where the key had to be dropped."""
+    logs, others, syncs, resyncs = {}, 0, 0, 0
     sdir = os.path.join(run, "sync")
     for name in sorted(os.listdir(sdir)):
         if not name.endswith(".jsonl"):
             continue
         user = name[: -len(".jsonl")]
-        msgs, last_seq = [], 0
+        segments, last_seq = [[]], 0
         with open(os.path.join(sdir, name), encoding="utf-8") as f:
             for i, line in enumerate(f, 1):
                 if not line.strip():
+                    continue
+                if line.rstrip("\n") == SYNC_MARK:
+                    syncs += 1
+                    continue
+                if line.startswith(RESYNC_NOTE):
+                    resyncs += 1
+                    segments.append([])
+                    last_seq = 0  # the log is read again from its oldest event
                     continue
                 try:
                     ev = json.loads(line)
@@ -158,30 +214,35 @@ def parse_logs(run, res):
                 if ev.get("type") != "message":
                     others += 1
                     continue
-                sender = sys.intern(str(ev.get("from", "")))
-                mid = str(ev.get("client_msg_id") or "")
-                if not mid:
-                    if sender == user:
-                        res.bad(
-                            "client_msg_id missing",
-                            f"{user} line {i}: the sender's own copy has no client_msg_id",
-                        )
-                    # Protocol version 2 tells other users no client_msg_id;
-                    # the writers make the text equal to it.
-                    mid = str(ev.get("text") or "")
-                msgs.append(
-                    Msg(
-                        i,
-                        sys.intern(str(ev.get("conversation_id", ""))),
-                        ev.get("conv_seq", 0),
-                        sender,
-                        ev.get("from_id"),
-                        mid,
-                        ev.get("text"),
-                    )
-                )
-        logs[user] = msgs
-    return logs, others
+                segments[-1].append(to_msg(user, ev, f"{user} line {i}", res))
+        logs[user] = segments
+    return logs, others, syncs, resyncs
+
+
+def parse_history(run, res):
+    """Returns {user: {conversation: [Msg, oldest first]}} from
+    history/<user>/<conversation>.jsonl (`pigeon history --all`)."""
+    hist = {}
+    hdir = os.path.join(run, "history")
+    for user in sorted(os.listdir(hdir)):
+        convs = hist[user] = {}
+        for name in sorted(os.listdir(os.path.join(hdir, user))):
+            if not name.endswith(".jsonl"):
+                continue
+            conv = sys.intern(name[: -len(".jsonl")])
+            msgs = convs[conv] = []
+            with open(os.path.join(hdir, user, name), encoding="utf-8") as f:
+                for i, line in enumerate(f, 1):
+                    where = f"{user} history {conv}:{i}"
+                    try:
+                        m = to_msg(user, json.loads(line), where, res)
+                    except ValueError:
+                        res.bad("harness", f"{where}: not JSON: {line[:80]!r}")
+                        continue
+                    if m.conv != conv:
+                        res.bad("wrong conversation", f"{where}: a message of {m.conv}")
+                    msgs.append(m)
+    return hist
 
 
 def direct_ids(conv):
@@ -196,30 +257,39 @@ def check(run):
     user_ids = meta.get("users", {})
     group = meta.get("group")
     group_members = set(meta.get("group_members") or [])
+    retain = meta.get("retain", 0)
     sends, acks, starts = parse_records(run, res)
-    logs, other_events = parse_logs(run, res)
+    logs, other_events, syncs, resyncs = parse_logs(run, res)
     for u in user_ids:
         if u not in logs:
             res.bad("harness", f"no sync output for user {u}")
+    if retain:
+        # Logs keep only their newest events: history is the record of
+        # every message, and each log must agree with it (below).
+        history = parse_history(run, res)
+        truth = {u: [m for ms in convs.values() for m in ms] for u, convs in history.items()}
+        for u in user_ids:
+            if u not in history:
+                res.bad("harness", f"no history for user {u}")
+    else:
+        # Every event is kept, so the logs hold every message.
+        if resyncs:
+            res.bad("unexpected resync", f"{resyncs} syncs were told to resync")
+        truth = {u: [m for seg in segs for m in seg] for u, segs in logs.items()}
 
     # Every message as each user saw it: conversation -> user -> [(conv_seq, key)].
     views = defaultdict(lambda: defaultdict(list))
     # (sender, client_msg_id) -> set of (conversation, conv_seq) seen anywhere.
     placed = defaultdict(set)
-    delivered = 0
-    for user, msgs in logs.items():
+    for user, msgs in truth.items():
         seen = {}
         last_in_conv = {}
         for m in msgs:
-            delivered += 1
             conv, cseq = m.conv, m.cseq
             key = (m.sender, m.mid)
-            where = f"{user} line {m.line}"
+            where = m.line
             if key in seen:
-                res.bad(
-                    "delivered twice",
-                    f"{user}: {key[0]} {key[1]} at lines {seen[key]} and {m.line}",
-                )
+                res.bad("delivered twice", f"{key[0]} {key[1]} at {seen[key]} and {m.line}")
             seen[key] = m.line
             prev = last_in_conv.get(conv)
             if prev is not None and cseq <= prev:
@@ -332,6 +402,10 @@ def check(run):
                     f"{sender} in {conv}: {m2} (conv_seq {s2}) sent after {m1} (conv_seq {s1})",
                 )
 
+    delivered = sum(len(seg) for segs in logs.values() for seg in segs)
+    if retain:
+        check_logs_against_history(logs, history, res)
+
     unacked = [mid for mid in sends if mid not in acks]
     unacked_stored = sum(1 for mid in unacked if (sends[mid][0], mid) in placed)
     stored = len(placed)
@@ -348,6 +422,9 @@ def check(run):
         "stored_messages": stored,
         "delivered_events": delivered,
         "other_events": other_events,
+        "retain": retain,
+        "syncs": syncs,
+        "resyncs": resyncs,
         "unacknowledged": len(unacked),
         "unacknowledged_but_stored": unacked_stored,
         "unacknowledged_not_stored": len(unacked) - unacked_stored,
@@ -355,6 +432,48 @@ def check(run):
     if not acks:
         res.bad("harness", "no message was acknowledged: nothing was tested")
     return res
+
+
+def check_logs_against_history(logs, history, res):
+    """With retention on, each stretch of a user's log between resyncs must
+    be an unbroken run of their history: every message where history has it,
+    none skipped within a conversation (a key that was not refused resumes
+    exactly after what it had), none twice; and the last stretch, read to
+    the end, must reach each conversation's newest message."""
+    for user, segments in logs.items():
+        convs = history.get(user, {})
+        index = {c: {(m.cseq): (i, (m.sender, m.mid)) for i, m in enumerate(ms)} for c, ms in convs.items()}
+        for n, seg in enumerate(segments):
+            last = {}  # conversation -> (history index, where) of the previous message
+            seen = set()
+            for m in seg:
+                key = (m.sender, m.mid)
+                if key in seen:
+                    res.bad("delivered twice", f"{m.line}: {key[0]} {key[1]} again since the last resync")
+                seen.add(key)
+                at = index.get(m.conv, {}).get(m.cseq)
+                if at is None or at[1] != key:
+                    res.bad(
+                        "log disagrees with history",
+                        f"{m.line}: {key} at {m.conv}#{m.cseq}, history has {at and at[1]}",
+                    )
+                    continue
+                prev = last.get(m.conv)
+                if prev is not None and at[0] != prev[0] + 1:
+                    res.bad(
+                        "gap in sync",
+                        f"{m.line}: {m.conv}#{m.cseq} follows {prev[1]} with "
+                        f"{at[0] - prev[0] - 1} of its history between",
+                    )
+                last[m.conv] = (at[0], m.line)
+            if n == len(segments) - 1:
+                for conv, (i, where) in sorted(last.items()):
+                    if i != len(convs[conv]) - 1:
+                        res.bad(
+                            "sync stopped short",
+                            f"{user}: the last sync ends {conv} at {where}, "
+                            f"{len(convs[conv]) - 1 - i} messages before its newest",
+                        )
 
 
 def report(res, out=sys.stdout):
@@ -370,7 +489,8 @@ def report(res, out=sys.stdout):
         print(
             "  sent={sent} acks={acks} (of which answered as duplicate={acks_as_duplicate}) "
             "stored={stored_messages} delivered_events={delivered_events} "
-            "other_events={other_events}".format(**c),
+            "other_events={other_events} syncs={syncs} (told to resync {resyncs})".format(**c)
+            + (" (log retention {retain}: messages checked in history)".format(**c) if c["retain"] else ""),
             file=out,
         )
         print(
@@ -393,6 +513,9 @@ def report(res, out=sys.stdout):
 def self_test():
     """Builds a small clean run, then variants with one fault each."""
 
+    def line_of(e):  # a resync note is written as it is
+        return (e if isinstance(e, str) else json.dumps(e)) + "\n"
+
     def run_of(records, logs, meta):
         d = tempfile.mkdtemp(prefix="crash-check-selftest.")
         os.makedirs(os.path.join(d, "records"))
@@ -402,9 +525,14 @@ def self_test():
                 f.write("".join(line + "\n" for line in lines))
         for u, evs in logs.items():
             with open(os.path.join(d, "sync", f"{u}.jsonl"), "w") as f:
-                f.write("".join(json.dumps(e) + "\n" for e in evs))
+                f.write("".join(map(line_of, evs)))
+        for u, convs in meta.get("history", {}).items():
+            os.makedirs(os.path.join(d, "history", u))
+            for conv, evs in convs.items():
+                with open(os.path.join(d, "history", u, f"{conv}.jsonl"), "w") as f:
+                    f.write("".join(map(line_of, evs)))
         with open(os.path.join(d, "meta.json"), "w") as f:
-            json.dump(meta, f)
+            json.dump({k: v for k, v in meta.items() if k != "history"}, f)
         return d
 
     ids = {"w0": 1, "w1": 2, "r0": 3}
@@ -531,6 +659,49 @@ def self_test():
         ("send order", order),
         ("client_msg_id missing", lambda r, l, m: l["w0"][1].pop("client_msg_id")),
     ]
+    def retained():
+        """The base run with a log retention: history holds every message
+        (from the base logs), and r0's sync output reads three events, is
+        told to resync, and reads its log again from the oldest retained
+        (its first event trimmed)."""
+        r, l, m = base()
+        m["retain"] = 2
+        m["history"] = history = {}
+        for u, evs in l.items():
+            for e in evs:
+                if e.get("type") == "message":
+                    h = {k: v for k, v in e.items() if k not in ("seq", "type")}
+                    history.setdefault(u, {}).setdefault(e["conversation_id"], []).append(h)
+        r0, note = l["r0"], RESYNC_NOTE + "; syncing from the oldest retained event"
+        l["r0"] = [SYNC_MARK] + r0[:3] + [SYNC_MARK, note] + r0[1:]
+        return r, l, m
+
+    def skip(r, l, m):  # a stretch without a resync misses w0-2 (dconv 3)
+        del l["r0"][8]
+
+    def stop_short(r, l, m):  # the last stretch ends before w0-3 (dconv 4)
+        l["r0"].pop()
+
+    def log_differs(r, l, m):
+        l["w0"][3]["client_msg_id"] = l["w0"][3]["text"] = "w0-0"
+
+    def again(r, l, m):  # w0-0 twice in one stretch
+        l["r0"].insert(7, msg(2, dconv, 1, "w0", "w0-0"))
+
+    def lost_in_history(r, l, m):
+        for convs in m["history"].values():
+            for evs in convs.values():
+                evs[:] = [e for e in evs if e.get("text") != "w0-2"]
+
+    retained_faults = [
+        ("gap in sync", skip),
+        ("sync stopped short", stop_short),
+        ("log disagrees with history", log_differs),
+        ("delivered twice", again),
+        ("acknowledged but lost", lost_in_history),
+    ]
+    faults.append(("unexpected resync", lambda r, l, m: l["w1"].append(RESYNC_NOTE)))
+
     def check_once(r, l, m):
         d = run_of(r, l, m)
         try:
@@ -550,15 +721,24 @@ def self_test():
         if res.counts.get(k) != v:
             print(f"self-test: clean run counts {k}={res.counts.get(k)}, want {v}", file=sys.stderr)
             failures += 1
-    for kind, fault in faults:
-        r, l, m = base()
+    r, l, m = retained()
+    res = check_once(r, l, m)
+    if not res.ok() or (res.counts.get("syncs"), res.counts.get("resyncs")) != (2, 1):
+        print("self-test: the clean run with retention was refused:", file=sys.stderr)
+        report(res, sys.stderr)
+        failures += 1
+    for kind, fault, start in [(k, f, base) for k, f in faults] + [
+        (k, f, retained) for k, f in retained_faults
+    ]:
+        r, l, m = start()
         fault(r, l, m)
         res = check_once(r, l, m)
         if kind not in res.violations:
             print(f"self-test: fault {fault.__name__} not reported as {kind!r}:", file=sys.stderr)
             report(res, sys.stderr)
             failures += 1
-    print(f"crash check self-test: {len(faults)} faults, {failures} failures")
+    total = len(faults) + len(retained_faults)
+    print(f"crash check self-test: {total} faults, {failures} failures")
     return 1 if failures else 0
 
 

@@ -5,7 +5,8 @@
 # binary, cluster tests on PostgreSQL and NATS), the store-heavy end-to-end
 # tests again on PostgreSQL, the TypeScript SDK's tests
 # and the web app's end-to-end tests in headless Chromium, the crash cycles
-# (one node, then a three-node cluster failover) and the property-based
+# (one node with every event kept, then with a small log retention, then a
+# three-node cluster failover) and the property-based
 # test of the admin HTTP API (scripts/schemathesis.sh). Installs what it
 # needs when it is missing (Node packages, Chromium, PostgreSQL 15,
 # nats-server, Python tools). Prints each runner's summary.
@@ -69,6 +70,8 @@ echo "== web app (web/)"
 PIGEON_BIN=$pigeon_bin web/scripts/test.sh
 
 CRASH_TEST_PROFILE=dev scripts/crash-test 20 # kill -9 crash cycles and the independent checker (docs/TESTING.md)
+# Again with a small log retention: keys trimmed under the users must be refused, never skip.
+CRASH_TEST_RETAIN=2000 CRASH_TEST_PROFILE=dev scripts/crash-test 20
 # The cluster failover test: three nodes on PostgreSQL and NATS, one killed per cycle.
 CRASH_TEST_NODES=3 CRASH_TEST_PROFILE=dev scripts/crash-test 10
 

@@ -36,13 +36,15 @@ pub(crate) async fn run(args: ClientArgs, cmd: ClientCommand) -> anyhow::Result<
             conversation,
             before,
             limit,
+            all,
         } => {
             let target = match (user, conversation) {
                 (_, Some(id)) => pigeon_client::to_conversation(&id),
                 (Some(user), None) => pigeon_client::to_user(&user),
                 (None, None) => bail!("history of whom? give a USER or --conversation ID"),
             };
-            history(server, &dir, target, before, limit).await
+            let pages = if all { Pages::All } else { Pages::One(limit) };
+            history(server, &dir, target, before, pages).await
         }
         ClientCommand::Conversations { limit } => conversations(server, &dir, limit).await,
         ClientCommand::Group { cmd } => group(server, &dir, cmd).await,
@@ -566,19 +568,46 @@ async fn listen(server: &Remote, dir: &ProfileDir) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How much history to print: one page of at most N, or everything.
+enum Pages {
+    One(u32),
+    All,
+}
+
 async fn history(
     server: &Remote,
     dir: &ProfileDir,
     target: v1::Target,
     before: u64,
-    limit: u32,
+    pages: Pages,
 ) -> anyhow::Result<()> {
-    let page = with_conn(server, dir, async |c| {
-        c.history(target, before, limit).await
+    let messages = with_conn(server, dir, async |c| match pages {
+        Pages::One(limit) => Ok(c.history(target, before, limit).await?.messages),
+        Pages::All => all_history(c, target, before).await,
     })
     .await?;
     // The server pages newest first; a terminal reads oldest first.
-    print_lines(page.messages.iter().rev().map(format::message_json))
+    print_lines(messages.iter().rev().map(format::message_json))
+}
+
+/// Every message below `before` (0: all), newest first: pages of the
+/// server's largest size, each ending below the previous one's oldest.
+async fn all_history(
+    c: &Connection,
+    target: v1::Target,
+    mut before: u64,
+) -> Result<Vec<v1::Message>, ClientError> {
+    let mut messages = Vec::new();
+    loop {
+        let page = c.history(target.clone(), before, 0).await?;
+        let oldest = page.messages.last().map(|m| m.conv_seq);
+        messages.extend(page.messages);
+        match oldest {
+            // A page that does not move back would repeat forever.
+            Some(seq) if page.has_more && (before == 0 || seq < before) => before = seq,
+            _ => return Ok(messages),
+        }
+    }
 }
 
 async fn conversations(server: &Remote, dir: &ProfileDir, limit: u32) -> anyhow::Result<()> {
@@ -789,6 +818,62 @@ mod tests {
     async fn answer(peer: &mut Peer, reply: impl FnOnce(Body) -> Body) {
         let (id, body) = peer.recv().await;
         peer.send(Frame::new(id, reply(body))).await;
+    }
+
+    /// Checks `history --all` pages back from each page's oldest message at
+    /// the server's page size until the server says there is no more, and
+    /// stops at a page that would not move back.
+    #[tokio::test]
+    async fn all_history_pages_to_the_oldest() {
+        let (listener, args, dir, _tmp) = setup().await;
+        let page = |seqs: &[u64], has_more| {
+            Body::HistoryResponse(v1::HistoryResponse {
+                conversation_id: "g:7".into(),
+                messages: seqs
+                    .iter()
+                    .map(|&conv_seq| v1::Message {
+                        conv_seq,
+                        ..Default::default()
+                    })
+                    .collect(),
+                has_more,
+            })
+        };
+        let server = tokio::spawn(async move {
+            let mut peer = Peer::accept(&listener).await;
+            peer.welcome("tok").await;
+            let script = [
+                (0, page(&[9, 8, 6], true)),
+                (6, page(&[5, 2], true)),
+                (2, page(&[1], false)),
+                (0, page(&[4, 3], true)),
+                (3, page(&[3], true)), // does not move back: the end
+            ];
+            for (want_before, reply) in script {
+                answer(&mut peer, |body| {
+                    let Body::HistoryRequest(r) = body else {
+                        panic!("{body:?}")
+                    };
+                    assert_eq!(r.target, Some(pigeon_client::to_conversation("g:7")));
+                    assert_eq!((r.before, r.limit), (want_before, 0));
+                    reply
+                })
+                .await;
+            }
+        });
+        let remote = Remote::from_args(&args).unwrap();
+        let target = pigeon_client::to_conversation("g:7");
+        let seqs = |c: &[v1::Message]| c.iter().map(|m| m.conv_seq).collect::<Vec<_>>();
+        let (all, stuck) = with_conn(&remote, &dir, async |c| {
+            let all = all_history(c, target.clone(), 0).await?;
+            let stuck = all_history(c, target, 0).await?;
+            Ok((all, stuck))
+        })
+        .await
+        .unwrap();
+        assert_eq!(seqs(&all), [9, 8, 6, 5, 2, 1]);
+        assert_eq!(seqs(&stuck), [4, 3, 3]);
+        server.await.unwrap();
     }
 
     /// Checks `send` targets: a user, or a conversation id with the text alone.

@@ -98,6 +98,10 @@ pub enum ClientCommand {
         /// At most this many messages.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Every message instead of one page: pages back to the oldest the
+        /// caller may see (kept in memory, then printed oldest first).
+        #[arg(long, conflicts_with = "limit")]
+        all: bool,
     },
     /// List conversations, most recently active first.
     Conversations {
@@ -399,6 +403,11 @@ mod tests {
             parse(&["history", "bob"]),
             ClientCommand::History { user: Some(u), conversation: None, .. } if u == "bob"
         ));
+        assert!(matches!(
+            parse(&["history", "bob", "--all"]),
+            ClientCommand::History { all: true, .. }
+        ));
+        assert!(refused(&["history", "bob", "--all", "--limit", "3"]));
         assert!(refused(&["history"]));
         assert!(refused(&["history", "bob", "--conversation", "d:1:2"]));
     }
