@@ -21,8 +21,8 @@ use crate::flags::{self, Flag};
 use crate::groups::{self, GroupAction};
 use crate::notify::{Notifier, PushBatch};
 use crate::store::{
-    AppendMessage, Appended, Delivered, GroupRecord, HistoryQuery, LogFrom, LogReadError,
-    MemberRecord, NewSession, ReadMark, Store, content_bytes,
+    AppendMessage, Appended, Delivered, GroupRecord, HistoryQuery, LogFrom, LogRead, LogReadError,
+    MemberRecord, NewSession, ReadMark, Store, StoreError, content_bytes,
 };
 use crate::sync_key::{Position, SyncKeys};
 use crate::{Clock, DeviceId, UserId};
@@ -74,6 +74,43 @@ pub struct Service {
 /// How many usernames a node remembers with their ids; past it the memory
 /// starts again empty.
 pub const USER_NAMES_CACHED_MAX: usize = 65_536;
+
+/// Most reads of a log from its oldest event that a sync makes while trims
+/// keep landing during them (see [`read_own_log`]).
+pub const OLDEST_READ_ATTEMPTS: usize = 8;
+
+/// Reads the caller's own log with `read`. A key the log no longer retains
+/// must resync. But a read from the oldest event (the empty key) that a
+/// trim overtook is not the device's fault, and a resync would only send it
+/// back to the empty key: it reads again from the new oldest event, up to
+/// [`OLDEST_READ_ATTEMPTS`] times, and after that answers BUSY (retry
+/// later), never RESYNC_REQUIRED.
+async fn read_own_log<F: Future<Output = Result<LogRead, LogReadError>>>(
+    from: LogFrom,
+    mut read: impl FnMut(LogFrom) -> F,
+) -> Result<LogRead, CoreError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match read(from).await {
+            Ok(read) => return Ok(read),
+            Err(LogReadError::Store(e)) => return Err(e.into()),
+            Err(LogReadError::Trimmed { .. }) if from != LogFrom::Oldest => {
+                return Err(CoreError::ResyncRequired);
+            }
+            Err(LogReadError::Trimmed { trimmed_through }) => {
+                if attempts == OLDEST_READ_ATTEMPTS {
+                    tracing::warn!(
+                        trimmed_through,
+                        attempts,
+                        "trims kept overtaking a read from the oldest event"
+                    );
+                    return Err(StoreError::Overloaded.into());
+                }
+            }
+        }
+    }
+}
 
 /// Usernames resolved to ids and back, so that a send to a username does
 /// not read and decode the user's record every time. Safe to keep without
@@ -475,14 +512,10 @@ impl Service {
             .min(SYNC_BATCH_EVENTS_CEILING);
         let limit = if limit == 0 { max } else { limit.min(max) } as usize;
         let bytes_max = self.config.sync_batch_bytes_max;
-        let read = self
-            .store
-            .read_log(session.user_id, from, limit, bytes_max)
-            .await
-            .map_err(|e| match e {
-                LogReadError::Trimmed { .. } => CoreError::ResyncRequired,
-                LogReadError::Store(s) => s.into(),
-            })?;
+        let read = read_own_log(from, |from| {
+            self.store.read_log(session.user_id, from, limit, bytes_max)
+        })
+        .await?;
         let mut cursor = Position {
             seq: read.events.last().map_or(after.seq, |e| e.seq),
             stream: after.stream,
@@ -979,6 +1012,53 @@ mod tests {
             senders: senders.to_vec(),
             conv_seqs: conv_seqs.to_vec(),
         }
+    }
+
+    /// Checks a read from the oldest event is tried again when a trim
+    /// overtakes it, and answers BUSY, not RESYNC_REQUIRED, if that keeps
+    /// happening; a read after a position the log no longer holds must
+    /// resync at once.
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_a_trimmed_position_must_resync() {
+        let trimmed = || LogReadError::Trimmed { trimmed_through: 9 };
+        let read = LogRead {
+            events: Vec::new(),
+            has_more: true,
+        };
+        let mut calls = Vec::new();
+        let got = read_own_log(LogFrom::Oldest, |from| {
+            calls.push(from);
+            let answer = if calls.len() < 3 {
+                Err(trimmed())
+            } else {
+                Ok(read.clone())
+            };
+            async move { answer }
+        })
+        .await
+        .unwrap();
+        assert!(got.has_more);
+        assert_eq!(calls, [LogFrom::Oldest; 3]);
+
+        let mut tries = 0;
+        let err = read_own_log(LogFrom::Oldest, |_| {
+            tries += 1;
+            async { Err(trimmed()) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(tries, OLDEST_READ_ATTEMPTS);
+        assert_eq!(err.code(), pigeon_proto::v1::ErrorCode::Busy);
+
+        let mut tries = 0;
+        let err = read_own_log(LogFrom::After(0), |_| {
+            tries += 1;
+            async { Err(trimmed()) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(tries, 1);
+        assert!(matches!(err, CoreError::ResyncRequired));
     }
 
     /// Checks merged delivery marks keep one mark per conversation with the
