@@ -38,7 +38,7 @@ mod stored;
 pub use messages::{RECEIPT_SCAN_MAX, UNREAD_COUNT_MAX, notable};
 pub use outbox::FAILED_SCAN_MAX;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -993,6 +993,28 @@ impl<'e> Batch<'e> {
         self.set(t, k, Some(v));
     }
 
+    /// Drops the writes a later write of the same key hid, keeping the
+    /// order of the rest, so that each key is written once per commit: a
+    /// summary or mark written by many jobs of one batch (a busy sender, an
+    /// active small group) reaches the engine's memtable and journal once.
+    /// The batch commits atomically, so nothing could have read the hidden
+    /// writes. Its reads are no longer valid afterwards: call it last.
+    fn drop_hidden(&mut self) {
+        let mut hidden = vec![false; self.ops.len()];
+        let mut any = false;
+        for &p in self.undo.iter().flatten() {
+            hidden[p] = true;
+            any = true;
+        }
+        if any {
+            let mut i = 0;
+            self.ops.retain(|_| {
+                i += 1;
+                !hidden[i - 1]
+            });
+        }
+    }
+
     fn delete(&mut self, t: Table, k: Vec<u8>) {
         self.set(t, k, None);
     }
@@ -1312,6 +1334,7 @@ impl Committer {
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(COMMITS_TOTAL).increment(1);
             let started = std::time::Instant::now();
+            b.drop_hidden();
             let r = self.shared.engine.apply(&mut b.ops).and_then(|()| {
                 let applied = std::time::Instant::now();
                 let r = self.shared.engine.sync();
@@ -1348,8 +1371,13 @@ impl Committer {
                 self.shared
                     .stream_head
                     .fetch_max(publish.stream_head, Ordering::SeqCst);
-                for (user, through) in publish.trims {
-                    self.shared.engine.log_trimmed(user, through);
+                // A log trimmed by several jobs: only its last point was
+                // written (`Batch::drop_hidden`), and it covers the others.
+                let mut handed = HashSet::new();
+                for &(user, through) in publish.trims.iter().rev() {
+                    if handed.insert(user) {
+                        self.shared.engine.log_trimmed(user, through);
+                    }
                 }
             }
             Err(e) => {
@@ -1731,6 +1759,44 @@ mod tests {
         big.ops.reserve(SPARE_OPS_MAX + 1);
         spare.keep(big, Vec::new());
         assert_eq!(Batch::reusing(&engine, &mut spare).ops.capacity(), 0);
+    }
+
+    /// Checks a commit applies each key's last write only, in the order of
+    /// the writes, and that a write undone with its job hides nothing.
+    #[test]
+    fn a_batch_applies_each_keys_last_write_once() {
+        let engine = MemoryEngine::default();
+        let mut b = Batch::reusing(&engine, &mut Spare::default());
+        b.put(Table::Meta, b"a".to_vec(), b"1".to_vec());
+        b.put(Table::Log, b"a".to_vec(), b"log".to_vec());
+        b.put(Table::Meta, b"b".to_vec(), b"1".to_vec());
+        b.put(Table::Meta, b"a".to_vec(), b"2".to_vec());
+        b.delete(Table::Meta, b"b".to_vec());
+        b.put(Table::Meta, b"c".to_vec(), b"1".to_vec());
+        let point = b.ops.len();
+        b.put(Table::Meta, b"c".to_vec(), b"undone".to_vec());
+        b.put(Table::Meta, b"a".to_vec(), b"undone".to_vec());
+        b.truncate(point);
+        b.put(Table::Meta, b"a".to_vec(), b"3".to_vec());
+        b.drop_hidden();
+        let applied: Vec<String> = b
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(t, k, v) => format!("{t:?} {} = {}", k.escape_ascii(), v.escape_ascii()),
+                Op::Delete(t, k) => format!("{t:?} {} deleted", k.escape_ascii()),
+            })
+            .collect();
+        assert_eq!(
+            applied,
+            ["Log a = log", "Meta b deleted", "Meta c = 1", "Meta a = 3"]
+        );
+        engine.apply(&mut b.ops).unwrap();
+        let get = |t, k: &[u8]| engine.get(t, k).unwrap();
+        assert_eq!(get(Table::Meta, b"a"), Some(b"3".to_vec()));
+        assert_eq!(get(Table::Meta, b"b"), None);
+        assert_eq!(get(Table::Meta, b"c"), Some(b"1".to_vec()));
+        assert_eq!(get(Table::Log, b"a"), Some(b"log".to_vec()));
     }
 
     /// Checks the readers' committed marks stay within `heads_cached_max`:
