@@ -436,6 +436,14 @@ pub async fn conversations_track_last_message_and_unread(f: &dyn Factory) {
         (m.conv_seq, m.content.as_ref().unwrap().text.clone())
     };
     assert_eq!(carol_list[0].unread_count, 2, "two after carol's reply");
+    // Carol's summary was last written by her reply: still with alice.
+    assert_eq!(
+        (
+            carol_list[0].peer_user_id,
+            carol_list[0].peer_username.as_str()
+        ),
+        (a.id, "alice")
+    );
     assert_eq!(text(&carol_list[0]), (seqs[2] + 3, "later 1".to_string()));
     let carol_one = b.store.conversation(c.id, &conv).await.unwrap().unwrap();
     assert_eq!(

@@ -244,12 +244,29 @@ impl Committer {
                         .find(|(id, _)| id != u)
                         .cloned()
                         .unwrap_or_else(|| (*u, m.sender_username.clone()));
+                    if *u == m.sender_id {
+                        // The sender's summary after a send is known whole
+                        // (the peer, this message, read up to it), so it is
+                        // written without reading the old one: no lookup,
+                        // perhaps from the disk, on the committer per send.
+                        let summary = ConversationSummary {
+                            last_message: Some(stored::summary_stub(&message)),
+                            read_up_to: conv_seq,
+                            ..empty_summary(&conv, peer_id, &peer_name)
+                        };
+                        tx.b.put(
+                            Table::ConvState,
+                            keys::conv_state(*u, &conv),
+                            summary.encode_to_vec(),
+                        );
+                        continue;
+                    }
                     // A recipient's summary is made with the peer's name on
                     // the conversation's first message and not written
                     // again for messages received: readers derive its
                     // newest message and unread count from the head
                     // (`stored::derive_direct`).
-                    if *u != m.sender_id && prev_head > 0 {
+                    if prev_head > 0 {
                         continue;
                     }
                     self.bump_summary(tx, *u, &message, || {
