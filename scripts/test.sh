@@ -6,7 +6,7 @@
 # tests again on PostgreSQL, the TypeScript SDK's tests
 # and the web app's end-to-end tests in headless Chromium, the crash cycles
 # (one node with every event kept, then with a small log retention, then a
-# three-node cluster failover) and the property-based
+# three-node cluster failover, without and with a retention) and the property-based
 # test of the admin HTTP API (scripts/schemathesis.sh). Installs what it
 # needs when it is missing (Node packages, Chromium, PostgreSQL 15,
 # nats-server, Python tools). Prints each runner's summary.
@@ -72,8 +72,10 @@ PIGEON_BIN=$pigeon_bin web/scripts/test.sh
 CRASH_TEST_PROFILE=dev scripts/crash-test 20 # kill -9 crash cycles and the independent checker (docs/TESTING.md)
 # Again with a small log retention: keys trimmed under the users must be refused, never skip.
 CRASH_TEST_RETAIN=2000 CRASH_TEST_PROFILE=dev scripts/crash-test 20
-# The cluster failover test: three nodes on PostgreSQL and NATS, one killed per cycle.
+# The cluster failover test: three nodes on PostgreSQL and NATS, one killed per cycle;
+# again with a log retention (PostgreSQL trims by deleting rows).
 CRASH_TEST_NODES=3 CRASH_TEST_PROFILE=dev scripts/crash-test 10
+CRASH_TEST_NODES=3 CRASH_TEST_RETAIN=500 CRASH_TEST_PROFILE=dev scripts/crash-test 10
 
 echo "== admin API property test (schemathesis)"
 scripts/schemathesis.sh
