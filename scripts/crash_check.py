@@ -442,14 +442,21 @@ def check_logs_against_history(logs, history, res):
     the end, must reach each conversation's newest message."""
     for user, segments in logs.items():
         convs = history.get(user, {})
-        index = {c: {(m.cseq): (i, (m.sender, m.mid)) for i, m in enumerate(ms)} for c, ms in convs.items()}
+        # conversation -> conv_seq -> (position in the user's history, message)
+        index = {
+            c: {m.cseq: (i, (m.sender, m.mid)) for i, m in enumerate(ms)}
+            for c, ms in convs.items()
+        }
         for n, seg in enumerate(segments):
             last = {}  # conversation -> (history index, where) of the previous message
             seen = set()
             for m in seg:
                 key = (m.sender, m.mid)
                 if key in seen:
-                    res.bad("delivered twice", f"{m.line}: {key[0]} {key[1]} again since the last resync")
+                    res.bad(
+                        "delivered twice",
+                        f"{m.line}: {key[0]} {key[1]} again since the last resync",
+                    )
                 seen.add(key)
                 at = index.get(m.conv, {}).get(m.cseq)
                 if at is None or at[1] != key:
@@ -490,7 +497,11 @@ def report(res, out=sys.stdout):
             "  sent={sent} acks={acks} (of which answered as duplicate={acks_as_duplicate}) "
             "stored={stored_messages} delivered_events={delivered_events} "
             "other_events={other_events} syncs={syncs} (told to resync {resyncs})".format(**c)
-            + (" (log retention {retain}: messages checked in history)".format(**c) if c["retain"] else ""),
+            + (
+                " (log retention {retain}: messages checked in history)".format(**c)
+                if c["retain"]
+                else ""
+            ),
             file=out,
         )
         print(
