@@ -13,6 +13,9 @@ the run directory given as the argument:
   crates/cli/src/format.rs), during the run and the last one draining
   their log after it, each after a `# pigeon sync` line, with the CLI's
   note where it was told to resync;
+- live/<user>.jsonl: what `pigeon listen` printed on the user's second
+  device all through the run (events, its connects and reconnects, any
+  resync note), when meta.json says "live";
 - history/<user>/<conversation_id>.jsonl, with a log retention only: what
   `pigeon history --conversation ID --all` printed after the run;
 - meta.json: {"cycles": N, "writer_kills": K, "users": {name: user_id},
@@ -37,7 +40,10 @@ Checks (each failure is a violation; exit status 1 if any):
   target, with its text equal to its client_msg_id;
 - a writer's acknowledged messages in a conversation are stored in the
   order it sent them (it sends the next only after an acknowledgement);
-- with every event kept (retain 0), no sync is told to resync.
+- with every event kept (retain 0), no sync is told to resync;
+- each user's live device printed exactly the messages the syncs read, in
+  order, and was not told to resync (with a retention: the same checks as
+  the syncs, against history).
 
 With a retention the logs hold only their newest events: every check above
 on messages runs on the users' histories instead, and each user's log must
@@ -146,6 +152,8 @@ class Msg:
 RESYNC_NOTE = "note: the stored sync key is no longer valid"
 # The line the crash test writes before each `pigeon sync`'s output.
 SYNC_MARK = "# pigeon sync"
+# What `pigeon listen` prints on stderr when it connects and reconnects.
+LISTEN_NOTES = ("connected to ", "disconnected: ")
 
 
 def to_msg(user, ev, where, res):
@@ -172,15 +180,16 @@ def to_msg(user, ev, where, res):
     )
 
 
-def parse_logs(run, res):
+def parse_logs(run, res, sub="sync"):
     """Returns {user: [segment]}, each segment the messages in delivery
     order between two resyncs, and the counts of other events, syncs and resyncs.
 
     sync/<user>.jsonl holds the output of every `pigeon sync` of the user,
     one after another (each continues from the key the previous one
-    stored), with the resync note where the key had to be dropped."""
+    stored), with the resync note where the key had to be dropped;
+    live/<user>.jsonl what `pigeon listen` printed all through the run."""
     logs, others, syncs, resyncs = {}, 0, 0, 0
-    sdir = os.path.join(run, "sync")
+    sdir = os.path.join(run, sub)
     for name in sorted(os.listdir(sdir)):
         if not name.endswith(".jsonl"):
             continue
@@ -193,6 +202,8 @@ def parse_logs(run, res):
                 if line.rstrip("\n") == SYNC_MARK:
                     syncs += 1
                     continue
+                if line.startswith(LISTEN_NOTES):
+                    continue
                 if line.startswith(RESYNC_NOTE):
                     resyncs += 1
                     segments.append([])
@@ -201,20 +212,23 @@ def parse_logs(run, res):
                 try:
                     ev = json.loads(line)
                 except ValueError:
-                    res.bad("harness", f"sync/{name}:{i}: not JSON: {line[:80]!r}")
+                    res.bad("harness", f"{sub}/{name}:{i}: not JSON: {line[:80]!r}")
                     continue
                 seq = ev.get("seq", 0)
                 if seq:
                     if seq <= last_seq:
                         res.bad(
                             "log seq not increasing",
-                            f"{user}: seq {seq} after {last_seq} (line {i})",
+                            f"{sub}/{user}: seq {seq} after {last_seq} (line {i})",
                         )
                     last_seq = max(last_seq, seq)
+                if ev.get("type") in ("presence", "typing"):
+                    continue  # pushes `pigeon listen` prints, not stored
                 if ev.get("type") != "message":
                     others += 1
                     continue
-                segments[-1].append(to_msg(user, ev, f"{user} line {i}", res))
+                label = user if sub == "sync" else f"{user} ({sub})"
+                segments[-1].append(to_msg(user, ev, f"{label} line {i}", res))
         logs[user] = segments
     return logs, others, syncs, resyncs
 
@@ -406,6 +420,36 @@ def check(run):
     if retain:
         check_logs_against_history(logs, history, res)
 
+    # What each user's live device printed: with a retention, checked
+    # against history like the syncs; without, exactly the log they read.
+    live_messages, live_resyncs = 0, 0
+    if meta.get("live"):
+        live, _, _, live_resyncs = parse_logs(run, res, "live")
+        live_messages = sum(len(seg) for segs in live.values() for seg in segs)
+        for u in user_ids:
+            if u not in live:
+                res.bad("harness", f"no live output for user {u}")
+        if retain:
+            check_logs_against_history(live, history, res)
+        else:
+            if live_resyncs:
+                res.bad("unexpected resync", f"{live_resyncs} live devices were told to resync")
+            for user, segs in sorted(live.items()):
+                got = [m for seg in segs for m in seg]
+                want = [m for seg in logs.get(user, []) for m in seg]
+                same = lambda m: (m.conv, m.cseq, m.sender, m.mid)  # noqa: E731
+                i = next(
+                    (k for k, (a, b) in enumerate(zip(got, want)) if same(a) != same(b)),
+                    min(len(got), len(want)),
+                )
+                if len(got) != len(want) or i < len(want):
+                    res.bad(
+                        "live log differs",
+                        f"{user}: live {len(got)} messages, synced {len(want)}; first difference "
+                        f"at message {i}: {got[i].line if i < len(got) else 'end'} against "
+                        f"{want[i].line if i < len(want) else 'end'}",
+                    )
+
     unacked = [mid for mid in sends if mid not in acks]
     unacked_stored = sum(1 for mid in unacked if (sends[mid][0], mid) in placed)
     stored = len(placed)
@@ -425,6 +469,8 @@ def check(run):
         "retain": retain,
         "syncs": syncs,
         "resyncs": resyncs,
+        "live_messages": live_messages,
+        "live_resyncs": live_resyncs,
         "unacknowledged": len(unacked),
         "unacknowledged_but_stored": unacked_stored,
         "unacknowledged_not_stored": len(unacked) - unacked_stored,
@@ -505,6 +551,10 @@ def report(res, out=sys.stdout):
             file=out,
         )
         print(
+            "  live devices: messages={live_messages} (told to resync {live_resyncs})".format(**c),
+            file=out,
+        )
+        print(
             "  unacknowledged={unacknowledged} (stored {unacknowledged_but_stored}, "
             "not stored {unacknowledged_not_stored}; both allowed)".format(**c),
             file=out,
@@ -537,13 +587,17 @@ def self_test():
         for u, evs in logs.items():
             with open(os.path.join(d, "sync", f"{u}.jsonl"), "w") as f:
                 f.write("".join(map(line_of, evs)))
+        os.makedirs(os.path.join(d, "live"))
+        for u, evs in meta.get("live_logs", {}).items():
+            with open(os.path.join(d, "live", f"{u}.jsonl"), "w") as f:
+                f.write("".join(map(line_of, evs)))
         for u, convs in meta.get("history", {}).items():
             os.makedirs(os.path.join(d, "history", u))
             for conv, evs in convs.items():
                 with open(os.path.join(d, "history", u, f"{conv}.jsonl"), "w") as f:
                     f.write("".join(map(line_of, evs)))
         with open(os.path.join(d, "meta.json"), "w") as f:
-            json.dump({k: v for k, v in meta.items() if k != "history"}, f)
+            json.dump({k: v for k, v in meta.items() if k not in ("history", "live_logs")}, f)
         return d
 
     ids = {"w0": 1, "w1": 2, "r0": 3}
@@ -607,6 +661,15 @@ def self_test():
             "writers": ["w0", "w1"],
             "group": grp,
             "group_members": ["w0", "w1", "r0"],
+            # What each user's live device printed: the same log, with
+            # `pigeon listen`'s notes and pushes that are not stored.
+            "live": True,
+            "live_logs": {
+                u: ["connected to tcp://x as u (device 2)"]
+                + json.loads(json.dumps(evs))
+                + [{"type": "presence", "user": "w0", "state": "online"}]
+                for u, evs in logs.items()
+            },
         }
         return records, logs, meta
 
@@ -712,6 +775,11 @@ def self_test():
         ("acknowledged but lost", lost_in_history),
     ]
     faults.append(("unexpected resync", lambda r, l, m: l["w1"].append(RESYNC_NOTE)))
+    faults.append(("live log differs", lambda r, l, m: m["live_logs"]["r0"].pop(3)))
+    faults.append(
+        ("unexpected resync", lambda r, l, m: m["live_logs"]["w0"].insert(2, RESYNC_NOTE))
+    )
+    retained_faults.append(("gap in sync", lambda r, l, m: m["live_logs"]["r0"].pop(4)))
 
     def check_once(r, l, m):
         d = run_of(r, l, m)

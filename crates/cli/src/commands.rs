@@ -531,11 +531,11 @@ async fn listen(server: &Remote, dir: &ProfileDir) -> anyhow::Result<()> {
     let opts = ClientOptions::new(connect_options(server, Some(&token)))
         .with_sync_key(dir.load_sync_key()?);
     let (client, mut events) = Client::start(opts);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let stop = stop_signal();
+    tokio::pin!(stop);
     loop {
         let event = tokio::select! {
-            _ = &mut ctrl_c => break,
+            _ = &mut stop => break,
             event = events.recv() => event,
         };
         match event {
@@ -572,6 +572,23 @@ async fn listen(server: &Remote, dir: &ProfileDir) -> anyhow::Result<()> {
 enum Pages {
     One(u32),
     All,
+}
+
+/// Ctrl-C, or SIGTERM (a script or a service manager stopping `listen`):
+/// either ends it cleanly, after the last line it printed.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn history(

@@ -74,7 +74,7 @@ pub enum ClientCommand {
     /// Print the events since the last sync as JSON lines, then store the new sync key.
     Sync,
     /// Stay connected and print events, presence and typing as JSON lines as
-    /// they arrive (Ctrl-C to stop).
+    /// they arrive (Ctrl-C or SIGTERM to stop).
     Listen,
     /// Open the terminal chat: conversations, messages and an input line
     /// (resumes from the profile's sync key; Esc or Ctrl-C to quit).
