@@ -434,12 +434,14 @@ def check(run):
         else:
             if live_resyncs:
                 res.bad("unexpected resync", f"{live_resyncs} live devices were told to resync")
+            def ident(m):
+                return (m.conv, m.cseq, m.sender, m.mid)
+
             for user, segs in sorted(live.items()):
                 got = [m for seg in segs for m in seg]
                 want = [m for seg in logs.get(user, []) for m in seg]
-                same = lambda m: (m.conv, m.cseq, m.sender, m.mid)  # noqa: E731
                 i = next(
-                    (k for k, (a, b) in enumerate(zip(got, want)) if same(a) != same(b)),
+                    (k for k, (a, b) in enumerate(zip(got, want)) if ident(a) != ident(b)),
                     min(len(got), len(want)),
                 )
                 if len(got) != len(want) or i < len(want):

@@ -1000,19 +1000,19 @@ impl<'e> Batch<'e> {
     /// The batch commits atomically, so nothing could have read the hidden
     /// writes. Its reads are no longer valid afterwards: call it last.
     fn drop_hidden(&mut self) {
+        // Most commits at moderate load write each key once: no allocation.
+        if self.undo.iter().all(Option::is_none) {
+            return;
+        }
         let mut hidden = vec![false; self.ops.len()];
-        let mut any = false;
         for &p in self.undo.iter().flatten() {
             hidden[p] = true;
-            any = true;
         }
-        if any {
-            let mut i = 0;
-            self.ops.retain(|_| {
-                i += 1;
-                !hidden[i - 1]
-            });
-        }
+        let mut i = 0;
+        self.ops.retain(|_| {
+            i += 1;
+            !hidden[i - 1]
+        });
     }
 
     fn delete(&mut self, t: Table, k: Vec<u8>) {
