@@ -12,6 +12,9 @@ use pigeon_proto::limits::{FRAME_BYTES_MAX_CEILING, FRAME_OVERHEAD_BYTES_MAX};
 use pigeon_store::StoreConfig;
 use serde::{Deserialize, Serialize};
 
+/// The most runtime threads `runtime_threads` may ask for.
+pub(crate) const RUNTIME_THREADS_MAX: usize = 1024;
+
 /// Every setting of `pigeon serve`. See the README for each key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -70,6 +73,9 @@ pub(crate) struct Config {
     /// Connections the kernel may hold per listening port before the
     /// server accepts them (capped by `net.core.somaxconn`).
     pub(crate) listen_backlog: u32,
+    /// Threads of the async runtime that runs connections and requests;
+    /// 0: one per core, less one for the embedded store's committer.
+    pub(crate) runtime_threads: usize,
     /// Seconds to let connections finish on SIGTERM.
     pub(crate) shutdown_grace_secs: u64,
     /// Log format on stderr: "text" or "json".
@@ -205,6 +211,7 @@ impl Default for Config {
             sync_log_retain_events: StoreConfig::default().log_retain_events,
             connections_max: gw.connections_max,
             listen_backlog: 4096,
+            runtime_threads: 0,
             shutdown_grace_secs: 10,
             log_format: "text".into(),
             group_large_threshold: core.group_large_threshold,
@@ -298,8 +305,26 @@ impl Config {
         Ok(config)
     }
 
+    /// The runtime's worker threads on a machine with `cores` CPUs:
+    /// `runtime_threads`, or with 0, one per core, less the one the
+    /// embedded store's committer keeps busy (its group commits run on a
+    /// thread of their own), and never fewer than one. On 2 cores one
+    /// runtime thread beside the committer took less CPU per message and
+    /// had a lower p99 than two (BENCHMARKS.md, session of 2026-11-25).
+    /// With PostgreSQL commits run on the runtime: one per core.
+    pub(crate) fn runtime_workers(&self, cores: usize) -> usize {
+        match self.runtime_threads {
+            0 if self.store.0.is_empty() => cores.saturating_sub(1).max(1),
+            0 => cores.max(1),
+            n => n,
+        }
+    }
+
     /// Refuses settings that cannot work together.
     pub(crate) fn check(&self) -> anyhow::Result<()> {
+        if self.runtime_threads > RUNTIME_THREADS_MAX {
+            bail!("runtime_threads may be at most {RUNTIME_THREADS_MAX} (0 picks one per core)");
+        }
         if self.frame_bytes_max > FRAME_BYTES_MAX_CEILING {
             bail!("frame_bytes_max may be at most {FRAME_BYTES_MAX_CEILING}");
         }
@@ -553,6 +578,31 @@ mod tests {
                 "deploy/pigeon.toml lacks {key}"
             );
         }
+    }
+
+    /// The runtime leaves a core to the embedded store's committer, keeps
+    /// at least one thread, and takes an explicit count as given.
+    #[test]
+    fn runtime_threads_default_to_the_cores_less_the_committers() {
+        let embedded = Config::default();
+        assert_eq!(embedded.runtime_workers(2), 1);
+        assert_eq!(embedded.runtime_workers(8), 7);
+        assert_eq!(embedded.runtime_workers(1), 1);
+        let postgres = Config {
+            store: StoreUrl("postgres://pigeon@db/pigeon".into()),
+            ..Config::default()
+        };
+        assert_eq!(postgres.runtime_workers(2), 2);
+        assert_eq!(postgres.runtime_workers(1), 1);
+        let set =
+            |n: &'static str| move |k: &str| (k == "PIGEON_RUNTIME_THREADS").then(|| n.to_string());
+        let three = Config::load(None, set("3")).unwrap();
+        assert_eq!(three.runtime_workers(2), 3);
+        let err = Config::load(None, set("5000")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("runtime_threads may be at most 1024"),
+            "{err:#}"
+        );
     }
 
     /// Checks the precedence default < file < environment, and that bad

@@ -26,6 +26,41 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use pigeon_cli::{ClientArgs, ClientCommand};
 
+/// A multi-threaded runtime with `workers` threads (tokio's default, one
+/// per core, if `None`).
+fn runtime(workers: Option<usize>) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build().expect("starting the runtime")
+}
+
+/// `pigeon serve`: the configuration first, since it sizes the runtime.
+fn run_server(args: ServeArgs) -> anyhow::Result<()> {
+    // Flags override the environment, which overrides the file; the whole
+    // result is checked once.
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let flags = [
+        ("PIGEON_DATA", path(&args.data)),
+        ("PIGEON_STORE", args.store.clone()),
+        ("PIGEON_BUS", args.bus.clone()),
+        ("PIGEON_LISTEN", args.listen.clone()),
+        ("PIGEON_HTTP", args.http.clone()),
+        ("PIGEON_TLS_CERT", path(&args.tls_cert)),
+        ("PIGEON_TLS_KEY", path(&args.tls_key)),
+    ];
+    let config = config::Config::load(args.config.as_deref(), |k| {
+        flags
+            .iter()
+            .find(|(name, v)| *name == k && v.is_some())
+            .and_then(|(_, v)| v.clone())
+            .or_else(|| std::env::var(k).ok())
+    })?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    runtime(Some(config.runtime_workers(cores))).block_on(serve::run(config))
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "pigeon",
@@ -84,37 +119,10 @@ fn main() -> std::process::ExitCode {
     // One crypto provider for the process (server and client TLS), chosen
     // here once: ring, as in the workspace's rustls features.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("starting the runtime");
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => {
-                // Flags override the environment, which overrides the file;
-                // the whole result is checked once.
-                let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-                let flags = [
-                    ("PIGEON_DATA", path(&args.data)),
-                    ("PIGEON_STORE", args.store.clone()),
-                    ("PIGEON_BUS", args.bus.clone()),
-                    ("PIGEON_LISTEN", args.listen.clone()),
-                    ("PIGEON_HTTP", args.http.clone()),
-                    ("PIGEON_TLS_CERT", path(&args.tls_cert)),
-                    ("PIGEON_TLS_KEY", path(&args.tls_key)),
-                ];
-                let config = config::Config::load(args.config.as_deref(), |k| {
-                    flags
-                        .iter()
-                        .find(|(name, v)| *name == k && v.is_some())
-                        .and_then(|(_, v)| v.clone())
-                        .or_else(|| std::env::var(k).ok())
-                })?;
-                serve::run(config).await
-            }
-            Command::Client(cmd) => pigeon_cli::run(cli.client, cmd).await,
-        }
-    });
+    let result = match cli.command {
+        Command::Serve(args) => run_server(args),
+        Command::Client(cmd) => runtime(None).block_on(pigeon_cli::run(cli.client, cmd)),
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -68,6 +68,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         .context("starting the service")?,
     );
     metrics::gauge!("pigeon_connections_max").set(config.connections_max as f64);
+    metrics::gauge!("pigeon_runtime_threads")
+        .set(tokio::runtime::Handle::current().metrics().num_workers() as f64);
     let gateway = Gateway::new(service.clone(), registry.clone(), config.gateway());
     if let Some(c) = &cluster {
         // Users of a node that died went offline: tell their contacts.

@@ -124,6 +124,22 @@ async fn metrics_move_with_traffic() {
     assert!((0.0..=60.0).contains(&queued), "{after}");
 }
 
+/// `pigeon serve` runs connections on `runtime_threads` threads, and
+/// reports how many it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_has_the_configured_threads() {
+    for n in [1, 3] {
+        let server = Server::start(&format!("runtime_threads = {n}\n"));
+        let (status, metrics) = http_get(&server.http, "/metrics").await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            sample(&metrics, &["pigeon_runtime_threads"]),
+            Some(n as f64),
+            "{metrics}"
+        );
+    }
+}
+
 /// `pigeon serve` turns transparent huge pages off for its process (the
 /// allocator's freed-and-refaulted memory would otherwise be zeroed 2 MiB at
 /// a time on the committer's thread; BENCHMARKS.md, "Huge pages").
