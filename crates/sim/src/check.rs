@@ -21,11 +21,19 @@
 //!
 //! Messages sent and never acknowledged (a writer crashed with them in
 //! flight) may be stored or not: counted, not violations.
+//!
+//! The conversations' histories, read at the end, must agree with the
+//! logs: with every event kept, hold exactly their messages (and no reader
+//! is told to resync). With a retention (`Observed::retain`) the logs keep
+//! only their newest events, so the histories are the truth: acknowledged
+//! messages are looked for there, each log must hold a conversation's
+//! newest messages without a gap, and a reader's live log is checked piece
+//! by piece between resyncs, its last piece against the drained log.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::observed::{Kind, LogEvent, Observed, Target};
+use crate::observed::{Kind, LogEvent, Msg, Observed, Target};
 
 /// Violations shown per kind in a report.
 pub const SHOWN_PER_KIND_MAX: usize = 5;
@@ -51,6 +59,8 @@ pub struct Report {
     pub delivered: usize,
     /// Events checked in readers' live logs.
     pub live_events: usize,
+    /// Times a reader was told to resync (a retention trimmed its key).
+    pub resyncs: usize,
 }
 
 impl Report {
@@ -80,7 +90,7 @@ impl fmt::Display for Report {
         write!(
             f,
             "sent={} acks={} (duplicate {}) stored={} unacknowledged stored={} not stored={} \
-             delivered={} live events={} violations={}",
+             delivered={} live events={} resyncs={} violations={}",
             self.sent,
             self.acks,
             self.duplicate_acks,
@@ -89,6 +99,7 @@ impl fmt::Display for Report {
             self.unacked_not_stored,
             self.delivered,
             self.live_events,
+            self.resyncs,
             self.violations.values().map(Vec::len).sum::<usize>()
         )?;
         for (kind, items) in &self.violations {
@@ -103,6 +114,12 @@ impl fmt::Display for Report {
 
 /// A stored message's identity: (sender, client message id).
 type Key = (String, String);
+
+/// Each conversation's messages by conv_seq.
+type BySeq = BTreeMap<String, BTreeMap<u64, Key>>;
+
+/// Where each message is stored: (conversation, conv_seq).
+type Placed = BTreeMap<Key, BTreeSet<(String, u64)>>;
 
 /// Each conversation as each user's log holds it: conversation -> user ->
 /// [(conv_seq, message)].
@@ -155,12 +172,7 @@ pub fn check(o: &Observed) -> Report {
                     format!("{user}: {} conv_seq {}", m.conversation_id, m.conv_seq),
                 );
             }
-            let id = if m.client_msg_id.is_empty() {
-                &m.text
-            } else {
-                &m.client_msg_id
-            };
-            let key = (m.sender.clone(), id.clone());
+            let key = msg_key(m);
             let at = format!("{user} seq {} gseq {}", ev.seq, ev.group_seq);
             if let Some(first) = seen.insert(key.clone(), at.clone()) {
                 r.bad(
@@ -178,54 +190,7 @@ pub fn check(o: &Observed) -> Report {
                 .entry(key.clone())
                 .or_default()
                 .insert((m.conversation_id.clone(), m.conv_seq));
-            let Some(&(writer, target, _)) = sends.get(id.as_str()) else {
-                r.bad("never sent", format!("{at}: {} {}", key.0, key.1));
-                continue;
-            };
-            if writer != m.sender {
-                r.bad(
-                    "never sent",
-                    format!("{at}: {} {} was sent by {writer}", m.sender, id),
-                );
-                continue;
-            }
-            if m.text != *id {
-                r.bad(
-                    "content changed",
-                    format!("{at}: {} has text {:?}", id, m.text),
-                );
-            }
-            if o.users.get(&m.sender) != Some(&m.sender_id) {
-                r.bad(
-                    "sender changed",
-                    format!("{at}: {} from id {}", id, m.sender_id),
-                );
-            }
-            match target {
-                Target::Conversation(c) if *c != m.conversation_id => r.bad(
-                    "wrong conversation",
-                    format!("{at}: {} sent to {c}, stored in {}", id, m.conversation_id),
-                ),
-                Target::Conversation(_) => {}
-                Target::User(to) => {
-                    let want = direct_id(o, writer, to);
-                    if want.as_deref() != Some(m.conversation_id.as_str()) {
-                        r.bad(
-                            "wrong conversation",
-                            format!(
-                                "{at}: {} from {writer} to {to} stored in {}",
-                                id, m.conversation_id
-                            ),
-                        );
-                    }
-                    if user != writer && user != to {
-                        r.bad(
-                            "wrong participant",
-                            format!("{at}: {id} from {writer} to {to}"),
-                        );
-                    }
-                }
-            }
+            check_message(&mut r, o, &sends, &at, Some(user), m);
         }
     }
     for (key, places) in &placed {
@@ -238,10 +203,196 @@ pub fn check(o: &Observed) -> Report {
     }
     r.stored = placed.len();
 
-    let by_conv_seq = check_participants(&mut r, o, &views, &sends);
+    let in_logs = check_participants(&mut r, o, &views, &sends);
+    let (by_conv_seq, placed) = check_histories(&mut r, o, &sends, &views, &in_logs);
+    if o.retain > 0 {
+        // Logs may have lost their oldest messages: the histories are
+        // the record of what was stored.
+        r.stored = placed.len();
+    }
     check_acks(&mut r, o, &by_conv_seq, &placed);
-    check_live(&mut r, o);
+    check_live(&mut r, o, &by_conv_seq);
     r
+}
+
+/// A message's identity. Protocol version 2 tells other users no client
+/// message id: there the text, which writers make equal to it, stands for
+/// it.
+fn msg_key(m: &Msg) -> Key {
+    let id = if m.client_msg_id.is_empty() {
+        &m.text
+    } else {
+        &m.client_msg_id
+    };
+    (m.sender.clone(), id.clone())
+}
+
+/// A stored message was sent, as it was sent, by its sender, to where it
+/// is; `viewer` (a log's owner) must take part in it.
+fn check_message(
+    r: &mut Report,
+    o: &Observed,
+    sends: &BTreeMap<&str, (&str, &Target, u64)>,
+    at: &str,
+    viewer: Option<&str>,
+    m: &Msg,
+) {
+    let (sender, id) = msg_key(m);
+    let Some(&(writer, target, _)) = sends.get(id.as_str()) else {
+        r.bad("never sent", format!("{at}: {sender} {id}"));
+        return;
+    };
+    if writer != m.sender {
+        r.bad(
+            "never sent",
+            format!("{at}: {} {} was sent by {writer}", m.sender, id),
+        );
+        return;
+    }
+    if m.text != id {
+        r.bad(
+            "content changed",
+            format!("{at}: {} has text {:?}", id, m.text),
+        );
+    }
+    if o.users.get(&m.sender) != Some(&m.sender_id) {
+        r.bad(
+            "sender changed",
+            format!("{at}: {} from id {}", id, m.sender_id),
+        );
+    }
+    match target {
+        Target::Conversation(c) if *c != m.conversation_id => r.bad(
+            "wrong conversation",
+            format!("{at}: {} sent to {c}, stored in {}", id, m.conversation_id),
+        ),
+        Target::Conversation(_) => {}
+        Target::User(to) => {
+            let want = direct_id(o, writer, to);
+            if want.as_deref() != Some(m.conversation_id.as_str()) {
+                r.bad(
+                    "wrong conversation",
+                    format!(
+                        "{at}: {} from {writer} to {to} stored in {}",
+                        id, m.conversation_id
+                    ),
+                );
+            }
+            if let Some(user) = viewer
+                && user != writer
+                && user != to
+            {
+                r.bad(
+                    "wrong participant",
+                    format!("{at}: {id} from {writer} to {to}"),
+                );
+            }
+        }
+    }
+}
+
+/// Each conversation's history, read at the end, is the record of what was
+/// stored: every message in it is valid and stored once, and the logs
+/// agree with it. With every event kept, the logs hold exactly the
+/// histories' messages; with a retention, each participant's log holds a
+/// conversation's newest messages, from some point on, without a gap.
+/// Returns each conversation's conv_seq → message, and where each message
+/// is stored, from the histories.
+fn check_histories(
+    r: &mut Report,
+    o: &Observed,
+    sends: &BTreeMap<&str, (&str, &Target, u64)>,
+    views: &Views<'_>,
+    in_logs: &BySeq,
+) -> (BySeq, Placed) {
+    let mut by_conv_seq = BySeq::new();
+    let mut placed = Placed::new();
+    for (conv, history) in &o.histories {
+        let seqs = by_conv_seq.entry(conv.clone()).or_default();
+        let mut last = 0;
+        for m in history {
+            let at = format!("history of {conv} #{}", m.conv_seq);
+            if m.conversation_id != *conv || m.conv_seq <= last {
+                r.bad(
+                    "history out of order",
+                    format!("{at}: {} after #{last}", m.conversation_id),
+                );
+            }
+            last = last.max(m.conv_seq);
+            let key = msg_key(m);
+            check_message(r, o, sends, &at, None, m);
+            seqs.insert(m.conv_seq, key.clone());
+            placed
+                .entry(key)
+                .or_default()
+                .insert((conv.clone(), m.conv_seq));
+        }
+    }
+    for (key, places) in &placed {
+        if places.len() > 1 {
+            r.bad(
+                "stored twice",
+                format!("{} {} in the histories at {places:?}", key.0, key.1),
+            );
+        }
+    }
+    for (conv, logged) in in_logs {
+        let Some(history) = by_conv_seq.get(conv) else {
+            r.bad(
+                "log differs from history",
+                format!("{conv}: no history read"),
+            );
+            continue;
+        };
+        for (cseq, key) in logged {
+            if history.get(cseq) != Some(key) {
+                r.bad(
+                    "log differs from history",
+                    format!(
+                        "{conv} #{cseq}: {key:?} in the logs, {:?} in the history",
+                        history.get(cseq)
+                    ),
+                );
+            }
+        }
+        if o.retain == 0 && logged.len() != history.len() {
+            r.bad(
+                "log differs from history",
+                format!(
+                    "{conv}: {} messages in the logs, {} in the history",
+                    logged.len(),
+                    history.len()
+                ),
+            );
+        }
+    }
+    if o.retain > 0 {
+        for (conv, per_user) in views {
+            let Some(history) = by_conv_seq.get(*conv) else {
+                continue;
+            };
+            for (user, seqs) in per_user {
+                let mut got: Vec<(u64, Key)> = seqs.clone();
+                got.sort();
+                let from = got.first().map_or(u64::MAX, |(s, _)| *s);
+                let want: Vec<(u64, Key)> = history
+                    .range(from..)
+                    .map(|(s, k)| (*s, k.clone()))
+                    .collect();
+                if got != want {
+                    r.bad(
+                        "gap in log",
+                        format!(
+                            "{user}: {conv} from #{from}: {} messages in the log, {} in the history",
+                            got.len(),
+                            want.len()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    (by_conv_seq, placed)
 }
 
 /// `seq` and `group_seq` strictly increase through a log, and so does each
@@ -340,6 +491,17 @@ fn check_participants(
             }
             let mut got = per_user.get(user).cloned().unwrap_or_default();
             got.sort();
+            // A retention may have trimmed the oldest of them from this
+            // log (checked against the history in `check_histories`).
+            let expected: Vec<(u64, Key)> = match got.first() {
+                Some((from, _)) if o.retain > 0 => expected
+                    .iter()
+                    .filter(|(s, _)| s >= from)
+                    .cloned()
+                    .collect(),
+                _ if o.retain > 0 => continue,
+                _ => expected.clone(),
+            };
             if got != expected {
                 let mine: BTreeSet<&Key> = got.iter().map(|(_, k)| k).collect();
                 let missing: Vec<&Key> = expected
@@ -442,7 +604,20 @@ fn check_acks(
 /// same own-log events and the same shared-stream events. (How the two
 /// interleave depends on when each sync ran: a sync reads the own log
 /// first, then the streams.)
-fn check_live(r: &mut Report, o: &Observed) {
+fn check_live(r: &mut Report, o: &Observed, history: &BySeq) {
+    for (user, at) in &o.resyncs {
+        r.resyncs += at.len();
+        if o.retain == 0 && !at.is_empty() {
+            r.bad(
+                "unexpected resync",
+                format!("{user} at {at:?}, with every event kept"),
+            );
+        }
+    }
+    if o.retain > 0 {
+        check_live_pieces(r, o, history);
+        return;
+    }
     for (user, live) in &o.live {
         r.live_events += live.len();
         check_order(r, &format!("{user} (live)"), live);
@@ -478,6 +653,87 @@ fn check_live(r: &mut Report, o: &Observed) {
                     show(&drained)
                 ),
             );
+        }
+    }
+}
+
+/// With a retention a reader's live log is pieces, each begun from the
+/// empty key after a resync. Within a piece: ordered, every message as its
+/// history has it, and no message of a conversation skipped between two it
+/// holds. The last piece ends where the drained log ends, and the two hold
+/// the same events where they overlap.
+fn check_live_pieces(r: &mut Report, o: &Observed, history: &BySeq) {
+    for (user, live) in &o.live {
+        r.live_events += live.len();
+        let mut starts: Vec<usize> = o.resyncs.get(user).cloned().unwrap_or_default();
+        starts.insert(0, 0);
+        starts.push(live.len());
+        for (n, w) in starts.windows(2).enumerate() {
+            let piece = &live[w[0].min(live.len())..w[1].min(live.len())];
+            let who = format!("{user} (live, piece {n})");
+            check_order(r, &who, piece);
+            let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+            for ev in piece {
+                let Kind::Message(m) = &ev.kind else {
+                    continue;
+                };
+                let Some(conv) = history.get(&m.conversation_id) else {
+                    r.bad(
+                        "live log differs from history",
+                        format!("{who}: {ev}: no history"),
+                    );
+                    continue;
+                };
+                if conv.get(&m.conv_seq) != Some(&msg_key(m)) {
+                    r.bad(
+                        "live log differs from history",
+                        format!("{who}: {ev}; the history has {:?}", conv.get(&m.conv_seq)),
+                    );
+                }
+                // (Out of order is check_order's to report.)
+                if let Some(prev) = last.insert(&m.conversation_id, m.conv_seq)
+                    && m.conv_seq > prev + 1
+                    && let Some((skipped, _)) = conv.range(prev + 1..m.conv_seq).next()
+                {
+                    r.bad(
+                        "gap in live log",
+                        format!(
+                            "{who}: {} #{} after #{prev}, #{skipped} skipped",
+                            m.conversation_id, m.conv_seq
+                        ),
+                    );
+                }
+            }
+        }
+        let Some(drained) = o.drained.get(user) else {
+            continue;
+        };
+        let last_piece = &live[starts[starts.len() - 2].min(live.len())..];
+        for (which, pos) in [
+            ("own log", (|e: &LogEvent| e.seq) as fn(&LogEvent) -> u64),
+            ("shared streams", |e: &LogEvent| e.group_seq),
+        ] {
+            let l: Vec<&LogEvent> = last_piece.iter().filter(|e| pos(e) > 0).collect();
+            let d: Vec<&LogEvent> = drained.iter().filter(|e| pos(e) > 0).collect();
+            let (lf, df) = (
+                l.first().map_or(0, |e| pos(e)),
+                d.first().map_or(0, |e| pos(e)),
+            );
+            let l_common: Vec<&&LogEvent> = l.iter().filter(|e| pos(e) >= df).collect();
+            let d_common: Vec<&&LogEvent> = d.iter().filter(|e| pos(e) >= lf).collect();
+            if l.last() != d.last() || l_common != d_common {
+                r.bad(
+                    "live log differs from drained log",
+                    format!(
+                        "{user}, {which}: the last live piece ends at {:?}, the drained log at \
+                         {:?}; {} and {} events where they overlap",
+                        l.last().map(|e| e.to_string()),
+                        d.last().map(|e| e.to_string()),
+                        l_common.len(),
+                        d_common.len()
+                    ),
+                );
+            }
         }
     }
 }
@@ -580,8 +836,52 @@ mod tests {
             writers,
             live: [("r0".to_string(), r0.clone())].into(),
             drained: [("w0".into(), w0), ("w1".into(), w1), ("r0".into(), r0)].into(),
+            retain: 0,
+            resyncs: BTreeMap::new(),
+            histories: [
+                (
+                    DIRECT.to_string(),
+                    vec![m(DIRECT, 1, "w0", "w0-0"), m(DIRECT, 2, "w0", "w0-2")],
+                ),
+                (
+                    GROUP.to_string(),
+                    vec![m(GROUP, 1, "w0", "w0-1"), m(GROUP, 2, "w1", "w1-0")],
+                ),
+            ]
+            .into(),
             client_errors: Vec::new(),
         }
+    }
+
+    /// A message as a history holds it.
+    fn m(conv: &str, cseq: u64, from: &str, id: &str) -> Msg {
+        match msg(1, 0, conv, cseq, from, id).kind {
+            Kind::Message(m) => m,
+            Kind::Other(_) => unreachable!("msg makes messages"),
+        }
+    }
+
+    fn history<'a>(o: &'a mut Observed, conv: &str) -> &'a mut Vec<Msg> {
+        o.histories.get_mut(conv).expect("conversation")
+    }
+
+    /// The clean run with a retention of 2 events: w0's and r0's logs
+    /// keep their last two; r0 read its first two live, was told to
+    /// resync, and read the last two again from the empty key.
+    fn clean_retained() -> Observed {
+        let mut o = clean();
+        o.retain = 2;
+        for u in ["w0", "r0"] {
+            let log = drained(&mut o, u);
+            log.drain(..log.len() - 2);
+        }
+        let live = o.live.get_mut("r0").expect("r0");
+        live.drain(2..);
+        let tail = o.drained["r0"].clone();
+        let live = o.live.get_mut("r0").expect("r0");
+        live.extend(tail);
+        o.resyncs.insert("r0".into(), vec![2]);
+        o
     }
 
     fn drained<'a>(o: &'a mut Observed, user: &str) -> &'a mut Vec<LogEvent> {
@@ -619,6 +919,7 @@ mod tests {
         r0.push(msg(1003, 0, GROUP, 3, "w0", "w0-3"));
         let r0 = r0.clone();
         o.live.insert("r0".into(), r0);
+        history(&mut o, GROUP).push(m(GROUP, 3, "w0", "w0-3"));
         let r = check(&o);
         assert!(r.ok(), "{r}");
         assert_eq!((r.unacked_stored, r.unacked_not_stored), (1, 0));
@@ -632,6 +933,7 @@ mod tests {
             drained(&mut o, u)
                 .retain(|e| !matches!(&e.kind, Kind::Message(m) if m.client_msg_id == "w0-2"));
         }
+        history(&mut o, DIRECT).pop();
         o.live.clear();
         expect(&o, "acknowledged but lost");
     }
@@ -731,6 +1033,10 @@ mod tests {
                 }
             }
         }
+        for m in history(&mut o, DIRECT) {
+            m.conv_seq = 3 - m.conv_seq;
+        }
+        history(&mut o, DIRECT).reverse();
         o.live.clear();
         let r = check(&o);
         assert!(r.violations.contains_key("send order"), "{r}");
@@ -788,5 +1094,103 @@ mod tests {
         o.client_errors
             .push("r0: sync refused: INVALID_SYNC_KEY".into());
         expect(&o, "client error");
+    }
+
+    /// The histories are the record: a log holding what the history does
+    /// not, and a history missing what the logs hold.
+    #[test]
+    fn logs_and_histories_must_agree() {
+        let mut o = clean();
+        history(&mut o, GROUP).pop();
+        expect(&o, "log differs from history");
+
+        let mut o = clean();
+        history(&mut o, GROUP)[1] = m(GROUP, 2, "w0", "w0-3");
+        expect(&o, "log differs from history");
+
+        let mut o = clean();
+        history(&mut o, GROUP).push(m(GROUP, 3, "w0", "w0-1"));
+        expect(&o, "stored twice");
+    }
+
+    /// With every event kept, a reader is never told to resync.
+    #[test]
+    fn unexpected_resync_is_caught() {
+        let mut o = clean();
+        o.resyncs.insert("r0".into(), vec![2]);
+        expect(&o, "unexpected resync");
+    }
+
+    /// A retention: trimmed logs, a live log in two pieces, and the acks
+    /// found in the histories.
+    #[test]
+    fn retained_clean_run_passes() {
+        let r = check(&clean_retained());
+        assert!(r.ok(), "{r}");
+        assert_eq!((r.acks, r.stored, r.resyncs), (4, 4, 1));
+        assert_eq!(r.live_events, 4);
+    }
+
+    /// With a retention an acknowledged message may leave every log, not
+    /// its history.
+    #[test]
+    fn retained_lost_ack_is_caught() {
+        let mut o = clean_retained();
+        history(&mut o, GROUP).retain(|m| m.client_msg_id != "w0-1");
+        expect(&o, "acknowledged but lost");
+    }
+
+    /// A trimmed log must hold each conversation's newest messages without
+    /// a gap, as its history has them.
+    #[test]
+    fn retained_log_gap_is_caught() {
+        let mut o = clean_retained();
+        history(&mut o, DIRECT).insert(1, m(DIRECT, 2, "w1", "w1-0"));
+        history(&mut o, DIRECT)[2].conv_seq = 3;
+        for e in drained(&mut o, "w0") {
+            if let Kind::Message(m) = &mut e.kind
+                && m.client_msg_id == "w0-2"
+            {
+                m.conv_seq = 3;
+            }
+        }
+        o.writers[0].sent[2].ack.as_mut().expect("ack").conv_seq = 3;
+        o.live.clear();
+        o.resyncs.clear();
+        let r = check(&o);
+        assert!(r.violations.contains_key("gap in log"), "{r}");
+    }
+
+    /// Within a piece of a live log, a skipped message is a gap; across a
+    /// resync it is not. The last piece must end where the drained log does.
+    #[test]
+    fn retained_live_gap_and_short_end_are_caught() {
+        let mut o = clean_retained();
+        history(&mut o, GROUP).push(m(GROUP, 3, "w0", "w0-3"));
+        for (u, seq) in [("w0", 6), ("w1", 3), ("r0", 1003)] {
+            drained(&mut o, u).push(msg(seq, 0, GROUP, 3, "w0", "w0-3"));
+        }
+        let mut live = clean().live["r0"][..3].to_vec();
+        live.push(msg(1001, 0, DIRECT, 2, "w0", "w0-2"));
+        live.push(msg(1003, 0, GROUP, 3, "w0", "w0-3"));
+        o.live.insert("r0".into(), live);
+        o.resyncs.clear();
+        let r = check(&o);
+        assert!(r.violations.contains_key("gap in live log"), "{r}");
+        // The same skip across a resync is no gap.
+        o.resyncs.insert("r0".into(), vec![3]);
+        let r = check(&o);
+        assert!(!r.violations.contains_key("gap in live log"), "{r}");
+
+        let mut o = clean_retained();
+        o.live.get_mut("r0").expect("r0").pop();
+        expect(&o, "live log differs from drained log");
+
+        let mut o = clean_retained();
+        if let Kind::Message(m) = &mut o.live.get_mut("r0").expect("r0")[1].kind {
+            m.text = "w0-9".into();
+            m.client_msg_id = "w0-9".into();
+        }
+        expect(&o, "live log differs from history");
     }
 }

@@ -17,6 +17,7 @@
 //! Every random choice (pauses, back-off) comes from an RNG in [`Shared`],
 //! seeded from the run's seed, so it survives a host's crash and replays.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use tokio::time::{sleep, timeout};
 
-use crate::observed::{Ack, LogEvent, Observed, Sent, Target};
+use crate::observed::{Ack, LogEvent, Msg, Observed, Sent, Target};
 use crate::plan::{PORT, SERVER};
 
 /// Dialling plus the handshake, at most.
@@ -302,6 +303,13 @@ async fn follow(shared: &Handle, i: usize, conn: &Connection, failures: &mut u32
             let key = shared.lock().readers[i].key.clone();
             let r = match conn.sync(&key, limit).await {
                 Ok(r) => r,
+                Err(ClientError::Server {
+                    code: ErrorCode::ResyncRequired,
+                    ..
+                }) => {
+                    resync(shared, i);
+                    continue;
+                }
                 Err(e) => return e,
             };
             *failures = 0;
@@ -340,6 +348,19 @@ async fn follow(shared: &Handle, i: usize, conn: &Connection, failures: &mut u32
     }
 }
 
+/// The log no longer holds the reader's key: it starts again from the
+/// empty key (the oldest event kept), and the checker reads what it
+/// applies from here as a new piece of its log.
+fn resync(shared: &Handle, i: usize) {
+    let mut s = shared.lock();
+    let user = s.readers[i].user.clone();
+    let at = s.observed.live.get(&user).map_or(0, Vec::len);
+    s.observed.resyncs.entry(user.clone()).or_default().push(at);
+    s.readers[i].key = Vec::new();
+    drop(s);
+    shared.note(format!("{user} resyncs after {at} events"));
+}
+
 /// Applies events and persists the key after them, in one step.
 fn apply(shared: &Handle, i: usize, events: &[v1::Event], key: Vec<u8>) {
     if !events.is_empty() {
@@ -354,7 +375,7 @@ fn apply(shared: &Handle, i: usize, events: &[v1::Event], key: Vec<u8>) {
 }
 
 /// The auditor's software: once asked, drains every user's log from the
-/// empty key.
+/// empty key, and reads the whole history of every conversation it lists.
 pub(crate) async fn auditor(shared: Handle) -> turmoil::Result {
     while shared.phase() < Phase::Audit {
         sleep(PHASE_POLL).await;
@@ -364,26 +385,84 @@ pub(crate) async fn auditor(shared: Handle) -> turmoil::Result {
         (s.tokens.clone(), s.sync_limit)
     };
     for (user, token) in tokens {
-        let mut failures = 0;
-        let events = loop {
-            match drain(&token, limit).await {
-                Ok(events) => break events,
-                Err(e) if transient(&e) => {
-                    failures += 1;
-                    let cap = BACKOFF_BASE.saturating_mul(1 << failures.min(5));
-                    sleep(cap.min(BACKOFF_MAX)).await;
-                }
-                Err(e) => {
-                    shared.error(format!("auditor: draining {user}: {e}"));
-                    break Vec::new();
-                }
-            }
-        };
+        let events = audit_step(&shared, &format!("draining {user}"), || {
+            drain(&token, limit)
+        })
+        .await
+        .unwrap_or_default();
         shared.note(format!("auditor: {user} has {} events", events.len()));
-        shared.lock().observed.drained.insert(user, events);
+        shared.lock().observed.drained.insert(user.clone(), events);
+        let known: BTreeSet<String> = shared.lock().observed.histories.keys().cloned().collect();
+        let read = audit_step(&shared, &format!("reading {user}'s histories"), || {
+            histories(&token, &known)
+        })
+        .await
+        .unwrap_or_default();
+        for (conv, messages) in read {
+            shared.note(format!(
+                "auditor: {conv} has {} messages (read as {user})",
+                messages.len()
+            ));
+            shared.lock().observed.histories.insert(conv, messages);
+        }
     }
     shared.lock().audited = true;
     Ok(())
+}
+
+/// One step of the audit, tried again after transient errors (the server
+/// may still be restarting); any other error is recorded, and gives `None`.
+async fn audit_step<T, F>(shared: &Handle, what: &str, mut attempt: impl FnMut() -> F) -> Option<T>
+where
+    F: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut failures = 0;
+    loop {
+        match attempt().await {
+            Ok(v) => return Some(v),
+            Err(e) if transient(&e) => {
+                failures += 1;
+                let cap = BACKOFF_BASE.saturating_mul(1 << failures.min(5));
+                sleep(cap.min(BACKOFF_MAX)).await;
+            }
+            Err(e) => {
+                shared.error(format!("auditor: {what}: {e}"));
+                return None;
+            }
+        }
+    }
+}
+
+/// The whole history, oldest first, of each of the user's conversations
+/// not in `known`.
+async fn histories(
+    token: &str,
+    known: &BTreeSet<String>,
+) -> Result<Vec<(String, Vec<Msg>)>, ClientError> {
+    let conn = connect(token).await?;
+    let list = conn.list_conversations(0).await?;
+    let mut out = Vec::new();
+    for c in list.conversations {
+        if known.contains(&c.conversation_id) {
+            continue;
+        }
+        let mut newest_first = Vec::new();
+        let mut before = 0;
+        loop {
+            let page = conn
+                .history(to_conversation(&c.conversation_id), before, 0)
+                .await?;
+            newest_first.extend(page.messages.iter().map(Msg::from_message));
+            match page.messages.last() {
+                Some(m) if page.has_more => before = m.conv_seq,
+                _ => break,
+            }
+        }
+        newest_first.reverse();
+        out.push((c.conversation_id, newest_first));
+    }
+    conn.close().await;
+    Ok(out)
 }
 
 /// One user's whole log.

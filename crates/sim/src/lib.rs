@@ -17,8 +17,9 @@
 //!   simulated TCP; a crash loses everything not committed to the engine.
 //! - `clients.rs`: writer hosts (unique messages, retried with the same
 //!   client message id until acknowledged), reader hosts (follow their log
-//!   live with pushes and syncs from a persisted key) and the auditor that
-//!   drains every user's log at the end.
+//!   live with pushes and syncs from a persisted key, starting again from
+//!   the empty key when told to resync) and the auditor that drains every
+//!   user's log and reads every conversation's history at the end.
 //! - [`observed`]: what the clients saw, the only input of the checker.
 //! - [`check`]: the invariants, with unit tests that inject faults.
 //! - [`run`](mod@run): builds the simulation for a seed, applies the fault

@@ -102,21 +102,38 @@ pub struct Msg {
     pub text: String,
 }
 
+impl Msg {
+    /// Reduces a protocol message.
+    pub fn from_message(m: &v1::Message) -> Msg {
+        Msg {
+            conversation_id: m.conversation_id.clone(),
+            conv_seq: m.conv_seq,
+            sender: m.sender_username.clone(),
+            sender_id: m.sender_id,
+            client_msg_id: m.client_msg_id.clone(),
+            text: m
+                .content
+                .as_ref()
+                .map_or_else(String::new, |c| c.text.clone()),
+        }
+    }
+}
+
+impl fmt::Display for Msg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}#{} {} {} {:?}",
+            self.conversation_id, self.conv_seq, self.sender, self.client_msg_id, self.text
+        )
+    }
+}
+
 impl LogEvent {
     /// Reduces a protocol event.
     pub fn from_event(e: &v1::Event) -> LogEvent {
         let kind = match &e.kind {
-            Some(event::Kind::Message(m)) => Kind::Message(Msg {
-                conversation_id: m.conversation_id.clone(),
-                conv_seq: m.conv_seq,
-                sender: m.sender_username.clone(),
-                sender_id: m.sender_id,
-                client_msg_id: m.client_msg_id.clone(),
-                text: m
-                    .content
-                    .as_ref()
-                    .map_or_else(String::new, |c| c.text.clone()),
-            }),
+            Some(event::Kind::Message(m)) => Kind::Message(Msg::from_message(m)),
             Some(other) => Kind::Other(kind_name(other)),
             None => Kind::Other("unknown"),
         };
@@ -132,11 +149,7 @@ impl fmt::Display for LogEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "seq {} gseq {} ", self.seq, self.group_seq)?;
         match &self.kind {
-            Kind::Message(m) => write!(
-                f,
-                "{}#{} {} {} {:?}",
-                m.conversation_id, m.conv_seq, m.sender, m.client_msg_id, m.text
-            ),
+            Kind::Message(m) => m.fmt(f),
             Kind::Other(k) => f.write_str(k),
         }
     }
@@ -168,8 +181,17 @@ pub struct Observed {
     pub writers: Vec<WriterRecord>,
     /// The logs readers followed live (pushes and syncs), by reader.
     pub live: BTreeMap<String, Vec<LogEvent>>,
-    /// Every user's whole log, drained after the run.
+    /// Every user's log, drained from the empty key after the run: the
+    /// whole log, or with a retention the events it still keeps.
     pub drained: BTreeMap<String, Vec<LogEvent>>,
+    /// Events the server kept per user log (0: all).
+    pub retain: u64,
+    /// Where in each reader's live log it was told to resync and started
+    /// again from the empty key (indexes into [`Observed::live`]).
+    pub resyncs: BTreeMap<String, Vec<usize>>,
+    /// Every conversation's whole history, oldest first, read after the run
+    /// by one of its participants.
+    pub histories: BTreeMap<String, Vec<Msg>>,
     /// What went wrong on the clients' side (a refused session, a writer
     /// that never finished, ...): each is a violation.
     pub client_errors: Vec<String>,

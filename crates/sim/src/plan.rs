@@ -89,6 +89,10 @@ pub struct Plan {
     pub chaos: Duration,
     /// The fault schedule, by time from the start.
     pub actions: Vec<(Duration, Action)>,
+    /// The store's `log_retain_events` (0 keeps every event): small, so
+    /// that logs are trimmed under readers that fall behind, which must
+    /// then resync.
+    pub log_retain_events: u64,
 }
 
 /// Counts of the faults a plan schedules.
@@ -137,6 +141,12 @@ impl Plan {
         }
         // Stable: actions at the same time keep the order they were drawn in.
         actions.sort_by_key(|(at, _)| *at);
+        // Drawn last, so that every earlier draw of a seed stays as it was.
+        let log_retain_events = if rng.random_bool(0.4) {
+            rng.random_range(3..=30)
+        } else {
+            0
+        };
         Plan {
             seed,
             writers,
@@ -148,6 +158,7 @@ impl Plan {
             latency,
             chaos,
             actions,
+            log_retain_events,
         }
     }
 

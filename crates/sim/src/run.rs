@@ -24,7 +24,7 @@ use rand::rngs::StdRng;
 use crate::check::{Report, check};
 use crate::clients::{self, Handle, Phase, ReaderState, Shared, WriterState};
 use crate::clock::EPOCH_MS;
-use crate::observed::{Observed, Target, WriterRecord};
+use crate::observed::{LogEvent, Observed, Target, WriterRecord};
 use crate::plan::{AUDITOR, Action, Plan, SERVER};
 use crate::server;
 use crate::setup;
@@ -190,6 +190,7 @@ fn initial_state(plan: &Plan, setup: &setup::Setup) -> Shared {
         users: setup.users.iter().map(|(n, u)| (n.clone(), u.id)).collect(),
         group: setup.group.clone(),
         group_members: plan.users().cloned().collect(),
+        retain: plan.log_retain_events,
         writers: plan
             .writers
             .iter()
@@ -266,12 +267,19 @@ impl Driver<'_> {
         if !self.step_until(AUDIT_MAX, "the audit", |s| s.audited) {
             return;
         }
+        // Caught up: the live log reached the drained log's newest event,
+        // in the reader's own log and in the shared streams.
+        let newest = |log: &[LogEvent]| {
+            log.iter()
+                .fold((0, 0), |(s, g), e| (s.max(e.seq), g.max(e.group_seq)))
+        };
         let caught_up = |s: &Shared| {
             s.observed.live.iter().all(|(reader, live)| {
-                s.observed
-                    .drained
-                    .get(reader)
-                    .is_some_and(|d| live.len() >= d.len())
+                s.observed.drained.get(reader).is_some_and(|d| {
+                    let (ls, lg) = newest(live);
+                    let (ds, dg) = newest(d);
+                    ls >= ds && lg >= dg
+                })
             })
         };
         self.step_until(
@@ -462,6 +470,14 @@ fn trace_observed(trace: &mut Vec<String>, o: &Observed) {
             for e in log {
                 trace.push(format!("{which} {user}: {e}"));
             }
+        }
+    }
+    for (user, at) in &o.resyncs {
+        trace.push(format!("{user} resynced at {at:?}"));
+    }
+    for (conv, history) in &o.histories {
+        for m in history {
+            trace.push(format!("history {conv}: {m}"));
         }
     }
     for e in &o.client_errors {

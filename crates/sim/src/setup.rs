@@ -62,8 +62,9 @@ pub(crate) fn core_config(plan: &Plan) -> CoreConfig {
 pub(crate) fn store_config(plan: &Plan) -> StoreConfig {
     StoreConfig {
         seq_step: plan.seq_step,
-        // Keep every event: the checker compares whole logs.
-        log_retain_events: 0,
+        // With a retention the checker takes the conversations' histories
+        // as the truth and checks each log against them.
+        log_retain_events: plan.log_retain_events,
         // Far below the users and conversations a run has, so the readers'
         // marks are emptied and loaded again all through the run.
         heads_cached_max: 2,

@@ -65,11 +65,12 @@ fn seeds_hold_the_invariants() {
         match catch_unwind(AssertUnwindSafe(|| run(seed))) {
             Ok(outcome) => {
                 println!(
-                    "seed {seed}: trace {:016x}, {} simulated ms in {} ms; {:?}; {}",
+                    "seed {seed}: trace {:016x}, {} simulated ms in {} ms; {:?}, retain {}; {}",
                     outcome.digest(),
                     outcome.simulated.as_millis(),
                     started.elapsed().as_millis(),
                     outcome.plan.fault_counts(),
+                    outcome.plan.log_retain_events,
                     outcome.report
                 );
                 if let Some(violation) = outcome.failure() {
@@ -134,6 +135,11 @@ fn fixed_seeds_cover_every_fault() {
         total.latency_spikes += c.latency_spikes;
     }
     println!("{total:?}");
+    let retained = CI_SEEDS
+        .iter()
+        .filter(|&&s| Plan::from_seed(s).log_retain_events > 0)
+        .count();
+    assert!(retained >= 3, "{retained} seeds with a retention");
     assert!(total.server_crashes >= 3, "{total:?}");
     assert!(total.client_crashes >= 1, "{total:?}");
     assert!(total.partitions >= 2, "{total:?}");
